@@ -1,0 +1,136 @@
+"""Settings come from one place so the API, the dispatcher and the CLI agree.
+
+Precedence: built-in default < INI file (``--config``, section ``[zonefarm]``) <
+environment variable ``ZONEFARM_<NAME>``. Every setting is listed in ``SETTINGS``;
+the README's configuration table is generated from it (``zonefarm config-doc``).
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+MIN_SECRET_LENGTH = 16
+
+
+class ConfigError(SystemExit):
+    """Raised for configuration a service must not start with; exits with the message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"zonefarm: configuration error: {message}")
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return str(Path(base) / "zonefarm")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: str = field(default="", metadata={"doc": "Database URL: `sqlite:///PATH` or `postgresql://USER:PASS@HOST:PORT/DB`. Empty means SQLite in the data dir."})
+    root_secret: str = field(default="", metadata={"doc": "Admin credential (Bearer). At least 16 characters. Required by `api`.", "secret": True})
+    nodes_secret: str = field(default="", metadata={"doc": "Shared key nodes sign callbacks with (HMAC-SHA256). At least 16 characters. Required by `api`.", "secret": True})
+    listen: str = field(default="127.0.0.1:8700", metadata={"doc": "host:port the API binds."})
+    data_dir: str = field(default_factory=_default_data_dir, metadata={"doc": "Where the SQLite database, dispatcher jobs and artifacts live."})
+    api_workers: int = field(default=2, metadata={"doc": "gunicorn worker processes."})
+    api_threads: int = field(default=16, metadata={"doc": "Threads per worker (long-polls hold one each)."})
+    token_ttl: int = field(default=3600, metadata={"doc": "Lifetime of user access tokens, seconds."})
+    db_pool_size: int = field(default=16, metadata={"doc": "Pooled connections per process (PostgreSQL and SQLite)."})
+    changes_max_wait: int = field(default=60, metadata={"doc": "Longest long-poll `GET /changes` may hold, seconds."})
+    node_lease: int = field(default=60, metadata={"doc": "A node silent for longer is marked lost, seconds."})
+    task_lease: int = field(default=60, metadata={"doc": "A running task whose runner is silent for longer is lost, seconds."})
+    callback_skew: int = field(default=300, metadata={"doc": "Largest allowed clock difference on signed node requests, seconds."})
+    api_url: str = field(default="", metadata={"doc": "URL nodes call back to. Empty means http://<listen>."})
+    dispatch_interval: float = field(default=0.5, metadata={"doc": "Seconds between dispatcher rounds when idle."})
+    dispatch_forks: int = field(default=50, metadata={"doc": "Ansible forks per dispatch job."})
+    artifacts_keep: int = field(default=20, metadata={"doc": "Finished job directories the dispatcher keeps; older ones are deleted."})
+    log_level: str = field(default="INFO", metadata={"doc": "Python log level."})
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{Path(self.data_dir) / 'zonefarm.db'}"
+
+    @property
+    def callback_url(self) -> str:
+        return self.api_url or f"http://{self.listen}"
+
+    def require_secrets(self) -> None:
+        """Refuse to serve with a missing or weak secret: a short one can be guessed."""
+        for name in ("root_secret", "nodes_secret"):
+            value = getattr(self, name)
+            env = f"ZONEFARM_{name.upper()}"
+            if not value:
+                raise ConfigError(f"{env} is not set; it must be at least {MIN_SECRET_LENGTH} characters")
+            if len(value) < MIN_SECRET_LENGTH:
+                raise ConfigError(f"{env} is shorter than {MIN_SECRET_LENGTH} characters")
+
+    def public(self) -> dict[str, Any]:
+        """The settings with secrets masked, for printing."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "********" if f.metadata.get("secret") and value else value
+        return out
+
+
+def _coerce(name: str, kind: Any, raw: str, source: str) -> Any:
+    if kind in (int, "int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{source}: {name} must be an integer, got {raw!r}") from None
+    if kind in (float, "float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{source}: {name} must be a number, got {raw!r}") from None
+    return raw
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Settings)}
+    config_file = config_file or env.get("ZONEFARM_CONFIG") or None
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path)
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        if parser.has_section("zonefarm"):
+            for key, raw in parser.items("zonefarm"):
+                if key not in known:
+                    raise ConfigError(f"{path}: unknown setting {key!r}")
+                values[key] = _coerce(key, known[key].type, raw, str(path))
+    for name, f in known.items():
+        raw = env.get(f"ZONEFARM_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(name, f.type, raw, f"ZONEFARM_{name.upper()}")
+    if "listen" in values and ":" not in values["listen"]:
+        raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
+    return Settings(**values)
+
+
+def settings_table() -> str:
+    """Markdown table of every setting, for the README."""
+    rows = ["| setting | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in fields(Settings):
+        default = f.default if f.default_factory is field().default_factory else "~/.local/share/zonefarm"  # type: ignore[misc]
+        rows.append(f"| `{f.name}` | `ZONEFARM_{f.name.upper()}` | `{default}` | {f.metadata['doc']} |")
+    return "\n".join(rows)
