@@ -33,7 +33,7 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
+	  flock /tmp/zonefarm-apt.lock sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing"; \
 	fi
 
 $(VENV)/.installed: setup.cfg pyproject.toml
