@@ -132,5 +132,6 @@ def settings_table() -> str:
     rows = ["| setting | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for f in fields(Settings):
         default = f.default if f.default_factory is field().default_factory else "~/.local/share/zonefarm"  # type: ignore[misc]
-        rows.append(f"| `{f.name}` | `ZONEFARM_{f.name.upper()}` | `{default}` | {f.metadata['doc']} |")
+        shown = f"`{default}`" if default != "" else "(empty)"
+        rows.append(f"| `{f.name}` | `ZONEFARM_{f.name.upper()}` | {shown} | {f.metadata['doc']} |")
     return "\n".join(rows)
