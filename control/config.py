@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import configparser
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 MIN_SECRET_LENGTH = 16
 
@@ -28,26 +29,69 @@ def _default_data_dir() -> str:
     return str(Path(base) / "zonefarm")
 
 
+def opt(default: Any = None, doc: str = "", *, factory: Any = None, secret: bool = False) -> Any:
+    meta = {"doc": doc, "secret": secret}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class Settings:
-    database: str = field(default="", metadata={"doc": "Database URL: `sqlite:///PATH` or `postgresql://USER:PASS@HOST:PORT/DB`. Empty means SQLite in the data dir."})
-    root_secret: str = field(default="", metadata={"doc": "Admin credential (Bearer). At least 16 characters. Required by `api`.", "secret": True})
-    nodes_secret: str = field(default="", metadata={"doc": "Shared key nodes sign callbacks with (HMAC-SHA256). At least 16 characters. Required by `api`.", "secret": True})
-    listen: str = field(default="127.0.0.1:8700", metadata={"doc": "host:port the API binds."})
-    data_dir: str = field(default_factory=_default_data_dir, metadata={"doc": "Where the SQLite database, dispatcher jobs and artifacts live."})
-    api_workers: int = field(default=2, metadata={"doc": "gunicorn worker processes."})
-    api_threads: int = field(default=16, metadata={"doc": "Threads per worker (long-polls hold one each)."})
-    token_ttl: int = field(default=3600, metadata={"doc": "Lifetime of user access tokens, seconds."})
-    db_pool_size: int = field(default=16, metadata={"doc": "Pooled connections per process (PostgreSQL and SQLite)."})
-    changes_max_wait: int = field(default=60, metadata={"doc": "Longest long-poll `GET /changes` may hold, seconds."})
-    node_lease: int = field(default=60, metadata={"doc": "A node silent for longer is marked lost, seconds."})
-    task_lease: int = field(default=60, metadata={"doc": "A running task whose runner is silent for longer is lost, seconds."})
-    callback_skew: int = field(default=300, metadata={"doc": "Largest allowed clock difference on signed node requests, seconds."})
-    api_url: str = field(default="", metadata={"doc": "URL nodes call back to. Empty means http://<listen>."})
-    dispatch_interval: float = field(default=0.5, metadata={"doc": "Seconds between dispatcher rounds when idle."})
-    dispatch_forks: int = field(default=50, metadata={"doc": "Ansible forks per dispatch job."})
-    artifacts_keep: int = field(default=20, metadata={"doc": "Finished job directories the dispatcher keeps; older ones are deleted."})
-    log_level: str = field(default="INFO", metadata={"doc": "Python log level."})
+    database: str = opt(
+        "",
+        "Database URL: `sqlite:///PATH` or `postgresql://USER:PASS@HOST:PORT/DB`. Empty means SQLite in the data dir.")
+    root_secret: str = opt(
+        "",
+        "Admin credential (Bearer). At least 16 characters. Required by `api`.", secret=True)
+    nodes_secret: str = opt(
+        "",
+        "Shared key nodes sign callbacks with (HMAC-SHA256). At least 16 characters. Required by `api`.", secret=True)
+    listen: str = opt(
+        "127.0.0.1:8700",
+        "host:port the API binds.")
+    data_dir: str = opt(
+        None, "Where the SQLite database, dispatcher jobs and artifacts live.",
+        factory=_default_data_dir)
+    api_workers: int = opt(
+        2,
+        "gunicorn worker processes.")
+    api_threads: int = opt(
+        16,
+        "Threads per worker (long-polls hold one each).")
+    token_ttl: int = opt(
+        3600,
+        "Lifetime of user access tokens, seconds.")
+    db_pool_size: int = opt(
+        16,
+        "Pooled connections per process (PostgreSQL and SQLite).")
+    changes_max_wait: int = opt(
+        60,
+        "Longest long-poll `GET /changes` may hold, seconds.")
+    node_lease: int = opt(
+        60,
+        "A node silent for longer is marked lost, seconds.")
+    task_lease: int = opt(
+        60,
+        "A running task whose runner is silent for longer is lost, seconds.")
+    callback_skew: int = opt(
+        300,
+        "Largest allowed clock difference on signed node requests, seconds.")
+    api_url: str = opt(
+        "",
+        "URL nodes call back to. Empty means http://<listen>.")
+    dispatch_interval: float = opt(
+        0.5,
+        "Seconds between dispatcher rounds when idle.")
+    dispatch_forks: int = opt(
+        50,
+        "Ansible forks per dispatch job.")
+    artifacts_keep: int = opt(
+        20,
+        "Finished job directories the dispatcher keeps; older ones are deleted.")
+    log_level: str = opt(
+        "INFO",
+        "Python log level.")
 
     @property
     def host(self) -> str:

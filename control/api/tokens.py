@@ -20,7 +20,7 @@ def issue_token(ctx: Context) -> Reply:
     if not user.active:
         raise unauthorized("user is not active")
     plain, _ = new_token("user", user=user, ttl=ctx.settings.token_ttl)
-    return Reply(200, TokenOut(access_token=plain, token_type="bearer",
+    return Reply(200, TokenOut(access_token=plain, token_type="bearer",  # noqa: S106
                                expires_in=ctx.settings.token_ttl),
                  {"Cache-Control": "no-store"})
 
