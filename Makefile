@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # container tasks and the lab, debootstrap for the lab image.
 APT_PACKAGES := postgresql wrk openssh-server openssh-client supervisor docker.io \
                 debootstrap rsync sudo python3-venv procps iproute2 sshfs libnfs-utils \
-                curl ca-certificates
+                curl ca-certificates busybox-static
 
 .PHONY: help deps venv collections up down test lint bench bench-api bench-dispatch clean
 
@@ -63,6 +63,7 @@ lint: venv collections
 bench: bench-api bench-dispatch
 
 bench-api: deps venv
+	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/api.py
 
 bench-dispatch: deps venv collections

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from control.config import Settings, load_settings, settings_table
 

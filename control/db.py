@@ -7,9 +7,9 @@ connection each time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 import peewee

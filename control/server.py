@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
 from control.config import Settings
+
+WORKER_CLASS = "gthread"
 
 
 def configure_logging(level: str) -> None:
@@ -20,10 +23,12 @@ def configure_logging(level: str) -> None:
                         format="%(message)s")
 
 
-class _Gunicorn(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
-        self.settings = settings
+class Gunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn run in-process; ``load`` is called in each worker after the fork."""
+
+    def __init__(self, options: dict[str, Any], load: Callable[[], Any]) -> None:
         self.options = options
+        self._load = load
         super().__init__()
 
     def load_config(self) -> None:
@@ -31,19 +36,17 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        # Built in each worker after fork: database pools must not cross a fork.
-        from control.api.app import build_app
-        configure_logging(self.settings.log_level)
-        return build_app(self.settings)
+        return self._load()
 
 
-def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
-    settings.require_secrets()
-    options = {
+def gunicorn_options(settings: Settings, *, workers: int | None = None,
+                     threads: int | None = None, worker_class: str = WORKER_CLASS) -> dict[str, Any]:
+    """The options `zonefarm api` runs with; bench/ serves its baseline with the same ones."""
+    return {
         "bind": settings.listen,
         "workers": workers or settings.api_workers,
         "threads": threads or settings.api_threads,
-        "worker_class": "gthread",
+        "worker_class": worker_class,
         "timeout": max(120, settings.changes_max_wait + 30),
         "graceful_timeout": 10,
         "keepalive": 5,
@@ -53,4 +56,16 @@ def serve(settings: Settings, *, workers: int | None = None, threads: int | None
         "proc_name": "zonefarm-api",
         "limit_request_line": 8190,
     }
-    _Gunicorn(settings, options).run()
+
+
+def load_api(settings: Settings) -> Any:
+    # Built in each worker after fork: database pools must not cross a fork.
+    from control.api.app import build_app
+    configure_logging(settings.log_level)
+    return build_app(settings)
+
+
+def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
+    settings.require_secrets()
+    options = gunicorn_options(settings, workers=workers, threads=threads)
+    Gunicorn(options, lambda: load_api(settings)).run()

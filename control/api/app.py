@@ -6,7 +6,8 @@ import importlib
 import json
 import logging
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import bottle
 

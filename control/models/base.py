@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
@@ -20,7 +20,7 @@ def iso(ts: float | None) -> str | None:
     """Times are stored as epoch seconds (cheap lease arithmetic) and shown as ISO 8601."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 class JSONField(peewee.TextField):

@@ -81,6 +81,12 @@ class Provider(BaseModel):
     name = peewee.CharField(max_length=100, unique=True)
     domain = peewee.CharField(max_length=253)
     admin_email = peewee.CharField(max_length=254)
+    # Where the provider's storage takes uploads over SFTP (the task farm's pipeline
+    # upload); each supported space gets the directory ``storage_path/<space id>``.
+    sftp_host = peewee.CharField(max_length=253, null=True)
+    sftp_port = peewee.IntegerField(default=22)
+    sftp_user = peewee.CharField(max_length=64, null=True)
+    storage_path = peewee.CharField(max_length=1024, null=True)
     created_at = peewee.DoubleField(default=now)
     updated_at = peewee.DoubleField(default=now)
 

@@ -48,7 +48,7 @@ class PgCluster:
             argv = ["runuser", "-u", "postgres", "--"] + argv
         return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
 
-    def start(self) -> "PgCluster":
+    def start(self) -> PgCluster:
         if self.as_root:
             shutil.chown(self.root, "postgres", "postgres")
         pwfile = self.root / "pw"

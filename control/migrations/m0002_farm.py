@@ -1,0 +1,12 @@
+"""The task farm tables: nodes, tasks, task events and logs, nonces of signed requests."""
+
+import peewee
+from playhouse.migrate import SchemaMigrator
+
+from control.models.farm import FARM_MODELS
+
+VERSION = 2
+
+
+def up(db: peewee.Database, migrator: SchemaMigrator) -> None:
+    db.create_tables(FARM_MODELS, safe=True)
