@@ -102,7 +102,7 @@ class TaskEvent(BaseModel):
 
 
 class TaskLog(BaseModel):
-    """One chunk of a task's output; ``start`` is its byte offset in the whole log."""
+    """One chunk of a task's output; ``start`` is its character offset in the whole log."""
 
     task = peewee.ForeignKeyField(Task, backref="log_chunks", on_delete="CASCADE")
     seq = peewee.IntegerField()

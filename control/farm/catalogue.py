@@ -1,0 +1,107 @@
+"""Task types: a playbook ``playbooks/tasks/<name>.yml`` and its params schema beside it.
+
+Z-Node's ``{Name, Params}``: a new task type is just a playbook. Its
+``<name>.schema.json`` (JSON Schema 2020-12) declares the params; a type without one
+takes any JSON object. Submitting an unknown name or params that do not fit is a 422
+naming the field. Schemas are compiled once and reloaded when the file changes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_cache: dict[str, tuple[float, jsonschema.protocols.Validator | None]] = {}
+_lock = threading.Lock()
+
+
+class UnknownTaskType(LookupError):
+    pass
+
+
+def tasks_dir() -> Path:
+    """``ZONEFARM_TASKS_DIR`` when set (an installed package), else the repository's."""
+    env = os.environ.get("ZONEFARM_TASKS_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "playbooks" / "tasks"
+
+
+def playbook(name: str) -> Path:
+    if not TYPE_NAME.match(name):
+        raise UnknownTaskType(name)
+    path = tasks_dir() / f"{name}.yml"
+    if not path.is_file():
+        raise UnknownTaskType(name)
+    return path
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in tasks_dir().glob("*.yml") if TYPE_NAME.match(p.stem))
+
+
+def _validator(name: str) -> jsonschema.protocols.Validator | None:
+    path = tasks_dir() / f"{name}.schema.json"
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    with _lock:
+        cached = _cache.get(name)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        schema = json.loads(path.read_text())
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+        validator = cls(schema)
+        _cache[name] = (mtime, validator)
+        return validator
+
+
+def schema(name: str) -> dict[str, Any] | None:
+    playbook(name)
+    validator = _validator(name)
+    return dict(validator.schema) if validator is not None else None
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    path = "params"
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    if error.validator == "required":
+        missing = re.search(r"'([^']+)' is a required property", error.message)
+        if missing:
+            path += f".{missing.group(1)}"
+    elif error.validator == "additionalProperties":
+        extra = re.search(r"\('([^']+)'", error.message)
+        if extra:
+            path += f".{extra.group(1)}"
+    return path
+
+
+def validate(name: str, params: Any) -> list[str]:
+    """Problems with ``params`` for task type ``name``, each naming the field; [] if fine.
+
+    Raises UnknownTaskType for a name with no playbook.
+    """
+    playbook(name)
+    if not isinstance(params, dict):
+        return ["params: must be a JSON object"]
+    validator = _validator(name)
+    if validator is None:
+        return []
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    return [f"{_where(e)}: {e.message}" for e in errors]
+
+
+def needs_space(name: str) -> bool:
+    """Types whose schema says ``"x-zonefarm-needs-space": true`` (uploads) need a space."""
+    validator = _validator(name)
+    return bool(validator is not None and validator.schema.get("x-zonefarm-needs-space"))

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Ansible dynamic inventory: the zonefarm node registry, from ``GET /api/v1/inventory``.
+
+    ZONEFARM_URL=http://127.0.0.1:8700/api/v1 ZONEFARM_TOKEN=... ansible-inventory -i inventory/zonefarm.py --list
+
+Settings come from the environment (``ZONEFARM_URL``, ``ZONEFARM_TOKEN``) or else from
+an INI file, section ``[zonefarm]`` with keys ``url`` and ``token``: the file named by
+``ZONEFARM_INVENTORY_INI``, else ``zonefarm.ini`` beside this script, else
+``/etc/zonefarm/inventory.ini``. The file holds a credential, so one that others can
+read is refused. ``url`` may or may not end in ``/api/v1``. ``ZONEFARM_INVENTORY_STATE``
+(``online`` or ``lost``) narrows the hosts.
+
+Groups: ``queue_<queue>``, ``region_<region>``, ``zonefarm_online``/``zonefarm_lost``,
+``zonefarm_cordoned``. The token is sent as a Bearer header and never printed: errors
+name the URL and the HTTP status only. Standard library only, so any python3 runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import stat
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+TIMEOUT = 30
+DEFAULT_INIS = (Path(__file__).resolve().with_name("zonefarm.ini"), Path("/etc/zonefarm/inventory.ini"))
+
+
+class InventoryError(Exception):
+    pass
+
+
+def _from_ini(path: Path) -> dict[str, str]:
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise InventoryError(f"{path}: mode {mode:04o} lets others read the token; chmod 600 it")
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(path)
+    except configparser.Error as exc:
+        raise InventoryError(f"{path}: not a valid INI file ({type(exc).__name__})") from None
+    if not parser.has_section("zonefarm"):
+        raise InventoryError(f"{path}: missing [zonefarm] section")
+    return {k: v.strip() for k, v in parser.items("zonefarm")}
+
+
+def settings(env: dict[str, str]) -> tuple[str, str]:
+    """(API base URL ending in /api/v1, token)."""
+    url, token = env.get("ZONEFARM_URL", ""), env.get("ZONEFARM_TOKEN", "")
+    if not (url and token):
+        named = env.get("ZONEFARM_INVENTORY_INI")
+        candidates = [Path(named)] if named else [p for p in DEFAULT_INIS if p.is_file()]
+        for path in candidates:
+            if not path.is_file():
+                raise InventoryError(f"{path}: no such file")
+            values = _from_ini(path)
+            url, token = url or values.get("url", ""), token or values.get("token", "")
+            break
+    if not url:
+        raise InventoryError("no API URL: set ZONEFARM_URL or url in the inventory INI file")
+    if not token:
+        raise InventoryError("no credential: set ZONEFARM_TOKEN or token in the inventory INI file")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InventoryError(f"ZONEFARM_URL must be an http(s) URL, got {url!r}")
+    base = url.rstrip("/")
+    if not base.endswith("/api/v1"):
+        base += "/api/v1"
+    return base, token
+
+
+def fetch(base: str, token: str, state: str | None = None) -> dict[str, Any]:
+    url = base + "/inventory" + (f"?state={urllib.parse.quote(state)}" if state else "")
+    # settings() admits only http(s) URLs, so no file: or custom scheme reaches urlopen
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",  # noqa: S310
+                                               "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise InventoryError(f"{url}: HTTP {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InventoryError(f"{url}: cannot reach the API ({reason})") from None
+    except ValueError:
+        raise InventoryError(f"{url}: the answer is not JSON") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="zonefarm dynamic inventory for Ansible")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--list", action="store_true", help="every host and group")
+    mode.add_argument("--host", help="one host's variables")
+    args = parser.parse_args(argv)
+    try:
+        base, token = settings(dict(os.environ))
+        inventory = fetch(base, token, os.environ.get("ZONEFARM_INVENTORY_STATE") or None)
+    except InventoryError as exc:
+        print(f"zonefarm inventory: {exc}", file=sys.stderr)
+        return 1
+    if args.list:
+        json.dump(inventory, sys.stdout, indent=2, sort_keys=True)
+    else:
+        json.dump(inventory.get("_meta", {}).get("hostvars", {}).get(args.host, {}), sys.stdout,
+                  indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
