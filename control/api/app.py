@@ -19,7 +19,8 @@ from control.db import init_database
 # Resource modules register their routes on import; order is the document's order.
 RESOURCES = [
     "control.api.health", "control.api.openapi", "control.api.tokens", "control.api.users",
-    "control.api.groups", "control.api.spaces", "control.api.providers", "control.api.changes",
+    "control.api.groups", "control.api.spaces", "control.api.providers", "control.api.support",
+    "control.api.changes",
     "control.api.nodes", "control.api.tasks", "control.api.inventory",
 ]
 

@@ -197,6 +197,7 @@ class SupportSize(Input):
 
 class SupportOut(BaseModel):
     space_id: int
+    space_name: str
     provider_id: int
     provider_name: str
     size: int

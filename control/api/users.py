@@ -7,6 +7,7 @@ from typing import Any
 from control import feed
 from control.api.auth import Principal, require_root, require_user_or_root
 from control.api.errors import conflict, forbidden, invalid, not_found
+from control.api.members import record_user_departures
 from control.api.routing import Context, Reply, paginate, paginated_query, route
 from control.api.schemas import KeyCreate, KeyOut, Page, UserCreate, UserOut, UserUpdate
 from control.models import SshKey, User, iso, now
@@ -100,8 +101,9 @@ def update_user(ctx: Context, id: int) -> UserOut:
 def delete_user(ctx: Context, id: int) -> None:
     require_root(ctx.principal)
     user = get_user(id)
+    record_user_departures(user.id)
     feed.record("user", user.id, "delete", {"username": user.username}, user_id=user.id)
-    user.delete_instance(recursive=True)
+    user.delete_instance(recursive=True, delete_nullable=True)
 
 
 @route("GET", "/users/{id}/keys", summary="List a user's SSH public keys", tag="users",
