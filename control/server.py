@@ -6,7 +6,10 @@ requests of waitress for the same Bottle + peewee read.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
+import queue
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -18,9 +21,41 @@ from control.config import Settings
 WORKER_CLASS = "gthread"
 
 
+class _LocklessQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread; ``SimpleQueue.put`` is thread-safe on its own.
+
+    With a plain StreamHandler every request thread wrote its access line to stderr while
+    holding the handler's lock: py-spy showed a fifth of a worker's samples queued there
+    at 32 connections.
+    """
+
+    def createLock(self) -> None:  # noqa: N802 - logging's name
+        self.lock = None  # type: ignore[assignment]
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _stop_listener() -> None:
+    if _listener is not None and _listener._thread is not None:
+        _listener.stop()
+
+
 def configure_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(message)s")
+    """Log lines to stderr from one writer thread per process (call after the fork)."""
+    global _listener
+    if _listener is None:
+        atexit.register(_stop_listener)  # flush what is queued when the worker exits
+    else:
+        _stop_listener()
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, stream)
+    _listener.start()
+    root = logging.getLogger()
+    root.handlers[:] = [_LocklessQueueHandler(records)]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 class Gunicorn(BaseApplication):  # type: ignore[misc]

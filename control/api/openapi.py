@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pydantic
@@ -19,14 +20,19 @@ ERROR_SCHEMA = {
 _TYPES = {int: "integer", str: "string", float: "number", bool: "boolean"}
 
 
+def component_name(model: type[pydantic.BaseModel]) -> str:
+    """OpenAPI allows only ``[A-Za-z0-9._-]`` in component names; generics are ``Page[UserOut]``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", model.__name__)
+
+
 def _schema_ref(model: Any, components: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}",
                                          mode="serialization")
         for name, sub in schema.pop("$defs", {}).items():
             components[name] = sub
-        components[model.__name__] = schema
-        return {"$ref": f"#/components/schemas/{model.__name__}"}
+        components[component_name(model)] = schema
+        return {"$ref": f"#/components/schemas/{component_name(model)}"}
     return model  # a plain JSON schema dict
 
 
@@ -35,8 +41,8 @@ def _request_schema(model: type[pydantic.BaseModel], components: dict[str, Any])
                                      mode="validation")
     for name, sub in schema.pop("$defs", {}).items():
         components[name] = sub
-    components[model.__name__ + "Input"] = schema
-    return {"$ref": f"#/components/schemas/{model.__name__}Input"}
+    components[component_name(model) + "Input"] = schema
+    return {"$ref": f"#/components/schemas/{component_name(model)}Input"}
 
 
 def _query_param(name: str, q: Query) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import pydantic
 from control.api.auth import Principal, authenticate
 from control.api.errors import ApiError, bad_request, invalid
 from control.config import Settings
-from control.db import connection, database
+from control.db import connection, write_transaction
 
 API_PREFIX = "/api/v1"
 MAX_BODY = 1024 * 1024
@@ -226,7 +226,7 @@ def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
                               _parse_query(spec), req.method, path_qs, headers,
                               req.remote_addr or "")
                 if writes:
-                    with database.atomic():
+                    with write_transaction():
                         result = spec.handler(ctx, **params)
                 else:
                     result = spec.handler(ctx, **params)

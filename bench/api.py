@@ -1,0 +1,312 @@
+"""API benchmark: zonefarm against a bare Bottle + peewee app, loaded by wrk on loopback.
+
+For each database (SQLite, and PostgreSQL in a throwaway cluster from tests/support/pg.py)
+it serves zonefarm with the real ``zonefarm api`` command and the baseline
+(``bench/bare_app.py``) with ``bench/serve.py`` under the very same gunicorn options
+(``control.server.gunicorn_options``), each on its own copy of the same seeded database.
+wrk then runs, at 32 connections:
+
+* read:  ``GET /api/v1/spaces/{id}`` with a user token (the user owns the space);
+* write: ``POST /api/v1/groups`` with a user token and a unique name per request.
+
+Runs are short and interleaved (zonefarm, bare, bare, zonefarm, ...) so the machine's noise
+hits both alike; the figures are medians over ``--runs``. A run with any non-2xx answer or
+socket error is refused. Finally the zonefarm read is served once more by gunicorn gthread,
+gunicorn sync and waitress (all three up at once, runs interleaved), for the WSGI-server choice.
+
+    .venv/bin/python bench/api.py [--runs 3] [--duration 5] [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from tests.support.pg import PgCluster, free_port  # noqa: E402
+
+BIN = Path(sys.executable).parent
+WRK_DIR = ROOT / "bench" / "wrk"
+TARGETS = {"read": 0.80, "write": 0.70}
+P99_TARGET_MS = 100.0
+SECRET = secrets.token_urlsafe(24)  # fresh per run; the servers need one, nobody uses it
+
+
+@dataclass
+class Fixture:
+    """A seeded database: one user with a token who owns one space."""
+
+    url: str
+    token: str
+    space_id: int
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Samples:
+    rps: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+
+
+def seed(url: str) -> Fixture:
+    """Migrate ``url`` and create the benchmark's user, token and space."""
+    from control.api.auth import new_token
+    from control.db import database, init_database
+    from control.migrations import upgrade
+    from control.models import Space, SpaceUser, User
+
+    init_database(url, 2)
+    upgrade()
+    with database.connection_context(), database.atomic():
+        user = User.create(username="bench", email="bench@example.org")
+        token, _ = new_token("user", user=user)
+        space = Space.create(name="bench-space")
+        SpaceUser.create(space=space, user=user, role="owner")
+    database.obj.close_all()
+    return Fixture(url, token, space.id)
+
+
+def server_env(url: str, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
+    env.update({"ZONEFARM_DATABASE": url, "ZONEFARM_LISTEN": f"127.0.0.1:{port}",
+                "ZONEFARM_ROOT_SECRET": SECRET, "ZONEFARM_NODES_SECRET": SECRET,
+                "ZONEFARM_LOG_LEVEL": "INFO"})
+    return env
+
+
+def start(name: str, argv: list[str], url: str, workdir: Path) -> Server:
+    port = free_port()
+    log = workdir / f"{name}-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, env=server_env(url, port), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return Server(name, proc, port, log)
+
+
+def wait_ready(server: Server, fx: Fixture, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"{server.base}/api/v1/spaces/{fx.space_id}"
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise SystemExit(f"{server.name} exited {server.proc.returncode}:\n{server.log.read_text()}")
+        try:
+            resp = requests.get(url, headers={"Authorization": f"Bearer {fx.token}"}, timeout=10)
+        except (requests.ConnectionError, requests.Timeout):
+            time.sleep(0.2)
+            continue
+        if resp.status_code != 200:
+            raise SystemExit(f"{server.name}: GET {url} answered {resp.status_code}: {resp.text}")
+        return
+    raise SystemExit(f"{server.name} not ready within {timeout}s:\n{server.log.read_text()}")
+
+
+def stop(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+            server.proc.wait(timeout=5)
+
+
+@contextmanager
+def serving(name: str, argv: list[str], fx: Fixture, workdir: Path) -> Iterator[Server]:
+    server = start(name, argv, fx.url, workdir)
+    try:
+        wait_ready(server, fx)
+        yield server
+    finally:
+        stop(server)
+
+
+def wrk(server: Server, fx: Fixture, kind: str, duration: int, connections: int,
+        threads: int) -> tuple[float, float]:
+    """One wrk run; returns (requests/s, p99 ms). Refuses runs with errors."""
+    env = {**os.environ, "BENCH_TOKEN": fx.token,
+           "BENCH_PATH": f"/api/v1/spaces/{fx.space_id}" if kind == "read" else "/api/v1/groups",
+           "BENCH_PREFIX": f"b{secrets.token_hex(4)}"}
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
+            "-s", str(WRK_DIR / f"{kind}.lua"), server.base]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=duration + 60)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise SystemExit(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+    result = json.loads(line.split(" ", 1)[1])
+    errors = {k: result[k] for k in ("connect", "read", "write", "status", "timeout") if result[k]}
+    if errors:
+        statuses = {}
+        for ln in server.log.read_text(errors="replace").splitlines():
+            if ln.startswith("{") and '"status"' in ln:
+                st = json.loads(ln)["status"]
+                statuses[st] = statuses.get(st, 0) + 1
+        tail = "\n".join(server.log.read_text(errors="replace").splitlines()[-15:])
+        raise SystemExit(f"{server.name} {kind}: wrk saw errors {errors}; statuses logged {statuses}\n{tail}")
+    return result["requests"] / (result["duration_us"] / 1e6), result["p99_us"] / 1000
+
+
+def bench_database(label: str, urls: dict[str, str], args: argparse.Namespace,
+                   workdir: Path) -> dict[str, dict[str, Samples]]:
+    """Interleaved runs of both apps, each on its own seeded copy of the database."""
+    fixtures = {app: seed(url) for app, url in urls.items()}
+    argvs = {"zonefarm": [str(BIN / "zonefarm"), "api"],
+             "bare": [sys.executable, str(ROOT / "bench" / "serve.py"), "--app", "bare", "--server", "gthread"]}
+    results: dict[str, dict[str, Samples]] = {app: {"read": Samples(), "write": Samples()} for app in urls}
+    with serving("zonefarm", argvs["zonefarm"], fixtures["zonefarm"], workdir) as zf, \
+            serving("bare", argvs["bare"], fixtures["bare"], workdir) as bare:
+        servers = {"zonefarm": zf, "bare": bare}
+        for app, server in servers.items():  # warm up: imports, pools, page cache
+            for kind in ("read", "write"):
+                wrk(server, fixtures[app], kind, 1, args.connections, args.wrk_threads)
+        for run in range(args.runs):
+            order = ["zonefarm", "bare"] if run % 2 == 0 else ["bare", "zonefarm"]
+            for kind in ("read", "write"):
+                for app in order:
+                    rps, p99 = wrk(servers[app], fixtures[app], kind, args.duration, args.connections,
+                                   args.wrk_threads)
+                    results[app][kind].rps.append(rps)
+                    results[app][kind].p99_ms.append(p99)
+                    print(f"  {label:8} run {run + 1} {kind:5} {app:8} {rps:8.0f} req/s  p99 {p99:6.1f} ms",
+                          flush=True)
+    return results
+
+
+def bench_servers(url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Samples]:
+    """The zonefarm read under each WSGI server candidate, same settings, runs interleaved."""
+    fx = seed(url)
+    kinds = ("gthread", "sync", "waitress")
+    out: dict[str, Samples] = {kind: Samples() for kind in kinds}
+    with ExitStack() as stack:
+        servers = {}
+        for kind in kinds:
+            argv = [sys.executable, str(ROOT / "bench" / "serve.py"), "--app", "zonefarm", "--server", kind]
+            servers[kind] = stack.enter_context(serving(kind, argv, fx, workdir))
+            wrk(servers[kind], fx, "read", 1, args.connections, args.wrk_threads)
+        for run in range(args.server_runs):
+            for kind in kinds[run % 3:] + kinds[:run % 3]:
+                rps, p99 = wrk(servers[kind], fx, "read", args.duration, args.connections, args.wrk_threads)
+                out[kind].rps.append(rps)
+                out[kind].p99_ms.append(p99)
+                print(f"  server   run {run + 1} {kind:8} {rps:8.0f} req/s  p99 {p99:6.1f} ms", flush=True)
+    return out
+
+
+def summarise(results: dict[str, dict[str, dict[str, Samples]]]) -> tuple[list[str], dict[str, Any], bool]:
+    lines = ["| database | load | zonefarm req/s | bare req/s | ratio (target) | zonefarm p99 ms (< 100) "
+             "| bare p99 ms |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    data: dict[str, Any] = {}
+    ok = True
+    for db, per_app in results.items():
+        for kind in ("read", "write"):
+            zf, bare = per_app["zonefarm"][kind], per_app["bare"][kind]
+            zf_rps, bare_rps = statistics.median(zf.rps), statistics.median(bare.rps)
+            zf_p99, bare_p99 = statistics.median(zf.p99_ms), statistics.median(bare.p99_ms)
+            ratio = zf_rps / bare_rps
+            ratio_met, p99_met = ratio >= TARGETS[kind], zf_p99 < P99_TARGET_MS
+            met = ratio_met and p99_met
+            ok &= met
+            lines.append(f"| {db} | {kind} | {zf_rps:.0f} | {bare_rps:.0f} | {ratio:.0%} (>= {TARGETS[kind]:.0%}) "
+                         f"{'met' if ratio_met else 'MISSED'} | {zf_p99:.1f} {'met' if p99_met else 'MISSED'} "
+                         f"| {bare_p99:.1f} |")
+            data[f"{db}.{kind}"] = {"zonefarm_rps": zf.rps, "bare_rps": bare.rps, "zonefarm_p99_ms": zf.p99_ms,
+                                    "bare_p99_ms": bare.p99_ms, "ratio": ratio, "met": met}
+    return lines, data, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs per app and load (median)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--databases", default="sqlite,postgres")
+    parser.add_argument("--server-runs", type=int, default=3, help="runs per WSGI server; 0 skips the comparison")
+    parser.add_argument("--json", help="also write the raw figures here")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found; run `make deps` (Debian package wrk)")
+
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="zf-bench-"))
+    results: dict[str, dict[str, dict[str, Samples]]] = {}
+    server_results: dict[str, Samples] = {}
+    cluster: PgCluster | None = None
+    try:
+        for db in [d for d in args.databases.split(",") if d]:
+            print(f"{db}: zonefarm vs bare, {args.runs} x {args.duration}s per load, "
+                  f"{args.connections} connections", flush=True)
+            if db == "sqlite":
+                urls = {app: f"sqlite:///{workdir / f'{app}.db'}" for app in ("zonefarm", "bare")}
+            elif db == "postgres":
+                cluster = PgCluster().start()
+                for app in ("zonefarm", "bare"):
+                    cluster.sql(f"CREATE DATABASE bench_{app}")
+                urls = {app: cluster.url(f"bench_{app}") for app in ("zonefarm", "bare")}
+            else:
+                raise SystemExit(f"unknown database {db!r}")
+            results[db] = bench_database(db, urls, args, workdir)
+        if args.server_runs:
+            print("WSGI server choice: zonefarm read on SQLite", flush=True)
+            server_results = bench_servers(f"sqlite:///{workdir / 'servers.db'}", args, workdir)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    lines, data, ok = summarise(results)
+    if results:
+        print()
+        print("\n".join(lines))
+    if server_results:
+        base = statistics.median(server_results["gthread"].rps)
+        print()
+        print("| WSGI server (zonefarm read, SQLite) | req/s | p99 ms | vs gunicorn gthread |")
+        print("| --- | ---: | ---: | ---: |")
+        for kind, s in server_results.items():
+            rps = statistics.median(s.rps)
+            print(f"| {kind} | {rps:.0f} | {statistics.median(s.p99_ms):.1f} | {rps / base:.2f}x |")
+        data["servers"] = {k: {"rps": s.rps, "p99_ms": s.p99_ms} for k, s in server_results.items()}
+    load_after = os.getloadavg()
+    print(f"\nload average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} cores")
+    data["loadavg"] = {"before": load_before, "after": load_after}
+    print(f"total {time.monotonic() - started:.0f}s; targets: reads >= 80% of bare, writes >= 70%, "
+          f"p99 < {P99_TARGET_MS:.0f} ms: {'met' if ok else 'MISSED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=2))
+    return 1 if (args.strict and not ok) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

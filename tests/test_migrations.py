@@ -1,0 +1,206 @@
+"""Schema migrations: from empty, run again, report status, and never lose rows.
+
+`zonefarm db upgrade` and `zonefarm db status` run as the installed console script on a
+fresh SQLite file and a fresh PostgreSQL database. The data-keeping tests build an older
+schema (what a site upgraded from looks like) and then upgrade it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import control.migrations as migrations
+from control.db import database, init_database, make_database
+from tests.conftest import _close_db
+from tests.support.pg import PgCluster
+
+ZONEFARM = str(Path(sys.executable).with_name("zonefarm"))
+_seq = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no tables at all (not the suite's migrated template)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    name = f"zf_mig_{os.getpid()}_{next(_seq)}"
+    cluster.sql(f"CREATE DATABASE {name}")
+    yield cluster.url(name)
+    _close_db()
+    cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _zonefarm(db_url: str, *args: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
+    env["ZONEFARM_DATABASE"] = db_url
+    done = subprocess.run([ZONEFARM, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _schema(db_url: str) -> dict[str, Any]:
+    """Tables, their columns (name, type, null) and indexes, as the database reports them."""
+    db = make_database(db_url, 2)
+    try:
+        with db.connection_context():
+            return {t: {"columns": sorted((c.name, c.data_type, c.null) for c in db.get_columns(t)),
+                        "indexes": sorted((i.name, tuple(i.columns), i.unique) for i in db.get_indexes(t))}
+                    for t in db.get_tables()}
+    finally:
+        db.close_all()
+
+
+def _rows(db_url: str, sql: str) -> list[tuple[Any, ...]]:
+    db = make_database(db_url, 2)
+    try:
+        with db.connection_context():
+            return [tuple(r) for r in db.execute_sql(sql).fetchall()]
+    finally:
+        db.close_all()
+
+
+def _execute(db_url: str, *statements: str) -> None:
+    db = make_database(db_url, 2)
+    try:
+        with db.connection_context(), db.atomic():
+            for sql in statements:
+                db.execute_sql(sql)
+    finally:
+        db.close_all()
+
+
+def _all_versions() -> list[int]:
+    return [m.VERSION for m in migrations._migrations()]
+
+
+def test_upgrade_from_empty_then_again_changes_nothing(empty_db_url: str) -> None:
+    before = _zonefarm(empty_db_url, "db", "status")
+    names = [m.__name__.rsplit(".", 1)[1] for m in migrations._migrations()]
+    assert before == {"schema_version": 0, "pending": names}
+
+    first = _zonefarm(empty_db_url, "db", "upgrade")
+    assert first == {"applied": names, "schema_version": max(_all_versions())}
+    schema = _schema(empty_db_url)
+    from control.models import Provider, Token, User
+    for model in (User, Provider, Token):
+        table = model._meta.table_name
+        assert table in schema
+        assert {c.column_name for c in model._meta.sorted_fields} <= {c[0] for c in schema[table]["columns"]}
+    recorded = _rows(empty_db_url, "SELECT version FROM schema_version ORDER BY version")
+    assert [r[0] for r in recorded] == _all_versions()
+
+    second = _zonefarm(empty_db_url, "db", "upgrade")
+    assert second == {"applied": [], "schema_version": max(_all_versions())}
+    assert _schema(empty_db_url) == schema
+    assert _rows(empty_db_url, "SELECT count(*) FROM schema_version") == [(len(names),)]
+
+    assert _zonefarm(empty_db_url, "db", "status") == {"schema_version": max(_all_versions()), "pending": []}
+
+
+def test_upgrade_of_an_older_database_adds_provider_columns_and_keeps_rows(empty_db_url: str) -> None:
+    """A site at schema 2 (before provider storage columns) upgrades without losing providers."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    # Wind the provider table back to its schema-2 shape, as an older release created it.
+    _execute(empty_db_url,
+             *[f"ALTER TABLE provider DROP COLUMN {c}" for c in ("sftp_host", "sftp_port", "sftp_user",
+                                                                 "storage_path")],
+             "DELETE FROM schema_version WHERE version >= 3",
+             "INSERT INTO provider (name, domain, admin_email, created_at, updated_at) "
+             "VALUES ('prov-old', 'old.example.org', 'ops@example.org', 1.0, 2.0)")
+    assert _zonefarm(empty_db_url, "db", "status")["pending"][0] == "m0003_provider_storage"
+
+    result = _zonefarm(empty_db_url, "db", "upgrade")
+    assert "m0003_provider_storage" in result["applied"]
+    rows = _rows(empty_db_url, "SELECT name, domain, admin_email, created_at, updated_at, sftp_host, sftp_port, "
+                               "sftp_user, storage_path FROM provider")
+    assert rows == [("prov-old", "old.example.org", "ops@example.org", 1.0, 2.0, None, 22, None, None)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+@pytest.fixture
+def extra_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
+    """Ships a migration from a later release (adds ``user.locale`` with a default); returns its version."""
+    version = max(_all_versions()) + 1
+    name = f"m{version:04d}_user_locale"
+    pkg = tmp_path / "later"
+    pkg.mkdir()
+    (pkg / f"{name}.py").write_text(textwrap.dedent(f"""
+        import peewee
+        from control.migrations import add_column_if_missing
+
+        VERSION = {version}
+
+        def up(db, migrator):
+            add_column_if_missing(db, migrator, "user", "locale",
+                                  peewee.CharField(max_length=16, default="en"))
+    """))
+
+    def ship() -> int:
+        monkeypatch.setattr(migrations, "__path__", [*migrations.__path__, str(pkg)])
+        return version
+
+    yield ship
+    sys.modules.pop(f"control.migrations.{name}", None)
+
+
+def test_a_migration_adding_a_column_keeps_existing_rows(empty_db_url: str,
+                                                        extra_migration: Callable[[], int]) -> None:
+    init_database(empty_db_url, 4)
+    try:
+        migrations.upgrade()
+        from control.models import Group, User
+        with database.connection_context():
+            users = [User.create(username=f"u{i}", password_hash="x", email=f"u{i}@example.org")
+                     for i in range(3)]
+            Group.create(name="g1")
+        before = _rows(empty_db_url, 'SELECT id, username, email FROM "user" ORDER BY id')
+
+        version = extra_migration()
+        applied = migrations.upgrade()
+        assert applied == [f"m{version:04d}_user_locale"]
+        with database.connection_context():
+            assert migrations.current_version() == version
+        after = _rows(empty_db_url, 'SELECT id, username, email, locale FROM "user" ORDER BY id')
+        assert after == [(*row, "en") for row in before]
+        assert [r[0] for r in after] == [u.id for u in users]
+        assert _rows(empty_db_url, 'SELECT name FROM "group"') == [("g1",)]
+        assert migrations.upgrade() == []  # and again: nothing
+    finally:
+        _close_db()
+
+
+def test_migrations_only_add(empty_db_url: str) -> None:
+    """No migration module may drop or rename: a grep guard on the source, then a replay check."""
+    for mod in migrations._migrations():
+        source = Path(mod.__file__ or "").read_text().lower()
+        for verb in ("drop_column", "drop table", "drop column", "rename_column", "rename_table",
+                     "drop_tables", "drop_index"):
+            assert verb not in source, f"{mod.__name__} uses {verb}"
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url, "INSERT INTO provider (name, domain, admin_email, sftp_port, created_at, updated_at) "
+                           "VALUES ('p', 'p.example.org', 'ops@example.org', 2222, 1.0, 1.0)")
+    # Forget that every migration ran and replay them all on the populated database.
+    _execute(empty_db_url, "DELETE FROM schema_version")
+    replayed = _zonefarm(empty_db_url, "db", "upgrade")
+    assert len(replayed["applied"]) == len(_all_versions())
+    assert _rows(empty_db_url, "SELECT name, sftp_port FROM provider") == [("p", 2222)]
+
+
+def test_status_rejects_a_bad_database_url(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
+    env["ZONEFARM_DATABASE"] = "mysql://nowhere/db"
+    done = subprocess.run([ZONEFARM, "db", "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "unsupported database URL scheme" in done.stderr
+    assert "Traceback" not in done.stderr
+
