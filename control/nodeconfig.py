@@ -1,0 +1,127 @@
+"""The worker-side INI file (section ``[node]``): who this node is and the nodes secret.
+
+Standard library only, because the task runner reads it on its hot path. The file
+holds the nodes secret, so it must be private to its owner (mode 0600 or stricter):
+the agent and the runner refuse a group- or world-readable file rather than use a
+secret others may have read.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SECTION = "node"
+
+
+class NodeConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: str
+    api_url: str
+    name: str
+    nodes_secret: str = field(repr=False)
+    region: str = "default"
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 1
+    workdir: str = ""
+    ansible_host: str = "127.0.0.1"
+    ansible_port: int = 22
+    ansible_user: str = "root"
+    ansible_connection: str = "ssh"
+    python: str = "/usr/bin/python3"
+    labels: dict[str, str] = field(default_factory=dict)
+    heartbeat_interval: float = 0.0
+    # The private key pipeline uploads authenticate with; empty means paramiko's defaults.
+    ssh_key: str = ""
+    # known_hosts for provider storage hosts; empty means the user's and system's.
+    known_hosts: str = ""
+    # Finished task attempt directories older than this are deleted by the agent.
+    task_dirs_keep_days: float = 7.0
+
+    def registration(self, pid: int, hostname: str, resources: dict[str, int]) -> dict[str, object]:
+        """The body of ``POST /nodes/register``: everything but the secret."""
+        return {
+            "name": self.name, "region": self.region, "hostname": hostname, "pid": pid,
+            "queues": list(self.queues), "concurrency": self.concurrency,
+            "ansible_host": self.ansible_host, "ansible_port": self.ansible_port,
+            "ansible_user": self.ansible_user, "ansible_connection": self.ansible_connection,
+            "python": self.python, "workdir": self.workdir, "config_path": self.path,
+            "resources": resources, "labels": dict(self.labels),
+        }
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.replace("\n", ",").split(",") if p.strip())
+
+
+def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise NodeConfigError(f"{p}: no such node config") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise NodeConfigError(
+            f"{p}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the nodes secret; "
+            "chmod 600 it")
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(p)
+    except configparser.Error as exc:
+        raise NodeConfigError(f"{p}: {exc}") from None
+    if not parser.has_section(SECTION):
+        raise NodeConfigError(f"{p}: missing [{SECTION}] section")
+    sec = parser[SECTION]
+    for key in ("api_url", "name", "nodes_secret"):
+        if not sec.get(key, "").strip():
+            raise NodeConfigError(f"{p}: [{SECTION}] {key} is required")
+    known = {f for f in NodeConfig.__dataclass_fields__ if f != "path"}
+    unknown = set(sec) - known
+    if unknown:
+        raise NodeConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}")
+    labels = {}
+    for item in _split(sec.get("labels", "")):
+        key, _, value = item.partition("=")
+        labels[key.strip()] = value.strip()
+    try:
+        return NodeConfig(
+            path=str(p), api_url=sec["api_url"].rstrip("/"), name=sec["name"].strip(),
+            nodes_secret=sec["nodes_secret"].strip(), region=sec.get("region", "default"),
+            queues=_split(sec.get("queues", "default")) or ("default",),
+            concurrency=sec.getint("concurrency", 1),
+            workdir=sec.get("workdir", "") or str(p.parent / "work"),
+            ansible_host=sec.get("ansible_host", "127.0.0.1"),
+            ansible_port=sec.getint("ansible_port", 22),
+            ansible_user=sec.get("ansible_user", "root"),
+            ansible_connection=sec.get("ansible_connection", "ssh"),
+            python=sec.get("python", "/usr/bin/python3"),
+            labels=labels, heartbeat_interval=sec.getfloat("heartbeat_interval", 0.0),
+            ssh_key=sec.get("ssh_key", "").strip(), known_hosts=sec.get("known_hosts", "").strip(),
+            task_dirs_keep_days=sec.getfloat("task_dirs_keep_days", 7.0))
+    except ValueError as exc:
+        raise NodeConfigError(f"{p}: {exc}") from None
+
+
+def write_node_config(path: str | os.PathLike[str], **values: object) -> Path:
+    """Write a ``[node]`` file created 0600 from the start (never readable by others)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"[{SECTION}]"]
+    for key, value in values.items():
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        lines.append(f"{key} = {value}")
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(p, 0o600)
+    return p

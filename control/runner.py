@@ -1,0 +1,325 @@
+"""The worker-side task runner: started detached by ``zonefarm_launch``, reports by callbacks.
+
+One runner process supervises every task of one launch (a node's batch in a dispatch
+round), one thread per task: a Python process per task would cost ~10 MB and ~30 ms each
+and 1,000 of them at once do not fit on a small worker. The hot path is standard
+library only (http.client, subprocess, control.signing) so the first ``started``
+callback leaves within tens of milliseconds of the launch.
+
+Per task attempt, under ``<workdir>/tasks/<id>/<attempt>/``:
+``spec.json`` (0600, written by the launch module), ``runner.pid`` (the runner's pid),
+``child.pid`` (the task's process group), ``output.log``, ``killed`` (a reason, written by
+``zonefarm_kill`` before it signals, or by the runner itself on timeout or cancel) and
+``outputs.json`` (optional, written by the task) and ``done`` (when the runner let go of it;
+the node agent deletes attempts done longer ago than ``task_dirs_keep_days``). The nodes secret is read from the node
+config file, never from argv or env, and the task's child gets a filtered environment.
+
+The runner enforces the task timeout itself as well as obeying the dispatcher's kills, so
+a task cannot outlive its timeout when the control plane is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from control.nodeconfig import NodeConfig, NodeConfigError, load_node_config
+from control.signing import sign_headers
+
+LOG_CHUNK = 64 * 1024
+LOG_INTERVAL = 1.0
+KILL_GRACE = 5.0
+RETRIES = 6
+FINISHED_RETRIES = 20
+POLL = 0.2
+DONE = "done"
+
+
+class StaleAttempt(Exception):
+    """The API answered 403: this attempt is no longer ours; stop without reporting."""
+
+
+def task_dir(workdir: str | os.PathLike[str], task_id: int, attempt: int) -> Path:
+    return Path(workdir) / "tasks" / str(task_id) / str(attempt)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Callbacks:
+    """Signed callbacks over one keep-alive connection, retried with a bound."""
+
+    def __init__(self, config: NodeConfig, task_id: int, attempt: int) -> None:
+        url = urlsplit(config.api_url)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.https = url.scheme == "https"
+        self.path = f"{url.path.rstrip('/')}/api/v1/tasks/{task_id}/callback"
+        self.config = config
+        self.attempt = attempt
+        self.conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.conn is None:
+            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+            self.conn = cls(self.host, self.port, timeout=30)
+        return self.conn
+
+    def send(self, event: str, **data: Any) -> dict[str, Any]:
+        body = json.dumps({"event": event, "attempt": self.attempt, **data}).encode()
+        delay = 0.2
+        last = ""
+        # A lost ``finished`` would let the lease rerun a task that already ran, so it
+        # outlasts an API restart; the others are superseded by the next report anyway.
+        for _ in range(FINISHED_RETRIES if event == "finished" else RETRIES):
+            headers = sign_headers(self.config.nodes_secret, self.config.name, "POST",
+                                   self.path, body)
+            headers["Content-Type"] = "application/json"
+            try:
+                conn = self._connection()
+                conn.request("POST", self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                payload = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                last = f"{type(exc).__name__}: {exc}"
+            else:
+                if resp.status == 403:
+                    raise StaleAttempt(payload.decode(errors="replace")[:200])
+                if resp.status < 300:
+                    try:
+                        return json.loads(payload or b"{}")
+                    except ValueError:
+                        return {}
+                last = f"HTTP {resp.status}: {payload.decode(errors='replace')[:200]}"
+                if 400 <= resp.status < 500 and resp.status not in (401, 408, 409, 429):
+                    break  # our request is wrong; repeating it will not help
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        raise ConnectionError(f"callback {event} failed: {last}")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def _child_env(spec: dict[str, Any], tdir: Path, config: NodeConfig) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL",
+                                                          "TZ", "USER", "LOGNAME")}
+    base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    base.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    base["ZONEFARM_TASK_ID"] = str(spec["id"])
+    base["ZONEFARM_TASK_DIR"] = str(tdir)
+    if config.ssh_key:
+        base["ZONEFARM_SSH_KEY"] = config.ssh_key
+    if config.known_hosts:
+        base["ZONEFARM_KNOWN_HOSTS"] = config.known_hosts
+    return base
+
+
+class TaskRun:
+    """Runs one task attempt to its end and reports it."""
+
+    def __init__(self, config: NodeConfig, tdir: Path) -> None:
+        self.config = config
+        self.tdir = tdir
+        self.spec: dict[str, Any] = json.loads((tdir / "spec.json").read_text())
+        self.cb = Callbacks(config, int(self.spec["id"]), int(self.spec["attempt"]))
+        lease = float(self.spec.get("lease") or 60)
+        self.progress_every = max(lease / 3.0, 0.5)
+        timeout = self.spec.get("timeout")
+        self.deadline = time.monotonic() + float(timeout) if timeout else None
+        self.pending = bytearray()
+        self.lock = threading.Lock()
+
+    def _reader(self, stream: Any, out: Any) -> None:
+        for chunk in iter(lambda: stream.read1(65536), b""):
+            out.write(chunk)
+            out.flush()
+            with self.lock:
+                self.pending.extend(chunk)
+
+    def _flush_log(self) -> None:
+        with self.lock:
+            data = bytes(self.pending)
+            self.pending.clear()
+        for i in range(0, len(data), LOG_CHUNK):
+            self.cb.send("log", data=data[i:i + LOG_CHUNK].decode(errors="replace"))
+
+    def _kill(self, proc: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _killed_reason(self) -> str | None:
+        try:
+            return (self.tdir / "killed").read_text().strip() or "cancelled"
+        except OSError:
+            return None
+
+    def run(self) -> None:
+        spec = self.spec
+        argv = [str(a) for a in spec["argv"]]
+        cwd = spec.get("cwd") or str(self.tdir)
+        reason = self._killed_reason()
+        if reason:  # killed between launch and start: never run it
+            self.cb.send("started")
+            self.cb.send("finished", exit_code=-int(signal.SIGTERM), outputs={}, reason=reason)
+            return
+        try:
+            out = open(self.tdir / "output.log", "ab")
+            proc = subprocess.Popen(argv, cwd=cwd, env=_child_env(spec, self.tdir, self.config),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            self.cb.send("started")
+            self.cb.send("log", data=f"zonefarm: cannot start {argv[0]!r}: {exc}\n")
+            self.cb.send("finished", exit_code=127, outputs={})
+            return
+        (self.tdir / "child.pid").write_text(str(proc.pid))
+        reader = threading.Thread(target=self._reader, args=(proc.stdout, out), daemon=True)
+        reader.start()
+        try:
+            self.cb.send("started")
+            next_log = time.monotonic() + LOG_INTERVAL
+            next_progress = time.monotonic() + self.progress_every
+            next_marker = time.monotonic() + 1.0
+            while proc.poll() is None:
+                try:
+                    proc.wait(POLL)
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                if self.deadline is not None and now >= self.deadline and proc.poll() is None:
+                    self._mark_killed("timed_out")
+                    self._kill(proc)
+                    continue
+                if now >= next_marker:  # zonefarm_kill signals too; this covers a lost signal
+                    next_marker = now + 1.0
+                    if self._killed_reason() and proc.poll() is None:
+                        self._kill(proc)
+                        continue
+                if now >= next_log and (self.pending or False):
+                    self._flush_log()
+                    next_log = now + LOG_INTERVAL
+                if now >= next_progress and proc.poll() is None:
+                    answer = self.cb.send("progress")
+                    next_progress = now + self.progress_every
+                    if answer.get("cancel"):
+                        self._mark_killed("cancelled")
+                        self._kill(proc)
+        except StaleAttempt:
+            self._kill(proc)
+            raise
+        reader.join(10)
+        out.close()
+        self._flush_log()
+        self.cb.send("finished", **self._result(proc.returncode))
+
+    def _mark_killed(self, reason: str) -> None:
+        marker = self.tdir / "killed"
+        if not marker.exists():
+            marker.write_text(reason)
+
+    def _result(self, code: int) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        try:
+            outputs = json.loads((self.tdir / "outputs.json").read_text())
+        except (OSError, ValueError):
+            pass
+        result: dict[str, Any] = {"exit_code": code, "outputs": outputs}
+        try:
+            result["reason"] = (self.tdir / "killed").read_text().strip()
+        except OSError:
+            pass
+        return result
+
+
+def _supervise(config: NodeConfig, tdir: Path) -> None:
+    run = None
+    try:
+        run = TaskRun(config, tdir)
+        run.run()
+    except StaleAttempt:
+        pass  # another attempt owns the task now; our report would be wrong
+    except Exception as exc:  # noqa: BLE001 - recorded locally; the lease requeues the task
+        (tdir / "runner.error").write_text(f"{type(exc).__name__}: {exc}\n")
+    finally:
+        if run is not None:
+            run.cb.close()
+        (tdir / DONE).write_text(str(time.time()))  # the node agent prunes old attempts by it
+
+
+def run_batch(config_path: str, dirs: list[str]) -> int:
+    config = load_node_config(config_path)
+    pid = str(os.getpid())
+    for d in dirs:  # the fork launcher wrote it already; under systemd-run only we know it
+        (Path(d) / "runner.pid").write_text(pid)
+    threads = [threading.Thread(target=_supervise, args=(config, Path(d))) for d in dirs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        return run_batch(args.node_config, args.task_dirs)
+    except NodeConfigError as exc:
+        print(f"zonefarm runner: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run task attempts and report them by signed callbacks")
+    run.add_argument("--node-config", required=True, help="the node's INI file (0600)")
+    run.add_argument("task_dirs", nargs="+", help="task attempt directories holding spec.json")
+    run.set_defaults(func=cmd_run)
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("runner", help="worker-side task runner (started by zonefarm_launch)")
+    _add_run(p.add_subparsers(dest="runner_command", required=True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m control.runner run ...``, what zonefarm_launch starts: skips the CLI's plugin imports."""
+    parser = argparse.ArgumentParser(prog="zonefarm-runner")
+    _add_run(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+#!/usr/bin/python
+"""Ansible module: send one signed task callback to the zonefarm API from a worker."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: zonefarm_callback
+short_description: Report a zonefarm task event with a signed callback
+description:
+  - POSTs C({"event", "attempt", ...}) to C(/api/v1/tasks/<id>/callback), signed with
+    HMAC-SHA256 by the same helper the API checks with (C(module_utils/zonefarm_signing)).
+  - The nodes secret and node name come from the node's INI file, which must be mode
+    0600; the secret is never a module option, so it never reaches Ansible's logs.
+options:
+  config_path:
+    description: The node's INI file (section C([node]) with C(name), C(nodes_secret), C(api_url)).
+    type: path
+    required: true
+  api_url:
+    description: Overrides the C(api_url) of the INI file.
+    type: str
+  task_id:
+    description: The task the event is about.
+    type: int
+    required: true
+  attempt:
+    description: The attempt being reported.
+    type: int
+    required: true
+  event:
+    description: The event.
+    type: str
+    required: true
+    choices: [started, progress, log, finished]
+  exit_code:
+    description: Exit code, for C(finished).
+    type: int
+  outputs:
+    description: Task outputs, for C(finished).
+    type: dict
+  percent:
+    description: Percent done, for C(progress).
+    type: float
+  data:
+    description: Output text, for C(log).
+    type: str
+  reason:
+    description: C(cancelled) or C(timed_out) when a finished task was killed.
+    type: str
+  timeout:
+    description: HTTP timeout in seconds.
+    type: float
+    default: 30
+"""
+
+RETURN = r"""
+status:
+  description: HTTP status of the answer.
+  type: int
+  returned: always
+response:
+  description: The JSON answer (for example C(cancel)).
+  type: dict
+  returned: success
+"""
+
+import configparser
+import json
+import os
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
+from ansible.module_utils.six.moves.urllib.parse import urlsplit
+from ansible.module_utils.urls import open_url
+from ansible.module_utils.zonefarm_signing import sign_headers
+
+
+def read_node_config(path):
+    """Name, secret and API URL; refuses a file others may read, as the runner does."""
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if mode & 0o077:
+        raise ValueError(f"{path}: mode {mode:04o} lets others read the nodes secret; chmod 600 it")
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
+    if not parser.has_section("node"):
+        raise ValueError(f"{path}: missing [node] section")
+    sec = parser["node"]
+    values = {k: sec.get(k, "").strip() for k in ("name", "nodes_secret", "api_url")}
+    for key in ("name", "nodes_secret"):
+        if not values[key]:
+            raise ValueError(f"{path}: [node] {key} is required")
+    return values
+
+
+def build_body(params):
+    body = {"event": params["event"], "attempt": params["attempt"]}
+    for key in ("exit_code", "outputs", "percent", "data", "reason"):
+        if params.get(key) is not None:
+            body[key] = params[key]
+    return json.dumps(body).encode()
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            config_path=dict(type="path", required=True),
+            api_url=dict(type="str"),
+            task_id=dict(type="int", required=True),
+            attempt=dict(type="int", required=True),
+            event=dict(type="str", required=True, choices=["started", "progress", "log", "finished"]),
+            exit_code=dict(type="int"),
+            outputs=dict(type="dict"),
+            percent=dict(type="float"),
+            data=dict(type="str"),
+            reason=dict(type="str", choices=["cancelled", "timed_out"]),
+            timeout=dict(type="float", default=30),
+        ),
+        required_if=[("event", "finished", ("exit_code",))],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        node = read_node_config(p["config_path"])
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg=f"config_path: {exc}")
+    api_url = (p["api_url"] or node["api_url"]).rstrip("/")
+    if not api_url:
+        module.fail_json(msg="api_url: not given and not in {}".format(p["config_path"]))
+    if module.check_mode:
+        module.exit_json(changed=False, status=0)
+    base_path = urlsplit(api_url).path.rstrip("/")
+    path = f"{base_path}/api/v1/tasks/{p['task_id']}/callback"
+    body = build_body(p)
+    headers = sign_headers(node["nodes_secret"], node["name"], "POST", path, body)
+    headers["Content-Type"] = "application/json"
+    url = api_url[: len(api_url) - len(base_path)] + path if base_path else api_url + path
+    try:
+        resp = open_url(url, data=body, headers=headers, method="POST", timeout=p["timeout"])
+        status, raw = resp.getcode(), resp.read()
+    except HTTPError as exc:
+        module.fail_json(msg=f"callback refused: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}",
+                         status=exc.code)
+    except (URLError, OSError) as exc:
+        module.fail_json(msg=f"callback failed: {exc}", status=0)
+    try:
+        answer = json.loads(raw or b"{}")
+    except ValueError:
+        answer = {}
+    module.exit_json(changed=True, status=status, response=answer)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+#!/usr/bin/python
+"""Ansible module: start a node's batch of zonefarm tasks detached, then return at once."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: zonefarm_launch
+short_description: Start zonefarm task attempts detached on a worker
+description:
+  - Writes one C(spec.json) (mode 0600) per task attempt under
+    C(<workdir>/tasks/<id>/<attempt>/) and starts one detached C(zonefarm runner) process
+    that runs them all and reports through signed callbacks.
+  - Under systemd (PID 1) the runner is a transient unit started with C(systemd-run);
+    otherwise it is double-forked into its own session and its pid written to
+    C(runner.pid) in every task directory.
+  - An attempt whose C(spec.json) already exists is skipped, so repeating a job never
+    runs an attempt twice.
+  - The nodes secret is not an option: the runner reads it from the node's 0600 INI file.
+options:
+  workdir:
+    description: The node's work directory (task directories live under it).
+    type: path
+    required: true
+  config_path:
+    description: The node's INI file holding the nodes secret (mode 0600).
+    type: path
+    required: true
+  python:
+    description: Interpreter that can import the C(control) package; runs the runner.
+    type: str
+    required: true
+  tasks:
+    description:
+      - Batch entries (C(id), C(attempt), C(name), C(params), C(timeout), C(upload)).
+    type: list
+    elements: dict
+    required: true
+  command:
+    description:
+      - Program run for each task, with C(ZONEFARM_TASK_DIR) in its environment.
+      - Empty means the task's own C(params.argv), C(params.env) and C(params.cwd) (shell).
+    type: list
+    elements: str
+    default: []
+  lease:
+    description: The task lease in seconds; the runner reports progress three times per lease.
+    type: int
+    default: 60
+  launcher:
+    description: How to detach the runner; C(auto) picks systemd when it is PID 1.
+    type: str
+    choices: [auto, systemd, fork]
+    default: auto
+"""
+
+RETURN = r"""
+launched:
+  description: Task ids started by this call.
+  type: list
+  returned: always
+skipped:
+  description: Task ids whose attempt was already launched.
+  type: list
+  returned: always
+runner_pid:
+  description: Pid of the detached runner (fork launcher), or 0.
+  type: int
+  returned: always
+"""
+
+import json
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+RUNNER_LOG = "runner.log"
+
+
+def systemd_is_init():
+    return os.path.isdir("/run/systemd/system")
+
+
+def write_spec(tdir, spec):
+    """Create the attempt directory and its spec; False if it existed (already launched)."""
+    os.makedirs(os.path.dirname(tdir), mode=0o700, exist_ok=True)
+    try:
+        os.mkdir(tdir, 0o700)
+    except FileExistsError:
+        if os.path.exists(os.path.join(tdir, "spec.json")):
+            return False
+    path = os.path.join(tdir, "spec.json")
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(spec, fh)
+    os.rename(tmp, path)
+    return True
+
+
+def build_spec(entry, command, lease):
+    params = entry.get("params") or {}
+    spec = {
+        "id": int(entry["id"]),
+        "attempt": int(entry.get("attempt") or 1),
+        "name": entry.get("name", ""),
+        "params": params,
+        "timeout": entry.get("timeout"),
+        "upload": entry.get("upload"),
+        "lease": lease,
+        "env": params.get("env") or {},
+    }
+    if command:
+        spec["argv"] = list(command)
+        spec["cwd"] = None
+    else:
+        spec["argv"] = list(params.get("argv") or [])
+        spec["cwd"] = params.get("cwd")
+    return spec
+
+
+def runner_argv(python, config_path, dirs):
+    return [python, "-m", "control.runner", "run", "--node-config", config_path] + dirs
+
+
+def runner_env():
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME", "PYTHONPATH")
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+def fork_runner(argv, env, log_path, pid_paths):
+    """Double fork: the runner gets its own session, init adopts it, the module returns."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # first child
+        try:
+            os.close(read_fd)
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild == 0:
+                os.close(write_fd)
+                null = os.open(os.devnull, os.O_RDONLY)
+                log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(null, 0)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.closerange(3, 65536)
+                os.chdir(os.path.dirname(log_path))
+                os.execve(argv[0], argv, env)  # noqa: S606 - our argv, no shell
+            os.write(write_fd, str(grandchild).encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        raw = fh.read()
+    os.waitpid(pid, 0)
+    if not raw:
+        raise OSError("the runner could not be forked")
+    runner_pid = int(raw)
+    for path in pid_paths:
+        with open(path, "w") as fh:
+            fh.write(str(runner_pid))
+    return runner_pid
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            workdir=dict(type="path", required=True),
+            config_path=dict(type="path", required=True),
+            python=dict(type="str", required=True),
+            tasks=dict(type="list", elements="dict", required=True),
+            command=dict(type="list", elements="str", default=[]),
+            lease=dict(type="int", default=60),
+            launcher=dict(type="str", choices=["auto", "systemd", "fork"], default="auto"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    if not os.path.isfile(p["config_path"]):
+        module.fail_json(msg="config_path {} does not exist".format(p["config_path"]))
+    for entry in p["tasks"]:
+        if "id" not in entry:
+            module.fail_json(msg="tasks: every entry needs an id")
+        if not p["command"] and not (entry.get("params") or {}).get("argv"):
+            module.fail_json(msg="tasks: task {} has no params.argv and no command is given".format(entry["id"]))
+    launched, skipped, dirs = [], [], []
+    if module.check_mode:
+        module.exit_json(changed=bool(p["tasks"]), launched=[], skipped=[], runner_pid=0)
+    os.makedirs(p["workdir"], mode=0o700, exist_ok=True)
+    for entry in p["tasks"]:
+        spec = build_spec(entry, p["command"], p["lease"])
+        tdir = os.path.join(p["workdir"], "tasks", str(spec["id"]), str(spec["attempt"]))
+        if write_spec(tdir, spec):
+            launched.append(spec["id"])
+            dirs.append(tdir)
+        else:
+            skipped.append(spec["id"])
+    if not dirs:
+        module.exit_json(changed=False, launched=[], skipped=skipped, runner_pid=0)
+    argv = runner_argv(p["python"], p["config_path"], dirs)
+    launcher = p["launcher"]
+    if launcher == "auto":
+        launcher = "systemd" if systemd_is_init() else "fork"
+    runner_pid = 0
+    try:
+        if launcher == "systemd":
+            unit = f"zonefarm-run-{os.getpid()}-{int(time.time() * 1000)}"
+            rc, out, err = module.run_command(
+                ["systemd-run", "--quiet", "--collect", "--unit", unit,
+                 "--working-directory", p["workdir"]] + argv, environ_update=runner_env())
+            if rc != 0:
+                module.fail_json(msg=f"systemd-run failed: {err.strip()}", launched=[], skipped=skipped)
+        else:
+            runner_pid = fork_runner(argv, runner_env(), os.path.join(p["workdir"], RUNNER_LOG),
+                                     [os.path.join(d, "runner.pid") for d in dirs])
+    except OSError as exc:
+        module.fail_json(msg=f"cannot start the runner: {exc}", launched=[], skipped=skipped)
+    module.exit_json(changed=True, launched=launched, skipped=skipped, runner_pid=runner_pid)
+
+
+if __name__ == "__main__":
+    main()

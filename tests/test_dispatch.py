@@ -1,0 +1,533 @@
+"""End to end: real ``zonefarm dispatcher`` processes, real ansible-runner jobs, real callbacks.
+
+Several node names are mapped to this machine (``ansible_connection=local``), each with
+its own work dir and 0600 INI file; they register themselves with signed requests
+(``control.node_agent``). The API is the real app on loopback (``live_server``) and runs
+on SQLite and PostgreSQL. Docker (container tasks) and sshd (pipeline uploads) are real
+daemons the tests start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.config import Settings
+from control.node_agent import register
+from control.nodeconfig import load_node_config, write_node_config
+from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.support.client import Api
+from tests.support.server import LiveServer
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+LEASE = 4
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    """Short leases so lost runners are noticed within seconds."""
+    return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
+                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
+                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3)
+
+
+class Farm:
+    """Nodes on this machine, dispatcher processes, and helpers to follow tasks."""
+
+    def __init__(self, api: Api, server: LiveServer, settings: Settings, tmp_path: Path) -> None:
+        self.api = api
+        self.server = server
+        self.settings = settings
+        self.tmp = tmp_path
+        self.nodes: dict[str, Path] = {}
+        self.dispatchers: list[subprocess.Popen[bytes]] = []
+
+    def add_node(self, name: str, region: str = "default", concurrency: int = 4, **extra: Any) -> Path:
+        base = self.tmp / "nodes" / name
+        values: dict[str, Any] = {"ansible_connection": "local", "ansible_host": "127.0.0.1",
+                                  "ansible_user": "root", "python": sys.executable, **extra}
+        config = write_node_config(
+            base / "node.ini", name=name, api_url=self.server.url, nodes_secret=NODES_SECRET, region=region,
+            concurrency=concurrency, workdir=str(base / "work"), **values)
+        register(load_node_config(config))
+        self.nodes[name] = base / "work"
+        return base / "work"
+
+    def start_dispatcher(self, ident: str) -> subprocess.Popen[bytes]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
+        env.update(ZONEFARM_DATABASE=self.settings.database, ZONEFARM_DATA_DIR=self.settings.data_dir,
+                   ZONEFARM_TASK_LEASE=str(LEASE), ZONEFARM_NODE_LEASE="120",
+                   ZONEFARM_DISPATCH_INTERVAL="0.2", ZONEFARM_ARTIFACTS_KEEP="3", ZONEFARM_LOG_LEVEL="INFO")
+        log = open(self.tmp / f"dispatcher-{ident}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "control.cli", "dispatcher", "--ident", ident],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.dispatchers.append(proc)
+        return proc
+
+    def submit(self, name: str, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        resp = self.api.post("/tasks", token=self.api.root, json={"name": name, "params": params, **extra})
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        resp = self.api.get(f"/tasks/{task_id}", token=self.api.root)
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    def wait(self, task_id: int, states: tuple[str, ...] = ("succeeded", "failed", "cancelled", "timed_out"),
+             timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = self.task(task_id)
+            if task["state"] in states:
+                return task
+            for proc in self.dispatchers:
+                assert proc.poll() is None, f"dispatcher exited {proc.returncode}: {self.dispatcher_logs()[-3000:]}"
+            time.sleep(0.2)
+        raise AssertionError(f"task {task_id} still {self.task(task_id)['state']}; events "
+                             f"{self.events(task_id)}\n{self.dispatcher_logs()[-3000:]}")
+
+    def events(self, task_id: int) -> list[dict[str, Any]]:
+        return self.api.get(f"/tasks/{task_id}/events", token=self.api.root).json()
+
+    def log(self, task_id: int) -> str:
+        return self.api.get(f"/tasks/{task_id}/log", token=self.api.root).json()["text"]
+
+    def dispatcher_logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("dispatcher-*.log")))
+
+    def stop(self) -> None:
+        for proc in self.dispatchers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.dispatchers:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for work in self.nodes.values():  # runners and task processes the tests left behind
+            for pid_file in list(work.glob("tasks/*/*/child.pid")) + list(work.glob("tasks/*/*/runner.pid")):
+                pid = int(pid_file.read_text() or 0)
+                try:
+                    if pid_file.name == "child.pid":
+                        os.killpg(pid, signal.SIGKILL)
+                    else:
+                        os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+@pytest.fixture
+def farm(api: Api, live_server: LiveServer, settings: Settings, tmp_path: Path) -> Iterator[Farm]:
+    f = Farm(api, live_server, settings, tmp_path)
+    yield f
+    f.stop()
+
+
+def test_shell_per_node_region_and_broadcast(farm: Farm) -> None:
+    for name, region in (("wk1", "eu"), ("wk2", "eu"), ("wk3", "us")):
+        farm.add_node(name, region=region)
+    farm.start_dispatcher("d1")
+    one = farm.submit("shell", {"argv": ["sh", "-c", "echo node=$NODE_TAG; pwd"], "env": {"NODE_TAG": "x1"},
+                                "cwd": "/tmp"}, target={"node": "wk3"})
+    region = farm.submit("shell", {"argv": ["sh", "-c", "echo region-run"]}, target={"region": "eu"})
+    everywhere = farm.submit("shell", {"argv": ["true"]}, target={"all": True})
+    failing = farm.submit("shell", {"argv": ["sh", "-c", "echo broken >&2; exit 4"]}, max_attempts=1)
+
+    done = farm.wait(one["id"])
+    assert done["state"] == "succeeded" and done["exit_code"] == 0 and done["node"] == "wk3"
+    assert farm.log(one["id"]) == "node=x1\n/tmp\n"
+    assert [e["to_state"] for e in farm.events(one["id"])] == ["queued", "assigned", "running", "succeeded"]
+
+    reg = farm.wait(region["id"])
+    assert reg["state"] == "succeeded"
+    assert sorted(c["node"] for c in reg["children"]) == ["wk1", "wk2"]
+    for child in reg["children"]:
+        assert farm.log(child["id"]) == "region-run\n"
+
+    every = farm.wait(everywhere["id"])
+    assert every["state"] == "succeeded"
+    assert sorted(c["node"] for c in every["children"]) == ["wk1", "wk2", "wk3"]
+
+    bad = farm.wait(failing["id"])
+    assert bad["state"] == "failed" and bad["exit_code"] == 4 and farm.log(failing["id"]) == "broken\n"
+
+    # one job per round, artifacts rotated to artifacts_keep
+    jobs = list((Path(farm.settings.data_dir) / "dispatch" / "jobs").iterdir())
+    assert 1 <= len(jobs) <= 3
+
+
+def test_cancel_and_timeout_kill_the_process(farm: Farm) -> None:
+    work = farm.add_node("wk1")
+    farm.start_dispatcher("d1")
+    slow = farm.submit("shell", {"argv": ["sh", "-c", "echo begun; sleep 120"]})
+    late = farm.submit("shell", {"argv": ["sleep", "120"]}, timeout=2)
+    farm.wait(slow["id"], ("running",))
+    deadline = time.monotonic() + 20
+    while "begun" not in farm.log(slow["id"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert farm.log(slow["id"]) == "begun\n"  # output arrives while the task runs
+    resp = farm.api.post(f"/tasks/{slow['id']}/cancel", token=farm.api.root)
+    assert resp.status_code == 200, resp.text
+    cancelled = farm.wait(slow["id"], timeout=30)
+    assert cancelled["state"] == "cancelled"
+    timed = farm.wait(late["id"], timeout=30)
+    assert timed["state"] == "timed_out"
+    for task in (slow, late):
+        tdir = work / "tasks" / str(task["id"]) / "1"
+        child = int((tdir / "child.pid").read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+    assert (work / "tasks" / str(slow["id"]) / "1" / "killed").read_text() == "cancelled"
+
+
+def test_killed_runner_is_lost_requeued_and_finished_elsewhere(farm: Farm) -> None:
+    farm.add_node("wk1", concurrency=1)
+    farm.add_node("wk2", concurrency=1)
+    farm.start_dispatcher("d1")
+    task = farm.submit("shell", {"argv": ["sh", "-c", "sleep 3; echo finished-on-$(basename $(dirname $(dirname "
+                                          "$(dirname $ZONEFARM_TASK_DIR))))"]})
+    first = farm.wait(task["id"], ("running",))
+    tdir = farm.nodes[first["node"]] / "tasks" / str(task["id"]) / "1"
+    os.kill(int((tdir / "runner.pid").read_text()), signal.SIGKILL)
+    os.killpg(int((tdir / "child.pid").read_text()), signal.SIGKILL)
+    done = farm.wait(task["id"], timeout=60)
+    assert done["state"] == "succeeded" and done["attempt"] == 2
+    assert done["node"] != first["node"]
+    states = [e["to_state"] for e in farm.events(task["id"])]
+    assert states == ["queued", "assigned", "running", "lost", "queued", "assigned", "running", "succeeded"]
+
+
+def test_two_dispatchers_never_run_a_task_twice(farm: Farm) -> None:
+    works = [farm.add_node(f"wk{i}", concurrency=5) for i in range(1, 4)]
+    farm.start_dispatcher("d1")
+    farm.start_dispatcher("d2")
+    ids = [farm.submit("shell", {"argv": ["true"]})["id"] for _ in range(24)]
+    for task_id in ids:
+        assert farm.wait(task_id)["state"] == "succeeded"
+    launched = {}
+    for work in works:
+        for spec in work.glob("tasks/*/*/spec.json"):
+            task_id = int(spec.parent.parent.name)
+            assert task_id not in launched, f"task {task_id} launched twice"
+            launched[task_id] = spec
+    assert sorted(launched) == sorted(ids)
+    claimers = {e["reason"].split()[2] for i in ids for e in farm.events(i) if e["to_state"] == "assigned"}
+    assert claimers <= {"d1", "d2"}
+
+
+def test_nodes_secret_never_leaks(farm: Farm) -> None:
+    work = farm.add_node("wk1")
+    farm.start_dispatcher("d1")
+    task = farm.submit("shell", {"argv": ["sh", "-c", "env; cat $ZONEFARM_TASK_DIR/spec.json"]})
+    assert farm.wait(task["id"])["state"] == "succeeded"
+    texts = [farm.log(task["id"]), json.dumps(farm.task(task["id"])), json.dumps(farm.events(task["id"])),
+             farm.dispatcher_logs()]
+    assert "ZONEFARM_TASK_DIR" in texts[0]
+    for text in texts:
+        assert NODES_SECRET not in text
+    scanned = 0
+    for base in (Path(farm.settings.data_dir), work):
+        for path in base.rglob("*"):
+            if path.is_file():
+                scanned += 1
+                assert NODES_SECRET.encode() not in path.read_bytes(), path
+    assert scanned > 5
+    config = farm.tmp / "nodes" / "wk1" / "node.ini"
+    assert NODES_SECRET in config.read_text() and (config.stat().st_mode & 0o777) == 0o600
+
+
+def test_unreachable_node_releases_its_tasks(farm: Farm) -> None:
+    farm.add_node("ghost", ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=_closed_port())
+    farm.start_dispatcher("d1")
+    task = farm.submit("shell", {"argv": ["true"]}, max_attempts=2)
+    done = farm.wait(task["id"], timeout=90)
+    assert done["state"] == "failed"
+    reasons = [e["reason"] for e in farm.events(task["id"])]
+    assert any("launch failed on node ghost" in r for r in reasons), reasons
+    assert [e["to_state"] for e in farm.events(task["id"])].count("assigned") == 2
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- container ---------------------------------------------------------------------------
+
+IMAGE = "zonefarm-test/busybox:1"
+
+
+@pytest.fixture(scope="session")
+def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny image built here with ``docker import`` of busybox-static: no registry needed."""
+    from tests.support.dockerd import ensure_docker
+
+    ensure_docker()
+    import docker
+
+    client = docker.from_env()
+    try:
+        client.images.get(IMAGE)
+        return IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        pytest.fail("busybox-static is missing: run `make deps`")
+    tar_path = tmp_path_factory.mktemp("image") / "rootfs.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(busybox, arcname="bin/busybox")
+        for applet in ("sh", "echo", "ls", "cat", "sleep", "env"):
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+    subprocess.run(["docker", "import", "--change", "ENV PATH=/bin", str(tar_path), IMAGE], check=True,
+                   capture_output=True)
+    return IMAGE
+
+
+@pytest.mark.docker
+def test_container_task(farm: Farm, busybox_image: str, tmp_path: Path) -> None:
+    farm.add_node("wk1")
+    farm.start_dispatcher("d1")
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    (volume / "in.txt").write_text("from the host\n")
+    task = farm.submit("container", {"image": busybox_image, "command": ["sh", "-c", "echo hi $WHO; cat /data/in.txt"],
+                                     "env": {"WHO": "container"}, "volumes": {str(volume): "/data"}, "pull": "missing"})
+    missing = farm.submit("container", {"image": "zonefarm-test/absent:1", "pull": "never"}, max_attempts=1)
+    done = farm.wait(task["id"])
+    assert done["state"] == "succeeded", farm.log(task["id"])
+    assert farm.log(task["id"]) == "hi container\nfrom the host\n"
+    gone = farm.wait(missing["id"])
+    assert gone["state"] == "failed" and gone["exit_code"] == 125
+    assert "pull is 'never'" in farm.log(missing["id"])
+
+
+@pytest.mark.docker
+def test_container_cancel_stops_the_container(farm: Farm, busybox_image: str) -> None:
+    import docker
+
+    farm.add_node("wk1")
+    farm.start_dispatcher("d1")
+    task = farm.submit("container", {"image": busybox_image, "command": ["sleep", "300"], "pull": "never"})
+    farm.wait(task["id"], ("running",))
+    client = docker.from_env()
+    name = f"zonefarm-task-{task['id']}-1"
+    deadline = time.monotonic() + 20
+    while not client.containers.list(filters={"name": name}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.containers.list(filters={"name": name})
+    farm.api.post(f"/tasks/{task['id']}/cancel", token=farm.api.root)
+    assert farm.wait(task["id"], timeout=40)["state"] == "cancelled"
+    assert client.containers.list(all=True, filters={"name": name}) == []
+
+
+# --- pipeline ----------------------------------------------------------------------------
+
+class Sshd:
+    """A private sshd on a free loopback port: own host key, one authorized key, SFTP."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        base.mkdir(parents=True)
+        self.port = _closed_port()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_key")], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "client_key")], check=True)
+        (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
+        host_pub = (base / "host_key.pub").read_text().split()
+        (base / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        (base / "sshd_config").write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
+            f"PidFile {base / 'sshd.pid'}\nAuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+            "PermitRootLogin prohibit-password\nUsePAM no\nSubsystem sftp internal-sftp\n")
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(base / "sshd_config")],
+                                     stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"sshd did not start: {(base / 'sshd.log').read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[Sshd]:
+    server = Sshd(tmp_path / "sshd")
+    yield server
+    server.stop()
+
+
+def _space_with_storage(farm: Farm, sshd: Sshd, storage: Path) -> int:
+    api = farm.api
+    provider = api.post("/providers", token=api.root, json={
+        "name": "prov1", "domain": "prov1.example.org", "admin_email": "ops@example.org",
+        "sftp_host": "127.0.0.1", "sftp_port": sshd.port, "sftp_user": "root", "storage_path": str(storage)})
+    assert provider.status_code == 201, provider.text
+    user, token = api.user_with_token("alice")
+    space = api.post("/spaces", token=token, json={"name": "climate"})
+    assert space.status_code == 201, space.text
+    support = api.put(f"/spaces/{space.json()['id']}/providers/{provider.json()['provider']['id']}", token=token,
+                      json={"size": 10 * 1024 * 1024})
+    assert support.status_code in (200, 201), support.text
+    return int(space.json()["id"])
+
+
+def test_pipeline_uploads_over_sftp(farm: Farm, sshd: Sshd, tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    space_id = _space_with_storage(farm, sshd, storage)
+    farm.add_node("wk1", ssh_key=str(sshd.base / "client_key"), known_hosts=str(sshd.base / "known_hosts"))
+    farm.start_dispatcher("d1")
+    task = farm.submit("pipeline", {
+        "prepare": [["mkdir", "-p", "out"]],
+        "generate": [["sh", "-c", "echo data-$LABEL > out/result.txt"], ["sh", "-c", "echo 2 > out/second.txt"]],
+        "outputs": ["out/result.txt", "out/second.txt"], "env": {"LABEL": "v1"}}, space=space_id)
+    done = farm.wait(task["id"], timeout=90)
+    assert done["state"] == "succeeded", farm.log(task["id"])
+    remote = storage / str(space_id) / f"task-{task['id']}" / "out"
+    assert (remote / "result.txt").read_text() == "data-v1\n"
+    assert (remote / "second.txt").read_text() == "2\n"
+    assert not list(remote.glob(".*part*"))  # temporary names were renamed
+    assert [u["path"] for u in done["outputs"]["uploaded"]] == ["out/result.txt", "out/second.txt"]
+    log = farm.log(task["id"])
+    assert "stage prepare" in log and "stage upload" in log
+
+
+def test_pipeline_upload_failure_is_retried_then_fails(farm: Farm, sshd: Sshd, tmp_path: Path) -> None:
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    space_id = _space_with_storage(farm, sshd, storage)
+    # the node trusts a different host key: every attempt is refused, so the task fails clearly
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} " + (sshd.base / "client_key.pub").read_text().split()[0] + " "
+                     + (sshd.base / "client_key.pub").read_text().split()[1] + "\n")
+    farm.add_node("wk1", ssh_key=str(sshd.base / "client_key"), known_hosts=str(wrong))
+    farm.start_dispatcher("d1")
+    task = farm.submit("pipeline", {"generate": [["sh", "-c", "echo x > r.txt"]], "outputs": ["r.txt"]},
+                       space=space_id, max_attempts=1)
+    done = farm.wait(task["id"], timeout=90)
+    assert done["state"] == "failed" and done["exit_code"] == 75
+    log = farm.log(task["id"])
+    assert "upload attempt 3/3 failed" in log and "upload attempt 1/3 failed" in log
+    assert not (storage / str(space_id)).exists() or not list((storage / str(space_id)).rglob("r.txt"))
+
+
+def test_node_agent_cli_registers_and_heartbeats(api: Api, live_server: LiveServer, tmp_path: Path) -> None:
+    config = write_node_config(tmp_path / "node.ini", name="cli1", api_url=live_server.url, nodes_secret=NODES_SECRET,
+                               region="eu", queues="default,large", concurrency=3, workdir=str(tmp_path / "work"),
+                               labels={"gpu": "no"})
+
+    def node(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "control.cli", "node", *argv, "--node-config", str(config)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env={k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")})
+
+    registered = node("register")
+    assert registered.returncode == 0, registered.stderr
+    shown = api.get("/nodes/cli1", token=api.root).json()
+    assert shown["region"] == "eu" and shown["queues"] == ["default", "large"] and shown["concurrency"] == 3
+    assert shown["labels"] == {"gpu": "no"} and shown["workdir"] == str(tmp_path / "work")
+    beat = node("heartbeat")
+    assert beat.returncode == 0, beat.stderr
+    assert json.loads(beat.stdout)["node"]["state"] == "online"
+    assert NODES_SECRET not in registered.stdout + registered.stderr + beat.stdout + beat.stderr
+    os.chmod(config, 0o640)
+    refused = node("heartbeat")
+    assert refused.returncode != 0 and "chmod 600" in refused.stderr
+
+
+def test_dispatcher_killed_mid_round_loses_and_doubles_nothing(farm: Farm) -> None:
+    works = [farm.add_node("wk1", concurrency=10), farm.add_node("wk2", concurrency=10)]
+    first = farm.start_dispatcher("d1")
+    ids = [farm.submit("shell", {"argv": ["sh", "-c", "echo ran >> ../ran.log; sleep 1"]})["id"] for _ in range(8)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(farm.task(i)["state"] != "queued" for i in ids):
+        time.sleep(0.05)
+    first.kill()  # kill -9 in the middle of its round
+    first.wait(10)
+    farm.dispatchers.remove(first)
+    farm.start_dispatcher("d2")
+    for task_id in ids:
+        done = farm.wait(task_id, timeout=90)
+        assert done["state"] == "succeeded", farm.events(task_id)
+        finals = [e for e in farm.events(task_id) if e["to_state"] == "succeeded"]
+        assert len(finals) == 1  # one completion, whichever attempt produced it
+    # every task ran exactly once: an attempt launched by d1 finished under its runner; one d1 never
+    # launched was requeued when its claim lease ran out and d2 ran it
+    ran = {}
+    for work in works:
+        for log in work.glob("tasks/*/ran.log"):
+            ran[int(log.parent.name)] = ran.get(int(log.parent.name), 0) + len(log.read_text().splitlines())
+    assert ran == {task_id: 1 for task_id in ids}
+
+
+def test_rotation_keeps_newest_finished_jobs_and_running_ones(tmp_path: Path) -> None:
+    from control.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(Settings(data_dir=str(tmp_path), artifacts_keep=2), ident="d1")
+    jobs = []
+    for i in range(5):
+        job = dispatcher.jobs_dir / f"20261127T0000{i:02d}-other-{i:06d}"
+        (job / "artifacts" / "job").mkdir(parents=True)
+        if i != 1:  # job 1 is still running under another dispatcher sharing the data dir
+            (job / "artifacts" / "job" / "status").write_text("successful")
+        jobs.append(job)
+    dispatcher.rotate()
+    assert sorted(p.name for p in dispatcher.jobs_dir.iterdir()) == sorted(j.name for j in (jobs[1], jobs[3], jobs[4]))
+
+
+def test_callback_module_reports_to_the_real_api(farm: Farm) -> None:
+    """``zonefarm_callback`` run by ansible itself, signed by module_utils, checked by the API."""
+    from control.db import connection
+    from control.farm.claims import claim
+
+    farm.add_node("wk1")
+    task = farm.submit("shell", {"argv": ["true"]})
+    with connection():
+        (claimed,) = claim("test", 1)
+    assert claimed.id == task["id"]
+    config = farm.tmp / "nodes" / "wk1" / "node.ini"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
+    env.update(ANSIBLE_LIBRARY=str(ROOT / "library"), ANSIBLE_MODULE_UTILS=str(ROOT / "module_utils"),
+               PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+
+    def report(*args: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            ["ansible", "localhost", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+             "-m", "zonefarm_callback", "-a",
+             f"config_path={config} task_id={task['id']} attempt={claimed.attempt} " + " ".join(args)],
+            capture_output=True, text=True, env=env, cwd=farm.tmp, timeout=120)
+        assert NODES_SECRET not in proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout.split("=>", 1)[1])
+
+    assert report("event=started")["response"]["state"] == "running"
+    assert report("event=log", "data=hello")["status"] == 200
+    assert report("event=finished", "exit_code=0")["response"]["state"] == "succeeded"
+    again = report("event=finished", "exit_code=1")  # the same terminal report twice changes nothing
+    assert again["response"]["state"] == "succeeded"
+    done = farm.task(task["id"])
+    assert done["state"] == "succeeded" and done["exit_code"] == 0 and farm.log(task["id"]) == "hello"

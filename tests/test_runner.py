@@ -1,0 +1,214 @@
+"""The worker's task runner, against a recording HTTP server that checks every signature.
+
+The end-to-end path (real API, real ansible-runner jobs) is in test_dispatch.py; here
+the runner's own duties are pinned down quickly: output arrives in ``log`` callbacks,
+exit codes and outputs in ``finished``, kills and timeouts end with their reason, a
+403 makes it stop silently, and neither the child's environment nor anything it
+prints carries the nodes secret.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.nodeconfig import write_node_config
+from control.runner import run_batch
+from control.signing import verify
+
+SECRET = "runner-test-nodes-secret-0123456789"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.cancel: set[int] = set()
+        self.stale: set[int] = set()
+        self.lock = threading.Lock()
+
+    def of(self, task_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [e for e in self.events if e["task"] == task_id and (kind is None or e["event"] == kind)]
+
+    def log(self, task_id: int) -> str:
+        return "".join(e.get("data", "") for e in self.of(task_id, "log"))
+
+    def wait_for(self, task_id: int, kind: str, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.of(task_id, kind)
+            if found:
+                return found[-1]
+            time.sleep(0.05)
+        raise AssertionError(f"no {kind} callback for task {task_id}: {self.of(task_id)}")
+
+
+@pytest.fixture
+def recorder() -> Iterator[tuple[Recorder, str]]:
+    rec = Recorder()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            try:
+                node = verify(SECRET, dict(self.headers.items()), "POST", self.path, body)
+            except ValueError:
+                return self._answer(401, {"error": {"code": "unauthorized", "message": "bad signature"}})
+            task_id = int(self.path.split("/")[-2])
+            if task_id in rec.stale:
+                return self._answer(403, {"error": {"code": "forbidden", "message": "not current"}})
+            event = json.loads(body)
+            with rec.lock:
+                rec.events.append({"task": task_id, "node": node, **event})
+            self._answer(200, {"cancel": task_id in rec.cancel})
+
+        def _answer(self, status: int, payload: dict[str, Any]) -> None:
+            raw = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield rec, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def node(tmp_path: Path, recorder: tuple[Recorder, str]) -> Path:
+    return write_node_config(tmp_path / "node.ini", name="wk1", api_url=recorder[1], nodes_secret=SECRET,
+                             workdir=str(tmp_path / "work"))
+
+
+def spec_dir(tmp_path: Path, task_id: int, argv: list[str], **extra: Any) -> Path:
+    tdir = tmp_path / "work" / "tasks" / str(task_id) / "1"
+    tdir.mkdir(parents=True)
+    spec = {"id": task_id, "attempt": 1, "name": "shell", "argv": argv, "env": {}, "cwd": None, "lease": 3,
+            "timeout": 60, **extra}
+    (tdir / "spec.json").write_text(json.dumps(spec))
+    return tdir
+
+
+def test_output_and_exit_codes_are_reported(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    rec, _ = recorder
+    ok = spec_dir(tmp_path, 1, ["sh", "-c", "echo hello; echo '{\"n\": 3}' > $ZONEFARM_TASK_DIR/outputs.json"])
+    bad = spec_dir(tmp_path, 2, ["sh", "-c", "echo oops >&2; exit 3"], env={"GREETING": "hi"})
+    missing = spec_dir(tmp_path, 3, ["/nonexistent/program"])
+    assert run_batch(str(node), [str(ok), str(bad), str(missing)]) == 0
+    assert [e["event"] for e in rec.of(1)][0] == "started"
+    assert rec.of(1)[-1] == {"task": 1, "node": "wk1", "event": "finished", "attempt": 1, "exit_code": 0,
+                             "outputs": {"n": 3}}
+    assert rec.log(1) == "hello\n" and (ok / "output.log").read_text() == "hello\n"
+    assert rec.wait_for(2, "finished")["exit_code"] == 3 and rec.log(2) == "oops\n"
+    assert rec.wait_for(3, "finished")["exit_code"] == 127
+    assert "cannot start" in rec.log(3)
+    assert (ok / "runner.pid").read_text() == str(os.getpid())
+
+
+def test_log_grows_while_the_task_runs(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    rec, _ = recorder
+    tdir = spec_dir(tmp_path, 4, ["sh", "-c", "echo one; sleep 2.5; echo two"])
+    thread = threading.Thread(target=run_batch, args=(str(node), [str(tdir)]))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while "one" not in rec.log(4) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rec.log(4) == "one\n" and not rec.of(4, "finished")  # seen before the task ended
+    thread.join(20)
+    assert rec.log(4) == "one\ntwo\n" and rec.of(4, "finished")[0]["exit_code"] == 0
+
+
+def test_child_env_is_filtered_and_secret_never_leaks(recorder: tuple[Recorder, str], node: Path,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, _ = recorder
+    monkeypatch.setenv("ZONEFARM_NODES_SECRET", SECRET)  # even if the runner inherited it
+    tdir = spec_dir(tmp_path, 5, ["sh", "-c", "env; cat spec.json 2>/dev/null; true"], env={"MINE": "yes"})
+    run_batch(str(node), [str(tdir)])
+    out = rec.log(5)
+    assert "MINE=yes" in out and f"ZONEFARM_TASK_DIR={tdir}" in out
+    assert "ZONEFARM_NODES_SECRET" not in out and SECRET not in out
+    for path in tdir.rglob("*"):
+        assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_timeout_kills_and_reports_timed_out(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    rec, _ = recorder
+    tdir = spec_dir(tmp_path, 6, ["sleep", "30"], timeout=1)
+    started = time.monotonic()
+    run_batch(str(node), [str(tdir)])
+    assert time.monotonic() - started < 10
+    done = rec.of(6, "finished")[0]
+    assert done["reason"] == "timed_out" and done["exit_code"] == -signal.SIGTERM
+    assert (tdir / "killed").read_text() == "timed_out"
+
+
+def test_kill_marker_and_cancel_answer(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    rec, _ = recorder
+    rec.cancel.add(8)
+    pre = spec_dir(tmp_path, 7, ["sh", "-c", "echo should-not-run"])
+    (pre / "killed").write_text("cancelled")
+    asked = spec_dir(tmp_path, 8, ["sleep", "30"], lease=1.5)  # progress every 0.5 s answers cancel
+    marked = spec_dir(tmp_path, 9, ["sh", "-c", "trap '' TERM; sleep 30"])
+    threading.Timer(1.0, lambda: (marked / "killed").write_text("timed_out")).start()
+    started = time.monotonic()
+    run_batch(str(node), [str(pre), str(asked), str(marked)])
+    assert time.monotonic() - started < 15
+    assert rec.of(7, "finished")[0]["reason"] == "cancelled" and "should-not-run" not in rec.log(7)
+    assert rec.of(8, "finished")[0]["reason"] == "cancelled"
+    done9 = rec.of(9, "finished")[0]
+    assert done9["reason"] == "timed_out" and done9["exit_code"] == -signal.SIGKILL  # ignored TERM
+
+
+def test_stale_attempt_stops_without_reporting(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    rec, _ = recorder
+    rec.stale.add(10)
+    tdir = spec_dir(tmp_path, 10, ["sleep", "30"])
+    started = time.monotonic()
+    run_batch(str(node), [str(tdir)])
+    assert time.monotonic() - started < 10 and rec.of(10) == []
+    child = int((tdir / "child.pid").read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_runner_refuses_a_readable_config(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    os.chmod(node, 0o644)
+    tdir = spec_dir(tmp_path, 11, ["true"])
+    proc = subprocess.run([sys.executable, "-m", "control.runner", "run", "--node-config", str(node), str(tdir)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert proc.returncode != 0 and "chmod 600" in proc.stderr
+    assert recorder[0].of(11) == []
+
+
+def test_finished_attempts_are_marked_and_pruned_later(recorder: tuple[Recorder, str], node: Path,
+                                                       tmp_path: Path) -> None:
+    from control.node_agent import prune_task_dirs
+
+    old = spec_dir(tmp_path, 12, ["true"])
+    run_batch(str(node), [str(old)])
+    finished = float((old / "done").read_text())
+    assert abs(finished - time.time()) < 30
+    running = spec_dir(tmp_path, 13, ["true"])  # no done marker: still someone's
+    work = str(tmp_path / "work")
+    assert prune_task_dirs(work, keep_seconds=3600) == []
+    assert prune_task_dirs(work, keep_seconds=3600, now=finished + 7200) == [str(old)]
+    assert not old.parent.exists() and running.exists()
