@@ -1,0 +1,258 @@
+"""The provider agent: follows the zone's change feed and keeps one directory per supported space.
+
+It long-polls ``GET /api/v1/changes?since=SEQ`` with the provider token and saves the last
+number it applied, so a restarted agent resumes where it stopped and misses nothing. The
+feed is the source of truth; replaying it from 0 rebuilds the same directories.
+
+A support the zone revokes (or a deleted space) gets a ``.revoked`` marker in its directory
+and nothing else: research data is never deleted by a registry edit. A later support of the
+same space removes the marker.
+
+The INI file (section ``[provider]``) names the token *file*, never the token, and the
+agent refuses a token file others can read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import logging
+import os
+import signal
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+SECTION = "provider"
+REVOKED = ".revoked"
+DIR_MODE = 0o2770  # setgid: uploads by the SFTP account (same group) stay in the group
+log = logging.getLogger("zonefarm.provider")
+
+
+class ProviderConfigError(ValueError):
+    pass
+
+
+class TokenRejected(RuntimeError):
+    """The zone answered 401/403: retrying with the same token cannot help."""
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    path: str
+    api_url: str
+    provider_id: int
+    token_file: str
+    storage_path: str
+    state_file: str
+    name: str = ""
+    poll_timeout: int = 30
+    request_timeout: float = 10.0
+    token: str = field(default="", repr=False)
+
+    @property
+    def changes_url(self) -> str:
+        return self.api_url + "/api/v1/changes"
+
+
+def _read_token(path: Path) -> str:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ProviderConfigError(f"{path}: no such token file") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ProviderConfigError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the provider "
+                                  "token; chmod 600 it")
+    token = path.read_text(encoding="utf-8").strip()
+    if not token:
+        raise ProviderConfigError(f"{path}: empty token file")
+    return token
+
+
+def load_provider_config(path: str | os.PathLike[str]) -> ProviderConfig:
+    p = Path(path).resolve()
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        if not parser.read(p):
+            raise ProviderConfigError(f"{p}: no such provider config")
+    except configparser.Error as exc:
+        raise ProviderConfigError(f"{p}: {exc}") from None
+    if not parser.has_section(SECTION):
+        raise ProviderConfigError(f"{p}: missing [{SECTION}] section")
+    sec = parser[SECTION]
+    for key in ("api_url", "provider_id", "token_file", "storage_path"):
+        if not sec.get(key, "").strip():
+            raise ProviderConfigError(f"{p}: [{SECTION}] {key} is required")
+    known = {f for f in ProviderConfig.__dataclass_fields__ if f not in ("path", "token")}
+    unknown = set(sec) - known
+    if unknown:
+        raise ProviderConfigError(f"{p}: unknown key(s) {', '.join(sorted(unknown))}")
+    storage = sec["storage_path"].strip()
+    if not os.path.isabs(storage):
+        raise ProviderConfigError(f"{p}: [{SECTION}] storage_path must be absolute")
+    base = sec["api_url"].strip().rstrip("/")
+    base = base[: -len("/api/v1")] if base.endswith("/api/v1") else base
+    token_file = Path(sec["token_file"].strip())
+    try:
+        return ProviderConfig(
+            path=str(p), api_url=base, provider_id=sec.getint("provider_id"), token_file=str(token_file),
+            storage_path=storage, name=sec.get("name", "").strip(),
+            state_file=sec.get("state_file", "").strip() or str(token_file.parent / "provider.seq"),
+            poll_timeout=sec.getint("poll_timeout", 30), request_timeout=sec.getfloat("request_timeout", 10.0),
+            token=_read_token(token_file))
+    except ValueError as exc:
+        if isinstance(exc, ProviderConfigError):
+            raise
+        raise ProviderConfigError(f"{p}: {exc}") from None
+
+
+class Follower:
+    """Applies the feed to the storage directory; one instance per agent process."""
+
+    def __init__(self, config: ProviderConfig, session: requests.Session | None = None) -> None:
+        self.config = config
+        self.session = session or requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {config.token}"
+        self.storage = Path(config.storage_path)
+        self.state_file = Path(config.state_file)
+        self.seq = self._load_seq()
+
+    def _load_seq(self) -> int:
+        try:
+            return int(json.loads(self.state_file.read_text())["seq"])
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, TypeError) as exc:
+            # A corrupt state file only costs a replay: the feed is idempotent to apply.
+            log.warning("state file %s unreadable (%s); replaying the feed from 0", self.state_file, exc)
+            return 0
+
+    def _save_seq(self) -> None:
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps({"seq": self.seq, "saved_at": time.time()}))
+        os.replace(tmp, self.state_file)
+
+    def space_dir(self, space_id: int) -> Path:
+        return self.storage / str(space_id)
+
+    # --- effects -------------------------------------------------------------------------
+
+    def support(self, space_id: int, change: dict[str, Any]) -> None:
+        path = self.space_dir(space_id)
+        if not path.is_dir():
+            path.mkdir(mode=DIR_MODE)
+            os.chmod(path, DIR_MODE)  # mkdir's mode is cut by the umask
+            log.info("space %s supported: created %s", space_id, path)
+        marker = path / REVOKED
+        if marker.exists():
+            marker.unlink()
+            log.info("space %s supported again (change %s): removed %s", space_id, change["seq"], marker)
+
+    def revoke(self, space_id: int, change: dict[str, Any], reason: str) -> None:
+        path = self.space_dir(space_id)
+        if not path.is_dir():
+            return
+        marker = path / REVOKED
+        if not marker.exists():
+            marker.write_text(json.dumps({"seq": change["seq"], "ts": change.get("ts"), "reason": reason}) + "\n")
+            log.warning("space %s %s (change %s): marked %s; its data is kept", space_id, reason, change["seq"], path)
+
+    def apply(self, change: dict[str, Any]) -> None:
+        """Support changes are the ones naming this provider and a space, whatever the entity is called."""
+        space_id = change.get("space_id")
+        mine = change.get("provider_id") == self.config.provider_id
+        if mine and space_id is not None and change.get("entity") != "provider":
+            if change["op"] == "delete":
+                self.revoke(space_id, change, "support revoked")
+            else:
+                self.support(space_id, change)
+        elif change.get("entity") == "space" and change["op"] == "delete" and space_id is not None:
+            self.revoke(space_id, change, "space deleted")
+        elif change.get("entity") == "provider" and change.get("entity_id") == self.config.provider_id \
+                and change["op"] == "delete":
+            log.error("this provider was deleted from the zone (change %s)", change["seq"])
+
+    # --- the feed ------------------------------------------------------------------------
+
+    def step(self, timeout: int | None = None) -> int:
+        """One long-poll; returns how many changes were applied."""
+        wait = self.config.poll_timeout if timeout is None else timeout
+        resp = self.session.get(self.config.changes_url, params={"since": self.seq, "timeout": wait},
+                                timeout=wait + self.config.request_timeout)
+        if resp.status_code in (401, 403):
+            raise TokenRejected(f"the zone refused the provider token ({resp.status_code}): "
+                                f"{_error_message(resp)}")
+        if resp.status_code != 200:
+            raise requests.HTTPError(f"GET /changes answered {resp.status_code}: {_error_message(resp)}")
+        body = resp.json()
+        changes = body.get("changes", [])
+        for change in changes:
+            if change["seq"] > self.seq:
+                self.apply(change)
+        last = max([body.get("last_seq", self.seq), self.seq, *(c["seq"] for c in changes)])
+        if last != self.seq or not self.state_file.exists():
+            self.seq = last
+            self._save_seq()
+        return len(changes)
+
+    def run(self, stop: threading.Event) -> None:
+        """Follow until ``stop`` is set; transport errors back off up to 30 s, never crash the agent."""
+        self.storage.mkdir(parents=True, exist_ok=True)
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                self.step()
+                delay = 1.0
+            except TokenRejected as exc:
+                log.error("%s", exc)
+                stop.wait(30.0)
+            except (requests.RequestException, ValueError) as exc:
+                log.warning("change feed unavailable (%s); retrying in %.0f s", exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def _error_message(resp: requests.Response) -> str:
+    try:
+        return str(resp.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return resp.reason or ""
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=os.environ.get("ZONEFARM_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_provider_config(args.provider_config)
+    except ProviderConfigError as exc:
+        raise SystemExit(f"zonefarm provider: {exc}") from None
+    follower = Follower(config)
+    if args.once:
+        try:
+            count = follower.step(timeout=0)
+        except TokenRejected as exc:
+            raise SystemExit(f"zonefarm provider: {exc}") from None
+        print(json.dumps({"applied": count, "seq": follower.seq}))
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("following %s from change %s into %s", config.changes_url, follower.seq, config.storage_path)
+    follower.run(stop)
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    provider = sub.add_parser("provider", help="provider side").add_subparsers(dest="provider_command",
+                                                                               required=True)
+    p = provider.add_parser("agent", aliases=["follow"],
+                            help="follow the change feed and keep the space directories")
+    p.add_argument("--config", dest="provider_config", required=True, help="INI file with a [provider] section")
+    p.add_argument("--once", action="store_true", help="apply what the feed holds now, then exit")
+    p.set_defaults(func=cmd_agent)
