@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from control.config import Settings, load_settings
+from control.paths import share_dir
 
 log = logging.getLogger("zonefarm.dispatch")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = share_dir()
 KILL_PLAYBOOK = ROOT / "playbooks" / "farm" / "kill.yml"
 CLAIM_LIMIT = 5000
 JOB_TIMEOUT = 600
@@ -84,7 +85,8 @@ def scrub_environ() -> None:
 
     ansible-runner records the job's environment in its ``command`` artifact.
     """
-    for key in [k for k in os.environ if k.startswith("ZONEFARM_") and k != "ZONEFARM_TASKS_DIR"]:
+    keep = ("ZONEFARM_TASKS_DIR", "ZONEFARM_SHARE_DIR")
+    for key in [k for k in os.environ if k.startswith("ZONEFARM_") and k not in keep]:
         del os.environ[key]
 
 

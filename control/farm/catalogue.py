@@ -17,6 +17,8 @@ from typing import Any
 
 import jsonschema
 
+from control.paths import share_dir
+
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _cache: dict[str, tuple[float, jsonschema.protocols.Validator | None]] = {}
 _lock = threading.Lock()
@@ -27,11 +29,11 @@ class UnknownTaskType(LookupError):
 
 
 def tasks_dir() -> Path:
-    """``ZONEFARM_TASKS_DIR`` when set (an installed package), else the repository's."""
+    """``ZONEFARM_TASKS_DIR`` when set, else ``playbooks/tasks`` in the share dir."""
     env = os.environ.get("ZONEFARM_TASKS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "playbooks" / "tasks"
+    return share_dir() / "playbooks" / "tasks"
 
 
 def playbook(name: str) -> Path:
