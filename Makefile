@@ -25,6 +25,7 @@ help:
 	@echo "make lint   - ruff, ansible-lint (production profile), syntax check"
 	@echo "make bench  - run the benchmarks (results go in BENCHMARKS.md by hand)"
 	@echo "make down   - stop what make up started"
+	@echo "make lab    - the multi-host container lab: image, nine hosts, site.yml over SSH"
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -71,3 +72,13 @@ bench-dispatch: deps venv collections
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# The multi-host lab (tests/lab): builds the image if its package list changed, starts the
+# nine hosts, deploys site.yml over SSH and removes everything afterwards.
+.PHONY: lab lab-clean
+lab: deps venv collections
+	$(VENV)/bin/pytest tests/lab -m lab -p no:cacheprovider $(PYTEST_ARGS)
+
+# Remove what a crashed lab run left behind (containers and networks labelled zonefarm.lab).
+lab-clean: venv
+	$(PY) -m tests.lab.lab clean
