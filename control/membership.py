@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import peewee
+
 from control.models import GroupChild, GroupUser, Provider, SpaceGroup, SpaceUser, Support
 
 RANK = {"member": 1, "admin": 2, "owner": 3}
@@ -29,26 +31,24 @@ def best(*roles: str | None) -> str | None:
     return max(present, key=RANK.__getitem__) if present else None
 
 
-def descendants(group_ids: Iterable[int]) -> set[int]:
-    """The groups and every group nested below them."""
+def _closure(group_ids: Iterable[int], step: peewee.Field, back: peewee.Field) -> set[int]:
     seen = set(group_ids)
     frontier = set(seen)
     while frontier:
-        rows = GroupChild.select(GroupChild.child).where(GroupChild.parent.in_(list(frontier)))
-        frontier = {r.child_id for r in rows} - seen
+        rows = GroupChild.select(step).where(back.in_(list(frontier)))
+        frontier = {getattr(r, step.name + "_id") for r in rows} - seen
         seen |= frontier
     return seen
+
+
+def descendants(group_ids: Iterable[int]) -> set[int]:
+    """The groups and every group nested below them."""
+    return _closure(group_ids, GroupChild.child, GroupChild.parent)
 
 
 def ancestors(group_ids: Iterable[int]) -> set[int]:
     """The groups and every group they are nested in."""
-    seen = set(group_ids)
-    frontier = set(seen)
-    while frontier:
-        rows = GroupChild.select(GroupChild.parent).where(GroupChild.child.in_(list(frontier)))
-        frontier = {r.parent_id for r in rows} - seen
-        seen |= frontier
-    return seen
+    return _closure(group_ids, GroupChild.parent, GroupChild.child)
 
 
 def would_cycle(parent_id: int, child_id: int) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from control import feed, membership
 from control.api.auth import Principal, require_user_or_root
 from control.api.errors import conflict, forbidden, invalid, not_found
+from control.api.listing import unique_name
 from control.api.members import effective_page, list_members, put_member, remove_member
 from control.api.permissions import READ, group_access
 from control.api.routing import Context, Reply, paginate, paginated_query, route
@@ -46,13 +47,6 @@ def visible_groups(principal: Principal) -> tuple[set[int] | None, dict[int, str
     return membership.user_groups(uid), direct
 
 
-def _unique_name(name: str, exclude: int | None = None) -> None:
-    query = Group.select().where(Group.name == name)
-    if exclude is not None:
-        query = query.where(Group.id != exclude)
-    if query.exists():
-        raise conflict(f"group name {name!r} is taken")
-
 
 @route("GET", "/groups", summary="List the groups the caller can see", tag=TAG,
        query=paginated_query(), responses={200: Page[GroupOut]})
@@ -70,7 +64,7 @@ def list_groups(ctx: Context) -> dict[str, Any]:
 def create_group(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
     req: GroupCreate = ctx.body
-    _unique_name(req.name)
+    unique_name(Group, req.name)
     owner = creator(ctx.principal, req.owner)
     group = Group.create(name=req.name)
     feed.record("group", group.id, "create", {"name": group.name}, group_id=group.id)
@@ -108,7 +102,7 @@ def update_group(ctx: Context, id: int) -> GroupOut:
     group, role = group_access(ctx.principal, id, "admin")
     req: GroupUpdate = ctx.body
     if req.name is not None and req.name != group.name:
-        _unique_name(req.name, group.id)
+        unique_name(Group, req.name, group.id)
         group.name = req.name
         group.updated_at = now()
         group.save()

@@ -1,10 +1,13 @@
-"""Pages over lists computed in Python (effective members), shaped like ``paginate``'s."""
+"""Helpers shared by the named registry entities: pages over computed lists, unique names."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import peewee
+
+from control.api.errors import conflict
 from control.api.routing import Context
 
 
@@ -16,3 +19,12 @@ def page_list(items: list[Any], ctx: Context, name_of: Callable[[Any], str]) -> 
     limit, offset = ctx.query["limit"], ctx.query["offset"]
     return {"items": items[offset:offset + limit], "total": len(items),
             "limit": limit, "offset": offset}
+
+
+def unique_name(model: type[peewee.Model], name: str, exclude: int | None = None) -> None:
+    """409 before the insert: a clearer message than the unique index's IntegrityError."""
+    query = model.select().where(model.name == name)
+    if exclude is not None:
+        query = query.where(model.id != exclude)
+    if query.exists():
+        raise conflict(f"{model.__name__.lower()} name {name!r} is taken")

@@ -12,7 +12,7 @@ from typing import Any
 
 from control import feed
 from control.api.auth import new_token, require_root, require_user_or_root
-from control.api.errors import conflict
+from control.api.listing import unique_name
 from control.api.permissions import fetch, provider_access
 from control.api.routing import Context, Reply, paginate, paginated_query, route
 from control.api.schemas import Page, ProviderCreate, ProviderOut, ProviderRegistered, ProviderUpdate
@@ -33,13 +33,6 @@ def provider_out(p: Provider) -> ProviderOut:
 def _feed_data(p: Provider) -> dict[str, Any]:
     return {f: getattr(p, f) for f in FIELDS if f != "admin_email"}
 
-
-def _unique_name(name: str, exclude: int | None = None) -> None:
-    query = Provider.select().where(Provider.name == name)
-    if exclude is not None:
-        query = query.where(Provider.id != exclude)
-    if query.exists():
-        raise conflict(f"provider name {name!r} is taken")
 
 
 def _issue_token(provider: Provider) -> str:
@@ -63,7 +56,7 @@ def list_providers(ctx: Context) -> dict[str, Any]:
 def create_provider(ctx: Context) -> Reply:
     require_root(ctx.principal)
     req: ProviderCreate = ctx.body
-    _unique_name(req.name)
+    unique_name(Provider, req.name)
     provider = Provider.create(**req.model_dump())
     feed.record("provider", provider.id, "create", _feed_data(provider), provider_id=provider.id)
     token = _issue_token(provider)
@@ -88,7 +81,7 @@ def update_provider(ctx: Context, id: int) -> ProviderOut:
         if name in changes and changes[name] is None:
             changes.pop(name)  # required columns: null means "leave as is"
     if changes.get("name") not in (None, provider.name):
-        _unique_name(changes["name"], provider.id)
+        unique_name(Provider, changes["name"], provider.id)
     if any(getattr(provider, k) != v for k, v in changes.items()):
         for k, v in changes.items():
             setattr(provider, k, v)

@@ -10,8 +10,9 @@ from typing import Any
 
 from control import feed, membership
 from control.api.auth import Principal, require_user_or_root
-from control.api.errors import conflict, not_found
+from control.api.errors import not_found
 from control.api.groups import creator
+from control.api.listing import unique_name
 from control.api.members import effective_page, list_members, put_member, remove_member
 from control.api.permissions import READ, fetch, group_access, require_grant, space_access
 from control.api.routing import Context, Reply, paginate, paginated_query, route
@@ -36,13 +37,6 @@ def space_out(space: Space, role: str | None) -> SpaceOut:
     return SpaceOut(id=space.id, name=space.name, role=role, created_at=iso(space.created_at),
                     updated_at=iso(space.updated_at))
 
-
-def _unique_name(name: str, exclude: int | None = None) -> None:
-    query = Space.select().where(Space.name == name)
-    if exclude is not None:
-        query = query.where(Space.id != exclude)
-    if query.exists():
-        raise conflict(f"space name {name!r} is taken")
 
 
 def _visible(principal: Principal) -> set[int] | None:
@@ -75,7 +69,7 @@ def list_spaces(ctx: Context) -> dict[str, Any]:
 def create_space(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
     req: SpaceCreate = ctx.body
-    _unique_name(req.name)
+    unique_name(Space, req.name)
     owner = creator(ctx.principal, req.owner)
     space = Space.create(name=req.name)
     feed.record("space", space.id, "create", {"name": space.name}, space_id=space.id)
@@ -99,7 +93,7 @@ def update_space(ctx: Context, id: int) -> SpaceOut:
     space, role = space_access(ctx.principal, id, "admin")
     req: SpaceUpdate = ctx.body
     if req.name is not None and req.name != space.name:
-        _unique_name(req.name, space.id)
+        unique_name(Space, req.name, space.id)
         space.name = req.name
         space.updated_at = now()
         space.save()
