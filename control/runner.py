@@ -9,8 +9,9 @@ callback leaves within tens of milliseconds of the launch.
 Per task attempt, under ``<workdir>/tasks/<id>/<attempt>/``:
 ``spec.json`` (0600, written by the launch module), ``runner.pid`` (the runner's pid),
 ``child.pid`` (the task's process group), ``output.log``, ``killed`` (a reason, written by
-``zonefarm_kill`` before it signals, or by the runner itself on timeout or cancel) and
-``outputs.json`` (optional, written by the task) and ``done`` (when the runner let go of it;
+``zonefarm_kill`` before it signals, or by the runner itself on timeout or cancel),
+``outputs.json`` (optional, written by the task), ``callbacks.log`` (reports that did not land,
+status lines only) and ``done`` (when the runner let go of it;
 the node agent deletes attempts done longer ago than ``task_dirs_keep_days``). The nodes secret is read from the node
 config file, never from argv or env, and the task's child gets a filtered environment.
 
@@ -39,14 +40,18 @@ from control.signing import sign_headers
 LOG_CHUNK = 64 * 1024
 LOG_INTERVAL = 1.0
 KILL_GRACE = 5.0
-RETRIES = 6
-FINISHED_RETRIES = 20
+REPORT_PATIENCE = 4.0  # seconds a started/progress/log report keeps retrying before the next one takes over
+FINISHED_PATIENCE = 180.0  # seconds a finished report keeps retrying: it must outlast an API restart
 POLL = 0.2
 DONE = "done"
 
 
 class StaleAttempt(Exception):
     """The API answered 403: this attempt is no longer ours; stop without reporting."""
+
+
+class CallbackFailed(ConnectionError):
+    """The API did not take a report within its patience (down, restarting, or refusing it)."""
 
 
 def task_dir(workdir: str | os.PathLike[str], task_id: int, attempt: int) -> Path:
@@ -86,13 +91,23 @@ class Callbacks:
             self.conn = cls(self.host, self.port, timeout=30)
         return self.conn
 
-    def send(self, event: str, **data: Any) -> dict[str, Any]:
+    def send(self, event: str, *, patience: float | None = None, **data: Any) -> dict[str, Any]:
+        """Deliver one report, retrying with backoff until it lands or its patience runs out.
+
+        Retries are bounded by time, not count, so an API restart of a few seconds (a
+        kill -9 and a supervisor bringing it back) is absorbed whatever each attempt costs.
+        A lost ``finished`` would let the lease rerun a task that already ran, so it
+        outlasts a restart by far; the other reports are superseded by the next one, and the
+        caller carries on without them (see ``TaskRun._report``). Each attempt is signed
+        afresh: a retried request is a new nonce, never a replay.
+        """
         body = json.dumps({"event": event, "attempt": self.attempt, **data}).encode()
+        if patience is None:
+            patience = FINISHED_PATIENCE if event == "finished" else REPORT_PATIENCE
+        deadline = time.monotonic() + patience
         delay = 0.2
         last = ""
-        # A lost ``finished`` would let the lease rerun a task that already ran, so it
-        # outlasts an API restart; the others are superseded by the next report anyway.
-        for _ in range(FINISHED_RETRIES if event == "finished" else RETRIES):
+        while True:
             headers = sign_headers(self.config.nodes_secret, self.config.name, "POST",
                                    self.path, body)
             headers["Content-Type"] = "application/json"
@@ -115,9 +130,12 @@ class Callbacks:
                 last = f"HTTP {resp.status}: {payload.decode(errors='replace')[:200]}"
                 if 400 <= resp.status < 500 and resp.status not in (401, 408, 409, 429):
                     break  # our request is wrong; repeating it will not help
-            time.sleep(delay)
+            pause = min(delay, deadline - time.monotonic())
+            if pause <= 0:
+                break
+            time.sleep(pause)
             delay = min(delay * 2, 5.0)
-        raise ConnectionError(f"callback {event} failed: {last}")
+        raise CallbackFailed(f"callback {event} failed: {last}")
 
     def close(self) -> None:
         if self.conn is not None:
@@ -161,12 +179,32 @@ class TaskRun:
             with self.lock:
                 self.pending.extend(chunk)
 
-    def _flush_log(self) -> None:
+    def _report(self, event: str, **data: Any) -> dict[str, Any]:
+        """A non-terminal report that may fail: the task runs on and a later report catches up.
+
+        Giving up on the task because the API is briefly down would orphan its child and
+        let the lease run it again; ``progress`` and ``finished`` move an ``assigned`` task
+        on just as ``started`` does, so a missed one costs nothing.
+        """
+        try:
+            return self.cb.send(event, **data)
+        except CallbackFailed as exc:
+            with open(self.tdir / "callbacks.log", "a") as fh:  # no secret in it: status lines only
+                fh.write(f"{time.time():.3f} {exc}\n")
+            return {}
+
+    def _flush_log(self, patience: float | None = None) -> None:
+        """Send pending output; what does not land stays pending (the last flush is as patient as finished)."""
         with self.lock:
             data = bytes(self.pending)
             self.pending.clear()
         for i in range(0, len(data), LOG_CHUNK):
-            self.cb.send("log", data=data[i:i + LOG_CHUNK].decode(errors="replace"))
+            try:
+                self.cb.send("log", data=data[i:i + LOG_CHUNK].decode(errors="replace"), patience=patience)
+            except CallbackFailed:
+                with self.lock:  # keep what did not land for the next flush, in order
+                    self.pending[:0] = data[i:]
+                return
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
         try:
@@ -193,7 +231,7 @@ class TaskRun:
         cwd = spec.get("cwd") or str(self.tdir)
         reason = self._killed_reason()
         if reason:  # killed between launch and start: never run it
-            self.cb.send("started")
+            self._report("started")
             self.cb.send("finished", exit_code=-int(signal.SIGTERM), outputs={}, reason=reason)
             return
         try:
@@ -202,15 +240,15 @@ class TaskRun:
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
-            self.cb.send("started")
-            self.cb.send("log", data=f"zonefarm: cannot start {argv[0]!r}: {exc}\n")
+            self._report("started")
+            self._report("log", data=f"zonefarm: cannot start {argv[0]!r}: {exc}\n")
             self.cb.send("finished", exit_code=127, outputs={})
             return
         (self.tdir / "child.pid").write_text(str(proc.pid))
         reader = threading.Thread(target=self._reader, args=(proc.stdout, out), daemon=True)
         reader.start()
         try:
-            self.cb.send("started")
+            self._report("started")
             next_log = time.monotonic() + LOG_INTERVAL
             next_progress = time.monotonic() + self.progress_every
             next_marker = time.monotonic() + 1.0
@@ -233,7 +271,7 @@ class TaskRun:
                     self._flush_log()
                     next_log = now + LOG_INTERVAL
                 if now >= next_progress and proc.poll() is None:
-                    answer = self.cb.send("progress")
+                    answer = self._report("progress")
                     next_progress = now + self.progress_every
                     if answer.get("cancel"):
                         self._mark_killed("cancelled")
@@ -243,7 +281,7 @@ class TaskRun:
             raise
         reader.join(10)
         out.close()
-        self._flush_log()
+        self._flush_log(patience=FINISHED_PATIENCE)
         self.cb.send("finished", **self._result(proc.returncode))
 
     def _mark_killed(self, reason: str) -> None:

@@ -36,6 +36,8 @@ class Recorder:
         self.events: list[dict[str, Any]] = []
         self.cancel: set[int] = set()
         self.stale: set[int] = set()
+        self.down = False  # while set, every request is dropped unanswered, as by an API killed mid-request
+        self.dropped = 0
         self.lock = threading.Lock()
 
     def of(self, task_id: int, kind: str | None = None) -> list[dict[str, Any]]:
@@ -62,6 +64,11 @@ def recorder() -> Iterator[tuple[Recorder, str]]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            if rec.down:
+                with rec.lock:
+                    rec.dropped += 1
+                self.close_connection = True
+                return
             try:
                 node = verify(SECRET, dict(self.headers.items()), "POST", self.path, body)
             except ValueError:
@@ -212,3 +219,31 @@ def test_finished_attempts_are_marked_and_pruned_later(recorder: tuple[Recorder,
     assert prune_task_dirs(work, keep_seconds=3600) == []
     assert prune_task_dirs(work, keep_seconds=3600, now=finished + 7200) == [str(old)]
     assert not old.parent.exists() and running.exists()
+
+
+def test_api_down_for_longer_than_a_report_retries_loses_nothing(recorder: tuple[Recorder, str], node: Path,
+                                                                 tmp_path: Path) -> None:
+    """An API restart (kill -9, then back) must not orphan the task nor drop its output or its result.
+
+    The API is down for longer than ``started``/``progress``/``log`` keep retrying, and the task ends
+    while it is still down: the runner must keep the child going, keep the output, and deliver
+    ``finished`` once the API is back, exactly once.
+    """
+    from control.runner import REPORT_PATIENCE
+
+    rec, _ = recorder
+    rec.down = True
+    tdir = spec_dir(tmp_path, 14, ["sh", "-c", "echo ran >> ../ran.log; echo out; sleep 2; echo end"], lease=1.5)
+    thread = threading.Thread(target=run_batch, args=(str(node), [str(tdir)]))
+    thread.start()
+    time.sleep(REPORT_PATIENCE * 2 + 1)  # every report so far has given up at least once
+    assert thread.is_alive() and not (tdir / "runner.error").exists()
+    assert (tdir / "output.log").read_text() == "out\nend\n"  # the task ran to its end meanwhile
+    rec.down = False
+    thread.join(60)
+    assert not thread.is_alive() and not (tdir / "runner.error").exists()
+    assert rec.dropped >= 3 and "callback started failed" in (tdir / "callbacks.log").read_text()
+    finished = rec.of(14, "finished")
+    assert len(finished) == 1 and finished[0]["exit_code"] == 0
+    assert rec.log(14) == "out\nend\n"  # held back while the API was down, then sent once, in order
+    assert (tdir.parent / "ran.log").read_text() == "ran\n"

@@ -1,0 +1,58 @@
+"""Process trees for crash tests: kill -9 a daemon together with the children it was running.
+
+A crashed host takes a daemon's subprocesses down with it (the dispatcher's ansible-runner
+job, ansible-playbook and its forks); killing only the daemon's pid would leave them to
+finish the round and make the crash gentler than it is. Read from /proc: no psutil here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _ppids() -> dict[int, int]:
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        out[int(stat.parent.name)] = int(fields[1])
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, parents before their children."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _ppids().items():
+        children.setdefault(parent, []).append(child)
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        current = todo.pop(0)
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def kill_tree(pid: int, spare: Callable[[str], bool] = lambda cmd: False) -> list[int]:
+    """SIGKILL ``pid`` and its descendants (except those whose command line ``spare`` keeps); returns the killed."""
+    tree = [pid] + [p for p in descendants(pid) if not spare(cmdline(p))]
+    killed = []
+    for target in tree:
+        try:
+            os.kill(target, signal.SIGKILL)
+            killed.append(target)
+        except ProcessLookupError:
+            pass
+    return killed
