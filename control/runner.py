@@ -22,6 +22,7 @@ a task cannot outlive its timeout when the control plane is unreachable.
 from __future__ import annotations
 
 import argparse
+import codecs
 import http.client
 import json
 import os
@@ -37,7 +38,7 @@ from urllib.parse import urlsplit
 from control.nodeconfig import NodeConfig, NodeConfigError, load_node_config
 from control.signing import sign_headers
 
-LOG_CHUNK = 64 * 1024
+LOG_CHUNK = 64 * 1024  # characters per log callback
 LOG_INTERVAL = 1.0
 KILL_GRACE = 5.0
 REPORT_PATIENCE = 4.0  # seconds a started/progress/log report keeps retrying before the next one takes over
@@ -169,15 +170,28 @@ class TaskRun:
         self.progress_every = max(lease / 3.0, 0.5)
         timeout = self.spec.get("timeout")
         self.deadline = time.monotonic() + float(timeout) if timeout else None
-        self.pending = bytearray()
+        self.pending: list[str] = []  # output decoded but not yet delivered, in order
+        self.sent = 0  # characters of this attempt's output the API has taken: the next log's offset
         self.lock = threading.Lock()
 
     def _reader(self, stream: Any, out: Any) -> None:
+        """Copy output to output.log and decode it as it comes.
+
+        An incremental decoder keeps a character split across two reads whole, so the text,
+        and the character offsets the log callbacks carry, do not depend on read boundaries.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         for chunk in iter(lambda: stream.read1(65536), b""):
             out.write(chunk)
             out.flush()
+            text = decoder.decode(chunk)
+            if text:
+                with self.lock:
+                    self.pending.append(text)
+        tail = decoder.decode(b"", final=True)
+        if tail:
             with self.lock:
-                self.pending.extend(chunk)
+                self.pending.append(tail)
 
     def _report(self, event: str, **data: Any) -> dict[str, Any]:
         """A non-terminal report that may fail: the task runs on and a later report catches up.
@@ -194,17 +208,23 @@ class TaskRun:
             return {}
 
     def _flush_log(self, patience: float | None = None) -> None:
-        """Send pending output; what does not land stays pending (the last flush is as patient as finished)."""
+        """Send pending output; what does not land stays pending (the last flush is as patient as finished).
+
+        Each chunk carries its offset in this attempt's output: a chunk the API stored but
+        whose answer was lost goes again with the same offset, and the API keeps it once.
+        """
         with self.lock:
-            data = bytes(self.pending)
+            data = "".join(self.pending)
             self.pending.clear()
         for i in range(0, len(data), LOG_CHUNK):
+            chunk = data[i:i + LOG_CHUNK]
             try:
-                self.cb.send("log", data=data[i:i + LOG_CHUNK].decode(errors="replace"), patience=patience)
+                self.cb.send("log", data=chunk, offset=self.sent, patience=patience)
             except CallbackFailed:
                 with self.lock:  # keep what did not land for the next flush, in order
-                    self.pending[:0] = data[i:]
+                    self.pending.insert(0, data[i:])
                 return
+            self.sent += len(chunk)
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
         try:
@@ -241,7 +261,7 @@ class TaskRun:
                                     stderr=subprocess.STDOUT, start_new_session=True)
         except OSError as exc:
             self._report("started")
-            self._report("log", data=f"zonefarm: cannot start {argv[0]!r}: {exc}\n")
+            self._report("log", data=f"zonefarm: cannot start {argv[0]!r}: {exc}\n", offset=0)
             self.cb.send("finished", exit_code=127, outputs={})
             return
         (self.tdir / "child.pid").write_text(str(proc.pid))
@@ -267,7 +287,7 @@ class TaskRun:
                     if self._killed_reason() and proc.poll() is None:
                         self._kill(proc)
                         continue
-                if now >= next_log and (self.pending or False):
+                if now >= next_log and self.pending:
                     self._flush_log()
                     next_log = now + LOG_INTERVAL
                 if now >= next_progress and proc.poll() is None:

@@ -248,3 +248,45 @@ def test_concurrent_callbacks_and_heartbeats_never_fail(api: Api) -> None:
         assert show(api, tid)["state"] == "succeeded"
         assert api.get(f"/tasks/{tid}/log", token=api.root).json()["text"] == "line 0\nline 1\nline 2\n"
     assert len(nodes) == 4
+
+
+def _log(api: Api, task_id: int) -> str:
+    return api.get(f"/tasks/{task_id}/log", token=api.root).json()["text"]
+
+
+def test_a_retried_log_callback_stores_its_text_once(api: Api, settings: Settings) -> None:
+    """The API stored a chunk but its answer was lost, so the runner sends it again (new nonce, same offset)."""
+    wk = node(api, "wk1", concurrency=1)
+    wk2 = node(api, "wk2", concurrency=1)
+    tid = submit(api, target={"node": "wk1"})
+    claim("d1", 1, lease=settings.task_lease)
+    for _ in range(2):
+        sent = wk.callback(tid, "log", 1, data="hello\n", offset=0)
+        assert sent.status_code == 200 and sent.json()["state"] == "running", sent.text
+    assert _log(api, tid) == "hello\n"
+    # a retry that carries more output than before: only the new tail is stored
+    assert wk.callback(tid, "log", 1, data="hello\nworld\n", offset=0).status_code == 200
+    assert wk.callback(tid, "log", 1, data="world\n", offset=6).status_code == 200
+    assert _log(api, tid) == "hello\nworld\n"
+    # without an offset (an older runner) a chunk is appended as it comes
+    assert wk.callback(tid, "log", 1, data="!\n").status_code == 200
+    assert _log(api, tid) == "hello\nworld\n!\n"
+    negative = wk.callback(tid, "log", 1, data="x", offset=-1)
+    assert negative.status_code == 422 and "offset" in negative.json()["error"]["message"]
+
+    # the next attempt counts its offsets from its own start, after the earlier attempt's output
+    with connection():
+        Task.update(lease_expires_at=time.time() - 1).where(Task.id == tid).execute()
+        Task.update(target_value="wk2").where(Task.id == tid).execute()
+    wk.heartbeat()
+    reap(settings)
+    [second] = claim("d1", 1, lease=settings.task_lease)
+    assert second.attempt == 2 and second.node.name == "wk2"
+    assert wk.callback(tid, "log", 1, data="late\n", offset=14).status_code == 403
+    for _ in range(2):
+        assert wk2.callback(tid, "log", 2, data="again\n", offset=0).status_code == 200
+    assert wk2.callback(tid, "finished", 2, exit_code=0).json()["state"] == "succeeded"
+    assert _log(api, tid) == "hello\nworld\n!\nagain\n"
+    log_starts = [e["data"]["log_start"] for e in api.get(f"/tasks/{tid}/events", token=api.root).json()
+                  if e["to_state"] == "running"]
+    assert log_starts == [0, 14]

@@ -15,33 +15,28 @@ second case is the control host dying as a whole: API and dispatcher at once.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-import tests.test_dispatch as dispatch_tests
 from control.api.app import build_app
 from control.config import Settings
 from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.support.apiproc import ApiProcess, api_env
 from tests.support.client import Api
+from tests.support.farm import TERMINAL, Farm
 from tests.support.pg import free_port
 from tests.support.procs import kill_tree
-from tests.test_dispatch import Farm
-from tests.test_server import ApiProcess
 
 pytestmark = pytest.mark.slow
 LEASE = 30  # far longer than the outages here: a runner that keeps retrying must never be declared lost
 TASKS = 40
 OUTAGE = 7.0  # longer than a started/progress/log report retries: the runner must ride it out
-TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 # cwd is the attempt dir (<work>/tasks/<id>/<attempt>): one line "ran-<id>-<attempt>" per run of the command,
 # kept across attempts. It goes to the task's output too, so a task ending while the API is down has a log to send.
 COMMAND = ["sh", "-c", "echo ran-$ZONEFARM_TASK_ID-$(basename $PWD) | tee -a ../ran.log; sleep 0.5"]
@@ -54,12 +49,10 @@ class ControlPlane:
         self.tmp = tmp_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
-        self.env.update(
-            ZONEFARM_DATABASE=db_url, ZONEFARM_DATA_DIR=str(tmp_path / "data"), ZONEFARM_ROOT_SECRET=ROOT_SECRET,
-            ZONEFARM_NODES_SECRET=NODES_SECRET, ZONEFARM_LISTEN=f"127.0.0.1:{self.port}",
-            ZONEFARM_API_WORKERS="1", ZONEFARM_API_THREADS="8", ZONEFARM_TASK_LEASE=str(LEASE),
-            ZONEFARM_NODE_LEASE="120", ZONEFARM_LOG_LEVEL="INFO")
+        self.env = api_env(
+            tmp_path, ZONEFARM_DATABASE=db_url, ZONEFARM_ROOT_SECRET=ROOT_SECRET, ZONEFARM_NODES_SECRET=NODES_SECRET,
+            ZONEFARM_LISTEN=f"127.0.0.1:{self.port}", ZONEFARM_API_THREADS="8", ZONEFARM_TASK_LEASE=str(LEASE),
+            ZONEFARM_NODE_LEASE="120")
         self.procs: list[ApiProcess] = []
 
     def start(self) -> ApiProcess:
@@ -69,22 +62,12 @@ class ControlPlane:
         return proc
 
     def kill(self) -> None:
-        """SIGKILL to gunicorn's whole process group: master and workers die mid-request, nothing is flushed."""
-        proc = self.procs[-1].proc
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        """Master and workers die mid-request, nothing is flushed."""
+        self.procs[-1].kill()
 
     def requests(self) -> list[dict[str, Any]]:
-        """Access-log lines of every run; a kill may cut the last line short, so that one is skipped."""
-        out = []
-        for proc in self.procs:
-            for line in proc.output().splitlines():
-                if line.startswith("{"):
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        continue
-        return out
+        """Access-log lines of every run."""
+        return [line for proc in self.procs for line in proc.access_lines()]
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -101,11 +84,10 @@ def plane(db_url: str, tmp_path: Path) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture
-def farm(plane: ControlPlane, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Farm]:
-    """test_dispatch's Farm (nodes, dispatcher processes, task helpers) pointed at the API process."""
-    monkeypatch.setattr(dispatch_tests, "LEASE", LEASE)  # the dispatcher's lease must match the API's
+def farm(plane: ControlPlane, db_url: str, tmp_path: Path) -> Iterator[Farm]:
+    """Nodes, dispatcher processes and task helpers pointed at the API process, with the API's lease."""
     settings = Settings(database=db_url, data_dir=str(tmp_path / "data"))
-    f = Farm(Api(plane.url, ROOT_SECRET), SimpleNamespace(url=plane.url), settings, tmp_path)  # type: ignore[arg-type]
+    f = Farm(Api(plane.url, ROOT_SECRET), plane.url, settings, tmp_path, lease=LEASE, nodes_secret=NODES_SECRET)
     for i in range(1, 4):
         f.add_node(f"wk{i}", concurrency=4)
     yield f
@@ -154,8 +136,7 @@ def _wait_all_terminal(farm: Farm, ids: list[int], timeout: float = 120) -> None
         counts = _counts(farm)
         if sum(counts.get(s, 0) for s in TERMINAL) == len(ids):
             return
-        for proc in farm.dispatchers:
-            assert proc.poll() is None, f"dispatcher exited {proc.returncode}: {farm.dispatcher_logs()[-3000:]}"
+        farm.assert_dispatchers_alive()
         time.sleep(0.3)
     raise AssertionError(f"not all tasks ended within {timeout}s: {_counts(farm)}\n{farm.dispatcher_logs()[-3000:]}")
 

@@ -1,10 +1,8 @@
 """End to end: real ``zonefarm dispatcher`` processes, real ansible-runner jobs, real callbacks.
 
-Several node names are mapped to this machine (``ansible_connection=local``), each with
-its own work dir and 0600 INI file; they register themselves with signed requests
-(``control.node_agent``). The API is the real app on loopback (``live_server``) and runs
-on SQLite and PostgreSQL. Docker (container tasks) and sshd (pipeline uploads) are real
-daemons the tests start.
+Nodes are names mapped to this machine (``tests.support.farm``). The API is the real app on
+loopback (``live_server``) and runs on SQLite and PostgreSQL. Docker (container tasks) and
+sshd (pipeline uploads) are real daemons the tests start.
 """
 
 from __future__ import annotations
@@ -24,14 +22,15 @@ from typing import Any
 import pytest
 
 from control.config import Settings
-from control.node_agent import register
-from control.nodeconfig import load_node_config, write_node_config
+from control.nodeconfig import write_node_config
 from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.support.apiproc import clean_env
 from tests.support.client import Api
+from tests.support.farm import ROOT, Farm
+from tests.support.pg import free_port
 from tests.support.server import LiveServer
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
 LEASE = 4
 
 
@@ -43,96 +42,9 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
                     task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3)
 
 
-class Farm:
-    """Nodes on this machine, dispatcher processes, and helpers to follow tasks."""
-
-    def __init__(self, api: Api, server: LiveServer, settings: Settings, tmp_path: Path) -> None:
-        self.api = api
-        self.server = server
-        self.settings = settings
-        self.tmp = tmp_path
-        self.nodes: dict[str, Path] = {}
-        self.dispatchers: list[subprocess.Popen[bytes]] = []
-
-    def add_node(self, name: str, region: str = "default", concurrency: int = 4, **extra: Any) -> Path:
-        base = self.tmp / "nodes" / name
-        values: dict[str, Any] = {"ansible_connection": "local", "ansible_host": "127.0.0.1",
-                                  "ansible_user": "root", "python": sys.executable, **extra}
-        config = write_node_config(
-            base / "node.ini", name=name, api_url=self.server.url, nodes_secret=NODES_SECRET, region=region,
-            concurrency=concurrency, workdir=str(base / "work"), **values)
-        register(load_node_config(config))
-        self.nodes[name] = base / "work"
-        return base / "work"
-
-    def start_dispatcher(self, ident: str) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
-        env.update(ZONEFARM_DATABASE=self.settings.database, ZONEFARM_DATA_DIR=self.settings.data_dir,
-                   ZONEFARM_TASK_LEASE=str(LEASE), ZONEFARM_NODE_LEASE="120",
-                   ZONEFARM_DISPATCH_INTERVAL="0.2", ZONEFARM_ARTIFACTS_KEEP="3", ZONEFARM_LOG_LEVEL="INFO")
-        log = open(self.tmp / f"dispatcher-{ident}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "control.cli", "dispatcher", "--ident", ident],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.dispatchers.append(proc)
-        return proc
-
-    def submit(self, name: str, params: dict[str, Any], **extra: Any) -> dict[str, Any]:
-        resp = self.api.post("/tasks", token=self.api.root, json={"name": name, "params": params, **extra})
-        assert resp.status_code == 201, resp.text
-        return resp.json()
-
-    def task(self, task_id: int) -> dict[str, Any]:
-        resp = self.api.get(f"/tasks/{task_id}", token=self.api.root)
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def wait(self, task_id: int, states: tuple[str, ...] = ("succeeded", "failed", "cancelled", "timed_out"),
-             timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            task = self.task(task_id)
-            if task["state"] in states:
-                return task
-            for proc in self.dispatchers:
-                assert proc.poll() is None, f"dispatcher exited {proc.returncode}: {self.dispatcher_logs()[-3000:]}"
-            time.sleep(0.2)
-        raise AssertionError(f"task {task_id} still {self.task(task_id)['state']}; events "
-                             f"{self.events(task_id)}\n{self.dispatcher_logs()[-3000:]}")
-
-    def events(self, task_id: int) -> list[dict[str, Any]]:
-        return self.api.get(f"/tasks/{task_id}/events", token=self.api.root).json()
-
-    def log(self, task_id: int) -> str:
-        return self.api.get(f"/tasks/{task_id}/log", token=self.api.root).json()["text"]
-
-    def dispatcher_logs(self) -> str:
-        return "".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("dispatcher-*.log")))
-
-    def stop(self) -> None:
-        for proc in self.dispatchers:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.dispatchers:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        for work in self.nodes.values():  # runners and task processes the tests left behind
-            for pid_file in list(work.glob("tasks/*/*/child.pid")) + list(work.glob("tasks/*/*/runner.pid")):
-                pid = int(pid_file.read_text() or 0)
-                try:
-                    if pid_file.name == "child.pid":
-                        os.killpg(pid, signal.SIGKILL)
-                    else:
-                        os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-
-
 @pytest.fixture
 def farm(api: Api, live_server: LiveServer, settings: Settings, tmp_path: Path) -> Iterator[Farm]:
-    f = Farm(api, live_server, settings, tmp_path)
+    f = Farm(api, live_server.url, settings, tmp_path, lease=LEASE, nodes_secret=NODES_SECRET)
     yield f
     f.stop()
 
@@ -251,7 +163,7 @@ def test_nodes_secret_never_leaks(farm: Farm) -> None:
 
 
 def test_unreachable_node_releases_its_tasks(farm: Farm) -> None:
-    farm.add_node("ghost", ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=_closed_port())
+    farm.add_node("ghost", ansible_connection="ssh", ansible_host="127.0.0.1", ansible_port=free_port())
     farm.start_dispatcher("d1")
     task = farm.submit("shell", {"argv": ["true"]}, max_attempts=2)
     done = farm.wait(task["id"], timeout=90)
@@ -259,12 +171,6 @@ def test_unreachable_node_releases_its_tasks(farm: Farm) -> None:
     reasons = [e["reason"] for e in farm.events(task["id"])]
     assert any("launch failed on node ghost" in r for r in reasons), reasons
     assert [e["to_state"] for e in farm.events(task["id"])].count("assigned") == 2
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- container ---------------------------------------------------------------------------
@@ -346,7 +252,7 @@ class Sshd:
     def __init__(self, base: Path) -> None:
         self.base = base
         base.mkdir(parents=True)
-        self.port = _closed_port()
+        self.port = free_port()
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_key")], check=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "client_key")], check=True)
         (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
@@ -443,7 +349,7 @@ def test_node_agent_cli_registers_and_heartbeats(api: Api, live_server: LiveServ
     def node(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "control.cli", "node", *argv, "--node-config", str(config)],
                               cwd=ROOT, capture_output=True, text=True, timeout=60,
-                              env={k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")})
+                              env=clean_env())
 
     registered = node("register")
     assert registered.returncode == 0, registered.stderr
@@ -510,7 +416,7 @@ def test_callback_module_reports_to_the_real_api(farm: Farm) -> None:
         (claimed,) = claim("test", 1)
     assert claimed.id == task["id"]
     config = farm.tmp / "nodes" / "wk1" / "node.ini"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
+    env = clean_env()
     env.update(ANSIBLE_LIBRARY=str(ROOT / "library"), ANSIBLE_MODULE_UTILS=str(ROOT / "module_utils"),
                PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
 

@@ -9,9 +9,6 @@ already run every route on both.
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,68 +19,10 @@ import pytest
 import requests
 
 from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.support.apiproc import ZONEFARM, ApiProcess, api_env
 from tests.support.pg import free_port
 
-ZONEFARM = str(Path(sys.executable).with_name("zonefarm"))
-
-
-def _base_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZONEFARM_")}
-    env.update({
-        "ZONEFARM_DATA_DIR": str(tmp_path / "data"),
-        "ZONEFARM_DATABASE": f"sqlite:///{tmp_path / 'data' / 'zonefarm.db'}",
-        # small pool: the machine is shared and these tests need no parallelism
-        "ZONEFARM_API_WORKERS": "1",
-        "ZONEFARM_API_THREADS": "4",
-        "ZONEFARM_LOG_LEVEL": "INFO",
-    })
-    return env
-
-
-class ApiProcess:
-    """One `zonefarm api` subprocess with its combined stdout/stderr in a file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}/api/v1"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([ZONEFARM, *args], env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"zonefarm api exited {self.proc.returncode}:\n{self.output()}")
-            try:  # the socket is bound before the workers have imported the app: allow slow boots
-                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"zonefarm api not healthy within {timeout}s:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def access_lines(self) -> list[dict[str, object]]:
-        out = []
-        for line in self.output().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-        self._log.close()
-        return self.proc.returncode
+SECRETS = {"ZONEFARM_ROOT_SECRET": ROOT_SECRET, "ZONEFARM_NODES_SECRET": NODES_SECRET}
 
 
 def _upgrade(env: dict[str, str], *extra: str) -> None:
@@ -113,7 +52,7 @@ def _start(started: list[ApiProcess], tmp_path: Path, env: dict[str, str],
 
 def test_serves_healthz_and_logs_one_json_line_per_request_without_secrets(
         tmp_path: Path, started: list[ApiProcess]) -> None:
-    env = {**_base_env(tmp_path), "ZONEFARM_ROOT_SECRET": ROOT_SECRET, "ZONEFARM_NODES_SECRET": NODES_SECRET}
+    env = api_env(tmp_path, **SECRETS)
     _upgrade(env)
     server = _start(started, tmp_path, env)
     server.wait_ready()
@@ -157,7 +96,7 @@ def test_serves_healthz_and_logs_one_json_line_per_request_without_secrets(
 ])
 def test_refuses_to_start_without_strong_secrets(tmp_path: Path, root: str | None, nodes: str | None,
                                                  named: str) -> None:
-    env = _base_env(tmp_path)
+    env = api_env(tmp_path)
     env["ZONEFARM_LISTEN"] = f"127.0.0.1:{free_port()}"
     if root is not None:
         env["ZONEFARM_ROOT_SECRET"] = root
@@ -173,7 +112,7 @@ def test_refuses_to_start_without_strong_secrets(tmp_path: Path, root: str | Non
 
 
 def test_config_file_sets_listen_and_secrets(tmp_path: Path, started: list[ApiProcess]) -> None:
-    env = _base_env(tmp_path)
+    env = api_env(tmp_path)
     port = free_port()
     ini = tmp_path / "zonefarm.ini"
     ini.write_text("[zonefarm]\n"
@@ -192,8 +131,7 @@ def test_config_file_sets_listen_and_secrets(tmp_path: Path, started: list[ApiPr
 
 
 def test_sigterm_stops_cleanly_and_frees_the_port(tmp_path: Path, started: list[ApiProcess]) -> None:
-    env = {**_base_env(tmp_path), "ZONEFARM_ROOT_SECRET": ROOT_SECRET, "ZONEFARM_NODES_SECRET": NODES_SECRET,
-           "ZONEFARM_API_WORKERS": "2"}
+    env = api_env(tmp_path, **SECRETS, ZONEFARM_API_WORKERS="2")
     _upgrade(env)
     server = _start(started, tmp_path, env)
     server.wait_ready()
@@ -212,8 +150,7 @@ def test_concurrent_writes_on_sqlite_all_succeed(tmp_path: Path, started: list[A
     """Many threads creating groups at once: each gets 201, none a 500 "database is locked"."""
     from concurrent.futures import ThreadPoolExecutor
 
-    env = {**_base_env(tmp_path), "ZONEFARM_ROOT_SECRET": ROOT_SECRET, "ZONEFARM_NODES_SECRET": NODES_SECRET,
-           "ZONEFARM_API_WORKERS": "2", "ZONEFARM_API_THREADS": "8"}
+    env = api_env(tmp_path, **SECRETS, ZONEFARM_API_WORKERS="2", ZONEFARM_API_THREADS="8")
     _upgrade(env)
     server = _start(started, tmp_path, env)
     server.wait_ready()

@@ -192,6 +192,9 @@ class Callback(BaseModel):
     outputs: dict[str, Any] | None = None
     percent: float | None = Field(default=None, ge=0, le=100)
     data: str | None = Field(default=None, max_length=512 * 1024, description="Log text (event log)")
+    offset: int | None = Field(default=None, ge=0, description=(
+        "Character offset of data in this attempt's output (event log): a chunk the API already "
+        "holds is not stored again, so a retried log callback is idempotent"))
     reason: Literal["cancelled", "timed_out"] | None = None
 
     @model_validator(mode="after")

@@ -300,11 +300,43 @@ def _final_state(task: Task, body: Callback) -> tuple[str, str]:
     return "failed", f"exit code {body.exit_code} on node {task.node.name}"
 
 
-def _append_log(task_id: int, text: str) -> None:
+def _log_end(task_id: int) -> tuple[int, int]:
+    """The next chunk's ``seq`` and the log's length in characters (over every attempt)."""
     last = (TaskLog.select(TaskLog.seq, TaskLog.start, TaskLog.text).where(TaskLog.task == task_id)
             .order_by(TaskLog.seq.desc()).first())
-    seq, start = (last.seq + 1, last.start + len(last.text)) if last is not None else (1, 0)
-    TaskLog.create(task=task_id, seq=seq, start=start, text=text)
+    return (last.seq + 1, last.start + len(last.text)) if last is not None else (1, 0)
+
+
+def _attempt_log_start(task_id: int, attempt: int) -> int | None:
+    """Where this attempt's output begins in the task's log, recorded when the attempt started running.
+
+    Only the current attempt may append (a stale one gets 403), so each attempt's output is
+    one contiguous run that begins where the log stood at its ``running`` event. None for an
+    attempt that started before the offset was recorded.
+    """
+    event = (TaskEvent.select(TaskEvent.data)
+             .where(TaskEvent.task == task_id, TaskEvent.to_state == "running").order_by(TaskEvent.id.desc()).first())
+    data = event.data if event is not None else None
+    if not data or data.get("attempt") != attempt or not isinstance(data.get("log_start"), int):
+        return None
+    return int(data["log_start"])
+
+
+def _append_log(task_id: int, attempt: int, text: str, offset: int | None) -> None:
+    """Store a chunk once: a retried one (its answer was lost) is skipped, or only its new tail kept.
+
+    ``offset`` is where the runner put the chunk in this attempt's output; without it (an
+    older runner) the chunk is appended as it comes.
+    """
+    seq, end = _log_end(task_id)
+    start = _attempt_log_start(task_id, attempt) if offset is not None else None
+    if offset is not None and start is not None:
+        held = end - start
+        if offset + len(text) <= held:
+            return
+        if offset < held:
+            text = text[held - offset:]
+    TaskLog.create(task=task_id, seq=seq, start=end, text=text)
 
 
 @route("POST", "/tasks/{id}/callback",
@@ -337,13 +369,14 @@ def task_callback(ctx: Context, id: int) -> CallbackOut:
     else:
         if task.state == "assigned":
             states.transition(id, "running", f"started on node {node}", expect=("assigned",),
-                              event_data={"node": node, "attempt": task.attempt}, lease_expires_at=lease_at)
+                              event_data={"node": node, "attempt": task.attempt, "log_start": _log_end(id)[1]},
+                              lease_expires_at=lease_at)
         values: dict[Any, Any] = {Task.lease_expires_at: lease_at}
         if body.percent is not None:
             values[Task.progress] = body.percent
         Task.update(values).where(Task.id == id, Task.state.in_(ACTIVE), Task.attempt == task.attempt).execute()
         if body.event == "log" and body.data:
-            _append_log(id, body.data)
+            _append_log(id, task.attempt, body.data, body.offset)
     current = Task.select(Task.state, Task.cancel_requested).where(Task.id == id).first()
     return CallbackOut(cancel=bool(current.cancel_requested) or current.state in ("cancelled", "timed_out"),
                        state=current.state, lease=lease)
