@@ -59,7 +59,7 @@ while task["state"] not in ("succeeded", "failed", "cancelled", "timed_out") and
     time.sleep(1)
     task = requests.get(f"{api}/tasks/{task['id']}", headers=auth, timeout=10).json()
 log = requests.get(f"{api}/tasks/{task['id']}/log", headers=auth, timeout=10).json()
-print(f"smoke: task {task['id']} {task['state']} (exit code {task['exit_code']}, node {task['last_node']})")
+print(f"smoke: task {task['id']} {task['state']} (exit code {task['exit_code']}, node {task['node'] or task['last_node']})")
 if log["text"]:
     print("smoke: output:\n" + "\n".join("  | " + line for line in log["text"].splitlines()))
 if task["state"] != "succeeded":

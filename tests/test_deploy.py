@@ -1,9 +1,11 @@
 """The Ansible deployment, for real: syntax, lint, argument validation, and a local deploy.
 
-The local deploy runs the real roles (common, zone, cluster_manager, service) with
-ansible-playbook against localhost into a throwaway root, under a private supervisord,
-on a free loopback port; then checks the API answers, the second run changes nothing,
-and bad input fails naming the variable. Nothing is mocked.
+The local deploy runs the whole site.yml (every group on localhost: storage as a local
+directory, zone, cluster_manager, provider, worker) with ansible-playbook into a throwaway
+root, under a private supervisord, on a free loopback port; then checks the API answers, the
+worker is online and runs a task through the deployed dispatcher, a supported space gets its
+directory on the provider's storage, the second run changes nothing, bad input fails naming
+the variable, and decommissioning drains the worker. Nothing is mocked.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import secrets
 import socket
 import stat
 import subprocess
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -53,6 +57,40 @@ def _recap(out: str) -> dict[str, int]:
         totals["unreachable"] += int(unreachable)
         totals["failed"] += int(failed)
     return totals
+
+
+def _wait_for(what: str, probe: Callable[[], Any], timeout: float = 60, every: float = 0.5) -> Any:
+    """Polls until probe() is truthy; the deployed services work asynchronously (agents, dispatcher rounds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {value!r})")
+        time.sleep(every)
+
+
+def _changed_tasks(out: str) -> list[str]:
+    """The TASK headers whose block reports a change, so a failing idempotence check says where."""
+    blocks = re.split(r"^(?=TASK \[)", out, flags=re.M)
+    return [block.splitlines()[0] for block in blocks
+            if block.startswith("TASK [") and re.search(r"^changed: ", block, re.M)]
+
+
+def _build(base: Path, env: dict[str, str]) -> list[str]:
+    """A private wheelhouse and share archive, so another run of the suite or `make up`
+    rebuilding var/dist from a tree being edited cannot change them between our two runs."""
+    wheelhouse = base / "wheelhouse"
+    if (ROOT / "var" / "wheelhouse").is_dir():  # the dependency wheels: reuse, no index needed
+        subprocess.run(["cp", "-r", str(ROOT / "var" / "wheelhouse"), str(wheelhouse)], check=True, timeout=120)
+    built = _run(["scripts/install-collections.sh"], env, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    built = _run(["scripts/build-wheelhouse.sh"], {**env, "WHEELHOUSE": str(wheelhouse), "DIST": str(base / "dist")},
+                 timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    return ["-e", f"common_wheelhouse_src={base / 'dist' / 'zonefarm-wheelhouse.tar'}",
+            "-e", f"common_share_src={base / 'dist' / 'zonefarm-share.tar'}"]
 
 
 def _free_port() -> int:
@@ -100,12 +138,35 @@ class Deployed:
     secrets: dict[str, str]
     secrets_file: Path
     env: dict[str, str]
+    dist: list[str]
     first: subprocess.CompletedProcess[str]
 
-    def play(self, *extra: str) -> subprocess.CompletedProcess[str]:
-        return _run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml",
-                     "playbooks/zone.yml", "playbooks/cluster_manager.yml",
-                     "--extra-vars", f"@{self.secrets_file}", *extra], self.env)
+    def play(self, *extra: str, playbook: str = "site.yml") -> subprocess.CompletedProcess[str]:
+        return _run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", playbook,
+                     "--extra-vars", f"@{self.secrets_file}", *self.dist, *extra], self.env)
+
+    @property
+    def api(self) -> str:
+        return f"http://{self.listen}/api/v1"
+
+    def call(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """As the administrator (the root secret), which is what `make up` prints."""
+        headers = {"Authorization": f"Bearer {self.secrets['zonefarm_root_secret']}"}
+        return requests.request(method, self.api + path, headers=headers, timeout=15, **kwargs)
+
+    def submit(self, argv: list[str]) -> dict[str, Any]:
+        answer = self.call("POST", "/tasks", json={"name": "shell", "params": {"argv": argv}})
+        assert answer.status_code == 201, answer.text
+        return answer.json()
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        answer = self.call("GET", f"/tasks/{task_id}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def wait_task(self, task_id: int, states: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
+        return _wait_for(f"task {task_id} in {states}",
+                         lambda: (t := self.task(task_id))["state"] in states and t, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +178,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     secrets_file.chmod(0o600)
     listen = f"127.0.0.1:{_free_port()}"
     env = _env(ZONEFARM_LOCAL_ROOT=str(base / "root"), ZONEFARM_LOCAL_LISTEN=listen)
-    built = _run(["scripts/install-collections.sh"], env, timeout=300)
-    assert built.returncode == 0, built.stdout + built.stderr
-    built = _run(["scripts/build-wheelhouse.sh"], env, timeout=300)
-    assert built.returncode == 0, built.stdout + built.stderr
-    deployed = Deployed(base / "root", listen, values, secrets_file, env, None)  # type: ignore[arg-type]
+    dist = _build(base, env)
+    deployed = Deployed(base / "root", listen, values, secrets_file, env, dist, None)  # type: ignore[arg-type]
     try:
         deployed.first = deployed.play()
         yield deployed
@@ -149,7 +207,8 @@ def test_local_deploy_secrets_private(deployed: Deployed) -> None:
     out = deployed.first.stdout + deployed.first.stderr
     for value in deployed.secrets.values():
         assert value not in out, "a secret leaked into the ansible-playbook output"
-    for name in ("zonefarm.ini", "dispatcher.ini", "dispatcher_ed25519"):
+    for name in ("zonefarm.ini", "dispatcher.ini", "dispatcher_ed25519", "node.ini", "provider.ini",
+                 "provider.token", "upload_ed25519"):
         mode = stat.S_IMODE((deployed.root / "etc" / name).stat().st_mode)
         assert mode == 0o600, f"{name} is {oct(mode)}"
     ini = (deployed.root / "etc" / "zonefarm.ini").read_text()
@@ -163,8 +222,61 @@ def test_local_deploy_services_running(deployed: Deployed) -> None:
     lines = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines() if line.strip()}
     assert lines.get("zonefarm-api") == "RUNNING", status.stdout
     assert lines.get("zonefarm-dispatcher") == "RUNNING", status.stdout
+    assert lines.get("zonefarm-provider") == "RUNNING", status.stdout
+    assert lines.get("zonefarm-node") == "RUNNING", status.stdout
     pub = (deployed.root / "etc" / "dispatcher_ed25519.pub").read_text()
     assert pub.startswith("ssh-ed25519 ")
+
+
+def test_local_deploy_worker_registered_online(deployed: Deployed) -> None:
+    node = deployed.call("GET", "/nodes/localhost")
+    assert node.status_code == 200, node.text
+    body = node.json()
+    assert body["state"] == "online", body
+    assert body["queues"] == ["default"] and body["concurrency"] == 1, body
+    assert body["ansible_connection"] == "local", body
+    # The dispatcher runs the task runner with the deployed venv, not the repository's.
+    assert body["python"] == str(deployed.root / "opt" / "venv" / "bin" / "python"), body
+    # The heartbeat keeps it fresh: last_seen moves on.
+    first = body["last_seen"]
+    _wait_for("a heartbeat after registration",
+              lambda: deployed.call("GET", "/nodes/localhost").json()["last_seen"] != first, timeout=40)
+
+
+@pytest.mark.timeout(300)
+def test_local_deploy_runs_a_shell_task(deployed: Deployed) -> None:
+    """Through the deployed dispatcher: its share dir holds library/ and the farm playbooks."""
+    task = deployed.submit(["sh", "-c", "echo deployed-$((6 * 7)); echo to-stderr >&2"])
+    done = deployed.wait_task(task["id"], ("succeeded", "failed", "cancelled", "timed_out", "lost"))
+    log = deployed.call("GET", f"/tasks/{task['id']}/log").json()
+    assert done["state"] == "succeeded", (done, log)
+    assert done["exit_code"] == 0 and done["node"] == "localhost", done
+    assert "deployed-42" in log["text"], log
+    # The job ran from the deployed tree (under the root), not from the checkout.
+    jobs = deployed.root / "data" / "dispatch"
+    assert jobs.is_dir() and any(jobs.iterdir()), f"no dispatcher job under {jobs}"
+
+
+@pytest.mark.timeout(300)
+def test_local_deploy_supported_space_gets_a_directory(deployed: Deployed) -> None:
+    providers = deployed.call("GET", "/providers", params={"name": "localhost"}).json()["items"]
+    assert [p["name"] for p in providers] == ["localhost"], providers  # registered once
+    provider = providers[0]
+    storage = deployed.root / "storage" / "spaces"
+    assert provider["storage_path"] == str(storage), provider
+    space = deployed.call("POST", "/spaces", json={"name": "deploy-climate"})
+    assert space.status_code == 201, space.text
+    space_id = space.json()["id"]
+    support = deployed.call("PUT", f"/spaces/{space_id}/providers/{provider['id']}", json={"size": 1 << 30})
+    assert support.status_code == 201, support.text
+    path = storage / str(space_id)
+    _wait_for(f"{path} made by the provider agent", path.is_dir, timeout=60)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o2770
+    # A revoked support is noticed; the data stays.
+    revoked = deployed.call("DELETE", f"/spaces/{space_id}/providers/{provider['id']}")
+    assert revoked.status_code == 204, revoked.text
+    _wait_for("the revocation marker", lambda: any(path.iterdir()), timeout=60)
+    assert path.is_dir()
 
 
 @pytest.mark.timeout(600)
@@ -173,8 +285,7 @@ def test_local_deploy_second_run_changes_nothing(deployed: Deployed) -> None:
     again = deployed.play()
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-6000:]
-    changed = re.findall(r"^changed: .*$|^TASK \[.*$", out, re.M)
-    assert _recap(out)["changed"] == 0, "\n".join(changed)
+    assert _recap(out)["changed"] == 0, "changed on the second run: " + "; ".join(_changed_tasks(out))
 
 
 @pytest.mark.timeout(600)
@@ -186,6 +297,42 @@ def test_short_secret_refused_naming_the_variable(deployed: Deployed) -> None:
     assert "tooshort" not in out
     # The running API kept its old config.
     assert requests.get(f"http://{deployed.listen}/api/v1/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.timeout(600)
+def test_decommission_drains_the_worker(deployed: Deployed) -> None:
+    """Last of the module: the running task finishes, the node takes nothing new, then it is gone."""
+    marker = deployed.root / "decommission-ran"
+    running = deployed.submit(["sh", "-c", f"sleep 6; echo finished > {marker}"])
+    _wait_for("the long task running", lambda: deployed.task(running["id"])["state"] == "running", timeout=120)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", "playbooks/decommission.yml",
+         "--limit", "localhost", "--extra-vars", f"@{deployed.secrets_file}"],
+        cwd=ROOT, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for("the node draining", lambda: deployed.call("GET", "/nodes/localhost").json()["draining"],
+                  timeout=120)
+        # Queued while the node drains: it must not be taken.
+        late = deployed.submit(["echo", "too late"])
+        out, _ = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out[-6000:]
+    assert _recap(out)["failed"] == 0
+    done = deployed.task(running["id"])
+    assert done["state"] == "succeeded", done
+    assert marker.read_text() == "finished\n"
+    late_state = deployed.task(late["id"])
+    assert late_state["state"] == "queued" and late_state["node"] is None, late_state
+    # Deregistered, and its agent stopped (so it cannot register again).
+    node = deployed.call("GET", "/nodes/localhost")
+    assert node.status_code == 404 or node.json()["state"] == "deregistered", node.text
+    conf = deployed.root / "supervisor" / "supervisord.conf"
+    status = subprocess.run(["supervisorctl", "-c", str(conf), "status", "zonefarm-node"], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert "RUNNING" not in status.stdout, status.stdout
 
 
 @pytest.mark.postgres
@@ -202,12 +349,10 @@ def test_zone_on_postgresql(pg_cluster: PgCluster, tmp_path: Path) -> None:
     secrets_file.chmod(0o600)
     listen = f"127.0.0.1:{_free_port()}"
     env = _env(ZONEFARM_LOCAL_ROOT=str(tmp_path / "root"), ZONEFARM_LOCAL_LISTEN=listen)
-    for script in ("scripts/install-collections.sh", "scripts/build-wheelhouse.sh"):
-        built = _run([script], env, timeout=300)
-        assert built.returncode == 0, built.stdout + built.stderr
+    dist = _build(tmp_path, env)
     try:
         done = _run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", "playbooks/zone.yml",
-                     "--extra-vars", f"@{secrets_file}"], env)
+                     "--extra-vars", f"@{secrets_file}", *dist], env)
         out = done.stdout + done.stderr
         assert done.returncode == 0, out[-6000:]
         assert pg_cluster.password not in out, "the database password leaked into the output"
