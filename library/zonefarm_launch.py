@@ -11,9 +11,9 @@ description:
   - Writes one C(spec.json) (mode 0600) per task attempt under
     C(<workdir>/tasks/<id>/<attempt>/) and starts one detached C(zonefarm runner) process
     that runs them all and reports through signed callbacks.
-  - Under systemd (PID 1) the runner is a transient unit started with C(systemd-run);
-    otherwise it is double-forked into its own session and its pid written to
-    C(runner.pid) in every task directory.
+  - Under systemd (PID 1) and as root the runner is a transient unit started with C(systemd-run);
+    otherwise (no systemd, or the unprivileged service account) it is double-forked into
+    its own session and its pid written to C(runner.pid) in every task directory.
   - An attempt whose C(spec.json) already exists is skipped, so repeating a job never
     runs an attempt twice.
   - The nodes secret is not an option: the runner reads it from the node's 0600 INI file.
@@ -79,7 +79,8 @@ RUNNER_LOG = "runner.log"
 
 
 def systemd_is_init():
-    return os.path.isdir("/run/systemd/system")
+    """systemd-run needs root here: the service account has no user manager and polkit refuses it."""
+    return os.path.isdir("/run/systemd/system") and os.geteuid() == 0
 
 
 def write_spec(tdir, spec):

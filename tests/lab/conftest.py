@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab import image as lab_image
+from tests.lab.attach import attached
 from tests.lab.lab import HOSTS, Lab
 from tests.support.dockerd import ensure_docker
 
@@ -29,6 +30,10 @@ def lab_image_tag(docker_engine: None) -> str:
 @pytest.fixture(scope="session")
 def lab(lab_image_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """All nine hosts, up and answering SSH; removed at the end of the session."""
+    kept = attached(lab_image_tag)  # a lab kept running by hand (tests/lab/attach.py): left running
+    if kept is not None:
+        yield kept
+        return
     the_lab = Lab(lab_image_tag, tmp_path_factory.mktemp("lab"))
     try:
         the_lab.start(HOSTS)
@@ -39,7 +44,8 @@ def lab(lab_image_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 # The lab is shared by the whole session: tests that look at bare hosts run before the ones
 # that deploy onto them.
-_ORDER = ("test_lab_image", "test_lab_hosts", "test_lab_storage", "test_lab_deploy")
+_ORDER = ("test_lab_image", "test_lab_hosts", "test_lab_storage", "test_lab_deploy", "test_lab_e2e",
+          "test_lab_faults")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

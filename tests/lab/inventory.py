@@ -35,6 +35,15 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "provider": ("prov1", "prov2"),
     "worker": ("wk1", "wk2", "wk3"),
 }
+# wk3 sits in its own region, so a region task (wk1, wk2) and a broadcast (all three) differ.
+HOST_VARS: dict[str, dict[str, str]] = {"wk3": {"worker_region": "edge"}}
+# Leases shorter than the defaults (60 s), so the fault tests (test_lab_faults.py) see a dead
+# worker's task requeued in seconds; heartbeats must come well inside the node lease.
+NODE_LEASE = 15
+TASK_LEASE = 15
+LAB_HEARTBEAT = 4
+# Tasks a lab worker runs at once: the API-kill fault runs 200 tasks through two workers.
+WORKER_CONCURRENCY = 8
 
 
 def _dump(path: Path, data: Any, header: str) -> None:
@@ -60,7 +69,8 @@ def write_inventory(lab: Lab, dest: Path = DEFAULT_DIR, without: tuple[str, ...]
                 f"-o UserKnownHostsFile={lab.known_hosts}")
     children: dict[str, Any] = {}
     for group, names in GROUPS.items():
-        hosts = {n: {"ansible_host": lab.hosts[n].ip} for n in names if n in lab.hosts and n not in without}
+        hosts = {n: {"ansible_host": lab.hosts[n].ip, **HOST_VARS.get(n, {})}
+                 for n in names if n in lab.hosts and n not in without}
         children[group] = {"hosts": hosts}
     _dump(dest / "hosts.yml", {"all": {
         "vars": {"ansible_user": "root", "ansible_python_interpreter": "/usr/bin/python3",
@@ -85,11 +95,20 @@ def write_inventory(lab: Lab, dest: Path = DEFAULT_DIR, without: tuple[str, ...]
         {"path": STORAGE_EXPORT, "clients": subnet, "options": "rw,sync,no_subtree_check,no_root_squash"}]},
         "storage1 serves the export with nfs-ganesha (user space: this kernel has no NFS server).")
     _dump(group_vars / "provider.yml", storage, "Providers mount the storage with sshfs (no NFS client here).")
-    _dump(group_vars / "worker.yml", {**storage, "worker_docker_enabled": False},
+    # As in inventory/example: the dispatchers run the tasks over SSH as the service account.
+    _dump(group_vars / "worker.yml", {**storage, "worker_docker_enabled": False, "common_user_shell": "/bin/sh",
+                                      "worker_heartbeat_interval": LAB_HEARTBEAT,
+                                      "worker_concurrency": WORKER_CONCURRENCY},
           "Workers mount the same storage; no Docker engine inside the lab's containers.")
     _dump(group_vars / "database.yml", {"database_allowed_clients": ["127.0.0.1/32", subnet]},
           "PostgreSQL on zone1 admits the lab network.")
-    _dump(group_vars / "zone.yml", {"zone_listen": f"0.0.0.0:{API_PORT}"}, "The API listens on the lab network.")
+    _dump(group_vars / "zone.yml", {"zone_listen": f"0.0.0.0:{API_PORT}",
+                                    "zone_extra_settings": {"node_lease": NODE_LEASE, "task_lease": TASK_LEASE}},
+          "The API listens on the lab network; short leases keep the fault tests quick.")
+    # The reaper runs in the dispatchers: they decide when a silent node or task is lost.
+    _dump(group_vars / "cluster_manager.yml", {"cluster_manager_task_lease": TASK_LEASE,
+                                               "cluster_manager_extra_settings": {"node_lease": NODE_LEASE}},
+          "Short leases (default 60 s) so a dead worker's task is requeued within seconds in the fault tests.")
     return dest
 
 

@@ -227,6 +227,19 @@ class Lab:
         host = self.hosts[name]
         self.network.connect(host.container, aliases=[name], ipv4_address=host.ip)
 
+    def start_again(self, name: str) -> None:
+        """Start a stopped (or killed) host on its old address. The engine hands out addresses
+        in turn, so a plain `docker start` moves the host; but a worker registered its address
+        with the zone, and the lab's known_hosts and inventory name addresses too."""
+        host = self.hosts[name]
+        host.container.reload()
+        if host.container.status == "running":
+            return
+        if self.network_name in host.container.attrs["NetworkSettings"]["Networks"]:
+            self.network.disconnect(host.container)
+        self.network.connect(host.container, aliases=[name], ipv4_address=host.ip)
+        host.container.start()
+
 
 def remove(run_id: str | None = None, client: docker.DockerClient | None = None) -> int:
     """Remove the containers and networks of one run, or of every run when run_id is None."""
