@@ -16,8 +16,7 @@ import secrets
 import socket
 import stat
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import pytest
 import requests
 
 from tests.support.pg import PgCluster
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.deploy
 
@@ -57,18 +57,6 @@ def _recap(out: str) -> dict[str, int]:
         totals["unreachable"] += int(unreachable)
         totals["failed"] += int(failed)
     return totals
-
-
-def _wait_for(what: str, probe: Callable[[], Any], timeout: float = 60, every: float = 0.5) -> Any:
-    """Polls until probe() is truthy; the deployed services work asynchronously (agents, dispatcher rounds)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {value!r})")
-        time.sleep(every)
 
 
 def _changed_tasks(out: str) -> list[str]:
@@ -165,7 +153,7 @@ class Deployed:
         return answer.json()
 
     def wait_task(self, task_id: int, states: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
-        return _wait_for(f"task {task_id} in {states}",
+        return wait_for(f"task {task_id} in {states}",
                          lambda: (t := self.task(task_id))["state"] in states and t, timeout)
 
 
@@ -239,7 +227,7 @@ def test_local_deploy_worker_registered_online(deployed: Deployed) -> None:
     assert body["python"] == str(deployed.root / "opt" / "venv" / "bin" / "python"), body
     # The heartbeat keeps it fresh: last_seen moves on.
     first = body["last_seen"]
-    _wait_for("a heartbeat after registration",
+    wait_for("a heartbeat after registration",
               lambda: deployed.call("GET", "/nodes/localhost").json()["last_seen"] != first, timeout=40)
 
 
@@ -270,12 +258,12 @@ def test_local_deploy_supported_space_gets_a_directory(deployed: Deployed) -> No
     support = deployed.call("PUT", f"/spaces/{space_id}/providers/{provider['id']}", json={"size": 1 << 30})
     assert support.status_code == 201, support.text
     path = storage / str(space_id)
-    _wait_for(f"{path} made by the provider agent", path.is_dir, timeout=60)
+    wait_for(f"{path} made by the provider agent", path.is_dir, timeout=60)
     assert stat.S_IMODE(path.stat().st_mode) == 0o2770
     # A revoked support is noticed; the data stays.
     revoked = deployed.call("DELETE", f"/spaces/{space_id}/providers/{provider['id']}")
     assert revoked.status_code == 204, revoked.text
-    _wait_for("the revocation marker", lambda: any(path.iterdir()), timeout=60)
+    wait_for("the revocation marker", lambda: any(path.iterdir()), timeout=60)
     assert path.is_dir()
 
 
@@ -304,13 +292,13 @@ def test_decommission_drains_the_worker(deployed: Deployed) -> None:
     """Last of the module: the running task finishes, the node takes nothing new, then it is gone."""
     marker = deployed.root / "decommission-ran"
     running = deployed.submit(["sh", "-c", f"sleep 6; echo finished > {marker}"])
-    _wait_for("the long task running", lambda: deployed.task(running["id"])["state"] == "running", timeout=120)
+    wait_for("the long task running", lambda: deployed.task(running["id"])["state"] == "running", timeout=120)
     proc = subprocess.Popen(
         [str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", "playbooks/decommission.yml",
          "--limit", "localhost", "--extra-vars", f"@{deployed.secrets_file}"],
         cwd=ROOT, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for("the node draining", lambda: deployed.call("GET", "/nodes/localhost").json()["draining"],
+        wait_for("the node draining", lambda: deployed.call("GET", "/nodes/localhost").json()["draining"],
                   timeout=120)
         # Queued while the node drains: it must not be taken.
         late = deployed.submit(["echo", "too late"])

@@ -24,6 +24,7 @@ import requests
 from tests.lab import deploy
 from tests.lab.inventory import API_PORT, lab_secrets, write_inventory
 from tests.lab.lab import Lab
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.slow,
               pytest.mark.timeout(1200)]  # run alone, the first test's setup deploys
@@ -60,14 +61,7 @@ class Api:
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 120, every: float = 1) -> Any:
         """Poll until `check()` is truthy (bounded); the last value explains a timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-            time.sleep(every)
+        return wait_for(what, check, timeout, every)
 
     def finished(self, task_id: int, timeout: float = 120) -> dict[str, Any]:
         """The task once it has ended (any terminal state), with its events on failure to finish."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from control.signing import sign_headers
 from tests.lab import deploy
 from tests.lab.inventory import API_PORT, NODE_LEASE, TASK_LEASE, lab_secrets, write_inventory
 from tests.lab.lab import Lab
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
@@ -73,18 +74,6 @@ class Api:
 
     def nodes(self) -> dict[str, dict[str, Any]]:
         return {n["name"]: n for n in self.get("/nodes")["items"]}
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float, every: float = 0.5) -> Any:
-    """Poll until `probe()` is truthy; fail naming `what` (and the last value) after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
-        time.sleep(every)
 
 
 def terminal_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
