@@ -55,24 +55,6 @@ class CallbackFailed(ConnectionError):
     """The API did not take a report within its patience (down, restarting, or refusing it)."""
 
 
-def task_dir(workdir: str | os.PathLike[str], task_id: int, attempt: int) -> Path:
-    return Path(workdir) / "tasks" / str(task_id) / str(attempt)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 class Callbacks:
     """Signed callbacks over one keep-alive connection, retried with a bound."""
 
