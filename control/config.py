@@ -86,6 +86,10 @@ class Settings:
     dispatch_forks: int = opt(
         50,
         "Ansible forks per dispatch job.")
+    dispatch_placement: str = opt(
+        "pack",
+        "Where claimed tasks go: `pack` fills a node to its concurrency before the next (fewest hosts per "
+        "Ansible round), `spread` picks the node with the most free slots.")
     artifacts_keep: int = opt(
         20,
         "Finished job directories the dispatcher keeps; older ones are deleted.")
@@ -166,6 +170,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         raw = env.get(f"ZONEFARM_{name.upper()}")
         if raw is not None:
             values[name] = _coerce(name, f.type, raw, f"ZONEFARM_{name.upper()}")
+    if values.get("dispatch_placement", "pack") not in ("pack", "spread"):
+        raise ConfigError(f"dispatch_placement must be pack or spread, got {values['dispatch_placement']!r}")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

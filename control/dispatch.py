@@ -193,10 +193,10 @@ class LeaseKeeper(threading.Thread):
         self.done = threading.Event()
 
     def renew(self) -> int:
-        from control.db import connection
+        from control.db import connection, write_transaction
         from control.models import Task, now
 
-        with connection():
+        with connection(), write_transaction():
             return (Task.update(lease_expires_at=now() + self.lease)
                     .where(Task.id.in_(self.task_ids), Task.state == "assigned", Task.claimed_by == self.owner)
                     .execute())
@@ -284,7 +284,8 @@ class Dispatcher:
 
         started = time.monotonic()
         kills = reaper.reap(self.settings)
-        tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease)
+        tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease,
+                             placement=self.settings.dispatch_placement)
         if tasks:
             tasks = self._known_types(tasks)
         if not tasks and not kills:

@@ -109,6 +109,9 @@ def test_replayed_stale_and_forged_callbacks_are_rejected(api: Api) -> None:
     # secret, so a relabelled request verifies; it is still refused: not that node's task.
     impostor = wk.request("POST", path, body, headers={"X-Zonefarm-Node": "wk2"})
     assert impostor.status_code == 403
+    # a refused request spends its nonce all the same: sent again, it is a replay
+    again = wk.replay("POST", path)
+    assert again.status_code == 401 and "replay" in again.json()["error"]["message"]
     assert show(api, tid)["state"] == "assigned"
     ok = wk.callback(tid, "log", 1, data="once\n")
     assert ok.status_code == 200

@@ -99,6 +99,23 @@ def test_requeued_task_prefers_another_node(db: str) -> None:
     assert claimed.node.name == "b" and claimed.attempt == 2
 
 
+def test_pack_fills_a_node_before_the_next_and_spread_evens_them(db: str) -> None:
+    """Pack keeps a burst to the fewest hosts (each host costs its own Ansible run in a round)."""
+    for name in ("a", "b", "c"):
+        node(name, concurrency=3)
+    ids = [task() for _ in range(4)]
+    packed = Counter(t.node.name for t in claim("d1", 4))
+    assert packed == Counter({"a": 3, "b": 1})
+    more = [task() for _ in range(3)]
+    # b already runs one: it is the fullest node with room, so it is filled next
+    assert Counter(t.node.name for t in claim("d1", 3)) == Counter({"b": 2, "c": 1})
+    with connection():
+        Task.update(state="succeeded").where(Task.id.in_(ids + more)).execute()
+    for _ in range(3):
+        task()
+    assert Counter(t.node.name for t in claim("d1", 3, placement="spread")) == Counter({"a": 1, "b": 1, "c": 1})
+
+
 def test_transition_is_guarded_and_exactly_one_terminal_state_wins(db: str) -> None:
     node("n1")
     tid = task()

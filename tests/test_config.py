@@ -52,6 +52,12 @@ def test_weak_or_missing_secrets_refused(root: str, nodes: str, needle: str) -> 
         Settings(root_secret=root, nodes_secret=nodes).require_secrets()
 
 
+def test_unknown_placement_refused() -> None:
+    with pytest.raises(ConfigError, match="dispatch_placement must be pack or spread, got 'random'"):
+        load_settings(env={"ZONEFARM_DISPATCH_PLACEMENT": "random"})
+    assert load_settings(env={"ZONEFARM_DISPATCH_PLACEMENT": "spread"}).dispatch_placement == "spread"
+
+
 def test_public_masks_secrets() -> None:
     shown = Settings(root_secret=GOOD, nodes_secret=GOOD).public()
     assert GOOD not in str(shown) and shown["root_secret"] == "********"

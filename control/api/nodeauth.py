@@ -22,6 +22,7 @@ import peewee
 from control.api.auth import Principal
 from control.api.errors import unauthorized
 from control.config import Settings
+from control.db import database
 from control.models import Nonce
 from control.signing import HEADER_NONCE, verify
 
@@ -60,7 +61,8 @@ def authenticate_node(settings: Settings, headers: dict[str, str], method: str, 
         log.info("node request refused on %s %s: %s", method, path_qs.split("?")[0], exc)
         raise _node_unauthorized(f"node signature refused: {exc}") from None
     try:
-        Nonce.create(value=canonical[HEADER_NONCE], node=node[:100], ts=t)
+        with database.atomic():  # a savepoint: a replay must not abort the caller's transaction
+            Nonce.create(value=canonical[HEADER_NONCE], node=node[:100], ts=t)
     except peewee.IntegrityError:
         log.warning("replayed node request refused: node %s on %s %s", node, method, path_qs.split("?")[0])
         raise _node_unauthorized("node signature refused: nonce already used (replay)") from None

@@ -203,6 +203,33 @@ def _respond(status: int, payload: Any, headers: dict[str, str] | None = None) -
     return json.dumps(render(payload), separators=(",", ":"))
 
 
+def _context(spec: RouteSpec, settings: Settings, principal: Principal | None, raw: bytes,
+             path_qs: str, headers: dict[str, str]) -> Context:
+    req = bottle.request
+    if principal is not None:
+        req.environ["zonefarm.principal"] = principal.describe()
+    return Context(settings, principal, _parse_body(spec, raw), raw, _parse_query(spec), req.method,
+                   path_qs, headers, req.remote_addr or "")
+
+
+def _node_call(spec: RouteSpec, settings: Settings, params: dict[str, Any], raw: bytes, path_qs: str,
+               headers: dict[str, str]) -> Any:
+    """Authenticate a signed node request and run its handler, inside the caller's transaction.
+
+    The handler runs in a savepoint and its refusal is returned, not raised, so the caller
+    commits the nonce anyway: a refused request replayed later is still a replay.
+    """
+    from control.api.nodeauth import authenticate_node
+    from control.db import database
+
+    principal = authenticate_node(settings, headers, bottle.request.method, path_qs, raw)
+    try:
+        with database.atomic():
+            return spec.handler(_context(spec, settings, principal, raw, path_qs, headers), **params)
+    except (ApiError, peewee.IntegrityError) as exc:
+        return exc
+
+
 def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
     writes = spec.method in ("POST", "PUT", "PATCH", "DELETE")
 
@@ -214,22 +241,23 @@ def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
             path_qs = req.path + (f"?{qs}" if qs else "")
             headers = {k: v for k, v in req.headers.items()}
             with connection():
-                principal = None
-                if spec.auth == "bearer":
-                    principal = authenticate(req.get_header("Authorization"), settings.root_secret)
-                elif spec.auth == "node":
-                    from control.api.nodeauth import authenticate_node
-                    principal = authenticate_node(settings, headers, req.method, path_qs, raw)
-                if principal is not None:
-                    req.environ["zonefarm.principal"] = principal.describe()
-                ctx = Context(settings, principal, _parse_body(spec, raw), raw,
-                              _parse_query(spec), req.method, path_qs, headers,
-                              req.remote_addr or "")
-                if writes:
+                if spec.auth == "node":
+                    # A node request always writes (its nonce), so it queues for the write lock
+                    # once and records the nonce and the handler's writes in one commit.
                     with write_transaction():
-                        result = spec.handler(ctx, **params)
+                        result = _node_call(spec, settings, params, raw, path_qs, headers)
+                    if isinstance(result, Exception):
+                        raise result
                 else:
-                    result = spec.handler(ctx, **params)
+                    principal = None
+                    if spec.auth == "bearer":
+                        principal = authenticate(req.get_header("Authorization"), settings.root_secret)
+                    ctx = _context(spec, settings, principal, raw, path_qs, headers)
+                    if writes:
+                        with write_transaction():
+                            result = spec.handler(ctx, **params)
+                    else:
+                        result = spec.handler(ctx, **params)
             if isinstance(result, Reply):
                 return _respond(result.status, result.payload, result.headers)
             if result is None:

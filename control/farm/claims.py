@@ -3,8 +3,14 @@
 Order: priority (high first), then age, then id. A task goes to a node that is online,
 not cordoned, has a free slot (concurrency minus assigned and running tasks) and either
 is the task's target node or, for an untargeted task, serves its queue. Among eligible
-nodes a requeued task prefers one other than ``last_node``, then the node with the most
-free slots, so load spreads.
+nodes a requeued task prefers one other than ``last_node``; then the placement decides:
+
+* ``pack`` (the default, Nomad's "binpack"): the node with the fewest free slots that
+  still has one, so a node is filled to its concurrency before the next is used. A
+  round's Ansible job costs about 0.3 s of CPU per host it touches whatever that host
+  carries, so packing keeps a burst of tasks to the fewest hosts per round.
+* ``spread``: the node with the most free slots, so load spreads evenly; for tasks that
+  contend for a node's CPU, memory or disk more than ``concurrency`` says.
 
 Several dispatchers may claim at once and no task is claimed twice:
 
@@ -22,12 +28,13 @@ from typing import Any
 
 import peewee
 
-from control.db import connection, is_postgres
-from control.farm.states import summarise, write_transaction
+from control.db import connection, is_postgres, write_transaction
+from control.farm.states import summarise
 from control.models import Node, Task, TaskEvent, now
 from control.models.farm import ACTIVE
 
 CLAIMABLE_KINDS = ("any", "node")
+PLACEMENTS = ("pack", "spread")
 
 
 def active_counts(node_ids: list[int] | None = None) -> dict[int, int]:
@@ -64,8 +71,9 @@ def _candidates(free: dict[int, Node], window: int) -> list[Task]:
 
 
 def match(candidates: list[Task], free: dict[int, Node], slots: dict[int, int],
-          limit: int) -> dict[int, list[int]]:
+          limit: int, placement: str = "pack") -> dict[int, list[int]]:
     """Pick a node for each candidate in order; node id -> task ids. Pure: no database."""
+    sign = -1 if placement == "pack" else 1  # pack prefers the fewest free slots, spread the most
     by_name = {n.name: nid for nid, n in free.items()}
     picks: dict[int, list[int]] = defaultdict(list)
     taken = 0
@@ -81,14 +89,14 @@ def match(candidates: list[Task], free: dict[int, Node], slots: dict[int, int],
                        if slots.get(nid, 0) > 0 and task.queue in (n.queues or [])]
             if not options:
                 continue
-            nid = max(options, key=lambda i: (free[i].name != task.last_node, slots[i], -i))
+            nid = max(options, key=lambda i: (free[i].name != task.last_node, sign * slots[i], -i))
         slots[nid] -= 1
         picks[nid].append(task.id)
         taken += 1
     return picks
 
 
-def claim(dispatcher_id: str, limit: int, *, lease: float = 60.0) -> list[Task]:
+def claim(dispatcher_id: str, limit: int, *, lease: float = 60.0, placement: str = "pack") -> list[Task]:
     """Assign up to ``limit`` queued tasks to nodes for this dispatcher and return them.
 
     Each returned task is ``assigned``, its ``attempt`` incremented, ``node`` loaded, and
@@ -107,7 +115,7 @@ def claim(dispatcher_id: str, limit: int, *, lease: float = 60.0) -> list[Task]:
         if not free:
             return []
         candidates = _candidates(free, limit * 3 + 64)
-        picks = match(candidates, free, slots, limit)
+        picks = match(candidates, free, slots, limit, placement)
         if not picks:
             return []
         t = now()

@@ -19,7 +19,7 @@ import logging
 from control.config import Settings
 from control.db import connection
 from control.farm import states
-from control.models import Node, Nonce, Task, now
+from control.models import Node, Task, now
 from control.models.farm import ACTIVE
 
 log = logging.getLogger("zonefarm.reaper")
@@ -77,16 +77,10 @@ def kill_list(settings: Settings, t: float) -> list[Task]:
     return out
 
 
-def prune_nonces(settings: Settings, t: float) -> int:
-    """Nonces older than twice the skew can no longer pass the timestamp check."""
-    return Nonce.delete().where(Nonce.ts < t - 2 * settings.callback_skew).execute()
-
-
 def reap(settings: Settings) -> list[Task]:
     """One reaper pass; returns the tasks the caller must kill on their nodes."""
     t = now()
     with connection():
         lost_nodes(settings, t)
         expired_leases(settings, t)
-        prune_nonces(settings, t)
         return kill_list(settings, t)

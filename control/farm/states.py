@@ -13,11 +13,10 @@ recomputed, under a lock on the parent row, whenever a child moves.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
-from control.db import database, is_postgres
+from control.db import database, is_postgres, write_transaction
 from control.models import Node, Task, TaskEvent, now
 from control.models.farm import ACTIVE, TERMINAL
 
@@ -35,22 +34,6 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "lost": ("assigned", "running"),
 }
 _TRIES = 5
-
-
-@contextmanager
-def write_transaction() -> Iterator[None]:
-    """A transaction that takes the write lock up front on SQLite (``BEGIN IMMEDIATE``).
-
-    A deferred SQLite transaction that reads, then writes after another writer committed,
-    fails at once with "database is locked" instead of waiting; taking the lock first
-    makes concurrent writers queue on the busy timeout. Nested calls are savepoints.
-    """
-    if is_postgres() or database.transaction_depth() > 0:
-        with database.atomic():
-            yield
-    else:
-        with database.atomic(lock_type="IMMEDIATE"):
-            yield
 
 
 def take_write_lock() -> None:
