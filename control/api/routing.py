@@ -89,6 +89,10 @@ def route(method: str, path: str, *, summary: str, tag: str,
 
 @dataclass
 class Reply:
+    """A status other than 200, or headers. A callable ``payload`` is called after the
+    write transaction commits: reads that only shape the answer then do not hold the
+    database's write lock (on SQLite, every other writer waits for it)."""
+
     status: int
     payload: Any = None
     headers: dict[str, str] = field(default_factory=dict)
@@ -258,6 +262,8 @@ def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
                             result = spec.handler(ctx, **params)
                     else:
                         result = spec.handler(ctx, **params)
+                if isinstance(result, Reply) and callable(result.payload):
+                    result = Reply(result.status, result.payload(), result.headers)
             if isinstance(result, Reply):
                 return _respond(result.status, result.payload, result.headers)
             if result is None:

@@ -164,7 +164,8 @@ def create_task(ctx: Context) -> Reply:
     else:
         task = Task.create(**common, target_kind=kind, target_value=value, created_at=t)
         TaskEvent.create(task=task, ts=t, to_state="queued", reason=f"submitted by {who}")
-    return Reply(201, detail(get_task(task.id)), {"Location": f"/api/v1/tasks/{task.id}"})
+    created = task.id
+    return Reply(201, lambda: detail(get_task(created)), {"Location": f"/api/v1/tasks/{created}"})
 
 
 def detail(task: Task) -> TaskDetail:
