@@ -44,6 +44,9 @@ class NodeConfig:
     known_hosts: str = ""
     # Finished task attempt directories older than this are deleted by the agent.
     task_dirs_keep_days: float = 7.0
+    # Niceness (0-19) of the runner and its tasks: batch work yields the CPU to the node's
+    # own services, and to the control plane on a host that carries both.
+    task_nice: int = 10
 
     def registration(self, pid: int, hostname: str, resources: dict[str, int]) -> dict[str, object]:
         """The body of ``POST /nodes/register``: everything but the secret."""
@@ -59,6 +62,12 @@ class NodeConfig:
 
 def _split(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.replace("\n", ",").split(",") if p.strip())
+
+
+def _nice(value: int) -> int:
+    if not 0 <= value <= 19:
+        raise ValueError(f"task_nice must be between 0 and 19, got {value}")
+    return value
 
 
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
@@ -104,7 +113,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
             python=sec.get("python", "/usr/bin/python3"),
             labels=labels, heartbeat_interval=sec.getfloat("heartbeat_interval", 0.0),
             ssh_key=sec.get("ssh_key", "").strip(), known_hosts=sec.get("known_hosts", "").strip(),
-            task_dirs_keep_days=sec.getfloat("task_dirs_keep_days", 7.0))
+            task_dirs_keep_days=sec.getfloat("task_dirs_keep_days", 7.0),
+            task_nice=_nice(sec.getint("task_nice", 10)))
     except ValueError as exc:
         raise NodeConfigError(f"{p}: {exc}") from None
 

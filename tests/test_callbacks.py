@@ -80,6 +80,9 @@ def test_terminal_report_is_idempotent(api: Api) -> None:
     events = api.get(f"/tasks/{tid}/events", token=api.root).json()
     assert [e["to_state"] for e in events].count("failed") == 1
     assert show(api, tid)["exit_code"] == 3
+    # the runner's only report (the task ended within its start grace) still leaves a running event
+    assert [(e["from_state"], e["to_state"]) for e in events][-2:] == [("assigned", "running"), ("running", "failed")]
+    assert "reported with its end" in events[-2]["reason"] and show(api, tid)["started_at"]
 
 
 def test_callbacks_from_the_wrong_node_or_a_stale_attempt_are_403(api: Api) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from control import runner
 from control.nodeconfig import write_node_config
 from control.runner import run_batch
 from control.signing import verify
@@ -102,8 +103,9 @@ def recorder() -> Iterator[tuple[Recorder, str]]:
 
 @pytest.fixture
 def node(tmp_path: Path, recorder: tuple[Recorder, str]) -> Path:
+    # task_nice 0: these tests run the runner inside pytest, which must keep its priority
     return write_node_config(tmp_path / "node.ini", name="wk1", api_url=recorder[1], nodes_secret=SECRET,
-                             workdir=str(tmp_path / "work"))
+                             workdir=str(tmp_path / "work"), task_nice=0)
 
 
 def spec_dir(tmp_path: Path, task_id: int, argv: list[str], **extra: Any) -> Path:
@@ -121,7 +123,6 @@ def test_output_and_exit_codes_are_reported(recorder: tuple[Recorder, str], node
     bad = spec_dir(tmp_path, 2, ["sh", "-c", "echo oops >&2; exit 3"], env={"GREETING": "hi"})
     missing = spec_dir(tmp_path, 3, ["/nonexistent/program"])
     assert run_batch(str(node), [str(ok), str(bad), str(missing)]) == 0
-    assert [e["event"] for e in rec.of(1)][0] == "started"
     assert rec.of(1)[-1] == {"task": 1, "node": "wk1", "event": "finished", "attempt": 1, "exit_code": 0,
                              "outputs": {"n": 3}}
     assert rec.log(1) == "hello\n" and (ok / "output.log").read_text() == "hello\n"
@@ -129,6 +130,19 @@ def test_output_and_exit_codes_are_reported(recorder: tuple[Recorder, str], node
     assert rec.wait_for(3, "finished")["exit_code"] == 127
     assert "cannot start" in rec.log(3)
     assert (ok / "runner.pid").read_text() == str(os.getpid())
+
+
+def test_a_task_ending_within_the_start_grace_reports_only_its_end(
+        recorder: tuple[Recorder, str], node: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, _ = recorder
+    monkeypatch.setattr(runner, "START_GRACE", 5.0)  # generous: `true` ends long before it
+    quick = spec_dir(tmp_path, 1, ["true"])
+    assert run_batch(str(node), [str(quick)]) == 0
+    assert [e["event"] for e in rec.of(1)] == ["finished"]
+    monkeypatch.setattr(runner, "START_GRACE", 0.1)
+    slow = spec_dir(tmp_path, 2, ["sleep", "1"])
+    assert run_batch(str(node), [str(slow)]) == 0
+    assert [e["event"] for e in rec.of(2)] == ["started", "finished"]
 
 
 def test_log_grows_while_the_task_runs(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
@@ -195,6 +209,37 @@ def test_stale_attempt_stops_without_reporting(recorder: tuple[Recorder, str], n
     child = int((tdir / "child.pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_runner_and_tasks_run_niced_in_the_runners_session(recorder: tuple[Recorder, str], node: Path,
+                                                          tmp_path: Path) -> None:
+    """A separate runner process (as zonefarm_launch starts it) at task_nice 7."""
+    rec, url = recorder
+    niced = write_node_config(tmp_path / "niced.ini", name="wk1", api_url=url, nodes_secret=SECRET,
+                              workdir=str(tmp_path / "work"), task_nice=7)
+    probe = ("import json, os; print(json.dumps({'nice': os.getpriority(os.PRIO_PROCESS, 0), "
+             "'pgid': os.getpgid(0), 'pid': os.getpid(), 'sid': os.getsid(0), "
+             "'autogroup': open('/proc/self/autogroup').read() if os.path.exists('/proc/self/autogroup') else ''}))")
+    tdir = spec_dir(tmp_path, 12, [sys.executable, "-c", probe])
+    runner_proc = subprocess.run([sys.executable, "-m", "control.runner", "run", "--node-config", str(niced),
+                                  str(tdir)], start_new_session=True, capture_output=True, timeout=60)
+    assert runner_proc.returncode == 0, runner_proc.stderr
+    assert rec.wait_for(12, "finished")["exit_code"] == 0
+    seen = json.loads((tdir / "output.log").read_text())
+    assert seen["nice"] == 7
+    assert seen["pgid"] == seen["pid"]  # its own process group: the runner and zonefarm_kill signal it whole
+    assert seen["sid"] != os.getsid(0)  # the runner's session (started with its own), not ours
+    if seen["autogroup"]:  # autogroup kernels: the session's group is niced too
+        assert seen["autogroup"].strip().endswith("nice 7"), seen["autogroup"]
+
+
+def test_task_nice_out_of_range_is_refused(tmp_path: Path) -> None:
+    from control.nodeconfig import NodeConfigError, load_node_config
+
+    bad = write_node_config(tmp_path / "bad.ini", name="wk1", api_url="http://127.0.0.1:1", nodes_secret=SECRET,
+                            task_nice=25)
+    with pytest.raises(NodeConfigError, match="task_nice must be between 0 and 19, got 25"):
+        load_node_config(bad)
 
 
 def test_runner_refuses_a_readable_config(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:

@@ -358,20 +358,21 @@ def task_callback(ctx: Context, id: int) -> CallbackOut:
         raise forbidden(f"task {id} is {task.state}, not running on node {ctx.principal.node}")
     lease_at = now() + lease
     node = task.node.name
+    if task.state == "assigned":
+        # Any report means the attempt started; a task that ended within the runner's start
+        # grace reports only "finished", and still gets its running event first.
+        how = "started" if body.event != "finished" else "started (reported with its end)"
+        states.transition(id, "running", f"{how} on node {node}", expect=("assigned",),
+                          event_data={"node": node, "attempt": task.attempt, "log_start": _log_end(id)[1]},
+                          lease_expires_at=lease_at)
     if body.event == "finished":
         final, reason = _final_state(task, body)
         extra: dict[str, Any] = {"exit_code": body.exit_code, "outputs": body.outputs}
         if final == "succeeded":
             extra["progress"] = 100.0
-        if task.started_at is None:
-            extra["started_at"] = now()
         states.transition(id, final, reason, expect=ACTIVE, event_data={"node": node, "attempt": task.attempt},
                           **extra)
     else:
-        if task.state == "assigned":
-            states.transition(id, "running", f"started on node {node}", expect=("assigned",),
-                              event_data={"node": node, "attempt": task.attempt, "log_start": _log_end(id)[1]},
-                              lease_expires_at=lease_at)
         values: dict[Any, Any] = {Task.lease_expires_at: lease_at}
         if body.percent is not None:
             values[Task.progress] = body.percent
