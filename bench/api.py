@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from tests.support.pg import PgCluster, free_port  # noqa: E402
+from tests.support.procs import stop_group  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WRK_DIR = ROOT / "bench" / "wrk"
@@ -130,13 +130,7 @@ def wait_ready(server: Server, fx: Fixture, timeout: float = 60) -> None:
 
 
 def stop(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(timeout=5)
+    stop_group(server.proc, grace=20)
 
 
 @contextmanager

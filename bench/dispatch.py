@@ -44,6 +44,7 @@ import requests  # noqa: E402
 from control.node_agent import register  # noqa: E402
 from control.nodeconfig import load_node_config, write_node_config  # noqa: E402
 from tests.support.pg import free_port  # noqa: E402
+from tests.support.procs import stop_group  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ROOT_SECRET = secrets.token_urlsafe(24)
@@ -150,13 +151,7 @@ class Bench:
         return self.start(name, [str(BIN / "zonefarm"), "dispatcher", "--ident", name, *extra], self.env())
 
     def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stop_group(proc, grace=60)
 
     def add_nodes(self, count: int, concurrency: int) -> None:
         for i in range(1, count + 1):

@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from tests.support.pg import PgCluster
+from tests.support.procs import background
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.deploy
@@ -293,20 +294,14 @@ def test_decommission_drains_the_worker(deployed: Deployed) -> None:
     marker = deployed.root / "decommission-ran"
     running = deployed.submit(["sh", "-c", f"sleep 6; echo finished > {marker}"])
     wait_for("the long task running", lambda: deployed.task(running["id"])["state"] == "running", timeout=120)
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", "playbooks/decommission.yml",
-         "--limit", "localhost", "--extra-vars", f"@{deployed.secrets_file}"],
-        cwd=ROOT, env=deployed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with background([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", "playbooks/decommission.yml",
+                     "--limit", "localhost", "--extra-vars", f"@{deployed.secrets_file}"],
+                    cwd=ROOT, env=deployed.env) as proc:
         wait_for("the node draining", lambda: deployed.call("GET", "/nodes/localhost").json()["draining"],
-                  timeout=120)
+                 timeout=120)
         # Queued while the node drains: it must not be taken.
         late = deployed.submit(["echo", "too late"])
         out, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, out[-6000:]
     assert _recap(out)["failed"] == 0
     done = deployed.task(running["id"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import requests
 from tests.lab import deploy
 from tests.lab.inventory import API_PORT, lab_secrets, write_inventory
 from tests.lab.lab import Lab
+from tests.support.procs import background
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.slow,
@@ -224,21 +224,15 @@ def test_decommissioned_worker_drains_finishes_its_task_and_takes_no_more(api: A
     long = api.task({"name": "shell", "params": {"argv": _mark_argv(token, then="sleep 15 && ")},
                      "target": {"node": "wk3"}})
     api.wait("the long task running on wk3", lambda: api.get(f"/tasks/{long['id']}")["state"] == "running", 90)
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(inventory), "playbooks/decommission.yml",
-         "--limit", "wk3", "--vault-password-file", str(lab.workdir / "vault-password")],
-        cwd=ROOT, env=_ansible_env(lab), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with background([str(ROOT / ".venv/bin/ansible-playbook"), "-i", str(inventory), "playbooks/decommission.yml",
+                     "--limit", "wk3", "--vault-password-file", str(lab.workdir / "vault-password")],
+                    cwd=ROOT, env=_ansible_env(lab)) as proc:
         api.wait("wk3 draining", lambda: api.get("/nodes/wk3")["draining"], timeout=90)
         assert api.get(f"/tasks/{long['id']}")["state"] == "running", "the drain came too late to test"
         # Taken while draining: a task for wk3 is not started there, an untargeted one goes elsewhere.
         held = api.task({"name": "shell", "params": {"argv": ["true"]}, "target": {"node": "wk3"}})
         elsewhere = api.task({"name": "shell", "params": {"argv": _mark_argv(token + "-any")}})
         output, _ = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, output[-3000:]
     done = api.get(f"/tasks/{long['id']}")
     assert (done["state"], done["node"], done["exit_code"]) == ("succeeded", "wk3", 0), done

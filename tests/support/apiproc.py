@@ -18,6 +18,8 @@ from typing import Any
 
 import requests
 
+from tests.support.procs import stop_group
+
 ZONEFARM = str(Path(sys.executable).with_name("zonefarm"))
 
 
@@ -88,12 +90,6 @@ class ApiProcess:
         self.proc.wait(10)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_group(self.proc, grace=20)
         self._log.close()
         return self.proc.returncode

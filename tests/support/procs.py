@@ -1,4 +1,5 @@
-"""Process trees for crash tests: kill -9 a daemon together with the children it was running.
+"""Processes for tests and benchmarks: stop a daemon, run a command in the background, and
+kill -9 a daemon together with the children it was running (crash tests).
 
 A crashed host takes a daemon's subprocesses down with it (the dispatcher's ansible-runner
 job, ansible-playbook and its forks); killing only the daemon's pid would leave them to
@@ -9,8 +10,35 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+
+def stop_group(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM a daemon started in its own session; after ``grace`` seconds SIGKILL its whole group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def background(argv: list[str], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """Run ``argv`` (output piped, text) while the block runs; a process still running when the block
+    leaves, by a failure, is killed rather than left behind."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _ppids() -> dict[int, int]:
