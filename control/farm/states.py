@@ -36,26 +36,14 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 _TRIES = 5
 
 
-def take_write_lock() -> None:
-    """On SQLite, take the database write lock now, before the handler reads anything.
-
-    An UPDATE that matches no row still takes the lock; PostgreSQL needs nothing here.
-    Call it first in request handlers that read, then write.
-    """
-    if not is_postgres():
-        Task.update(id=Task.id).where(Task.id == -1).execute()
-
-
 def lock_task(task_id: int) -> None:
     """Serialise writers of one task inside the current transaction.
 
-    PostgreSQL: a row lock. SQLite: a no-op write, which takes the database write lock
-    before anything is read, so what the caller reads next is current.
+    PostgreSQL: a row lock. SQLite needs nothing: every write transaction begins IMMEDIATE
+    (``control.db``), so it holds the database write lock before it reads anything.
     """
     if is_postgres():
         database.execute_sql("SELECT id FROM task WHERE id = %s FOR UPDATE", (task_id,))
-    else:
-        Task.update(id=Task.id).where(Task.id == task_id).execute()
 
 
 def _columns(to_state: str, reason: str, row: Task, fields: dict[str, Any]) -> dict[Any, Any]:
