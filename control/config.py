@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 MIN_SECRET_LENGTH = 16
+PLACEMENTS = ("pack", "spread")  # dispatch_placement: see control.farm.claims
 
 
 class ConfigError(SystemExit):
@@ -170,8 +171,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         raw = env.get(f"ZONEFARM_{name.upper()}")
         if raw is not None:
             values[name] = _coerce(name, f.type, raw, f"ZONEFARM_{name.upper()}")
-    if values.get("dispatch_placement", "pack") not in ("pack", "spread"):
-        raise ConfigError(f"dispatch_placement must be pack or spread, got {values['dispatch_placement']!r}")
+    if values.get("dispatch_placement", "pack") not in PLACEMENTS:
+        raise ConfigError(f"dispatch_placement must be {' or '.join(PLACEMENTS)}, got {values['dispatch_placement']!r}")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

@@ -34,7 +34,6 @@ from control.models import Node, Task, TaskEvent, now
 from control.models.farm import ACTIVE
 
 CLAIMABLE_KINDS = ("any", "node")
-PLACEMENTS = ("pack", "spread")
 
 
 def active_counts(node_ids: list[int] | None = None) -> dict[int, int]:
