@@ -3,7 +3,7 @@
 For each database (SQLite, and PostgreSQL in a throwaway cluster from tests/support/pg.py)
 it serves zonefarm with the real ``zonefarm api`` command and the baseline
 (``bench/bare_app.py``) with ``bench/serve.py`` under the very same gunicorn options
-(``control.server.gunicorn_options``), each on its own copy of the same seeded database.
+(``control.web.server.gunicorn_options``), each on its own copy of the same seeded database.
 wrk then runs, at 32 connections:
 
 * read:  ``GET /api/v1/spaces/{id}`` with a user token (the user owns the space);
@@ -79,10 +79,10 @@ class Samples:
 
 def seed(url: str) -> Fixture:
     """Migrate ``url`` and create the benchmark's user, token and space."""
-    from control.api.auth import new_token
-    from control.db import database, init_database
+    from control.core.db import database, init_database
     from control.migrations import upgrade
-    from control.models import Space, SpaceUser, User
+    from control.registry.identity import new_token
+    from control.registry.models import Space, SpaceUser, User
 
     init_database(url, 2)
     upgrade()

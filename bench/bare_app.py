@@ -19,9 +19,10 @@ from typing import Any
 import bottle
 import peewee
 
-from control.db import database as db
-from control.db import init_database, is_postgres
-from control.models import Change, Group, GroupUser, Provider, Space, SpaceUser, Token, User, iso
+from control.core.db import database as db
+from control.core.db import init_database, is_postgres
+from control.core.models import iso
+from control.registry.models import Change, Group, GroupUser, Provider, Space, SpaceUser, Token, User
 
 
 def _user_from_bearer() -> Any:

@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from control.node_agent import register  # noqa: E402
-from control.nodeconfig import load_node_config, write_node_config  # noqa: E402
+from control.node.agent import register  # noqa: E402
+from control.node.config import load_node_config, write_node_config  # noqa: E402
 from tests.support.pg import free_port  # noqa: E402
 from tests.support.procs import stop_group  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Serve zonefarm or the bare baseline under gunicorn (gthread or sync) or waitress.
 
 bench/api.py uses it for the baseline and for the WSGI server comparison. Both apps get
-the options ``zonefarm api`` runs with (``control.server.gunicorn_options``), so a
+the options ``zonefarm api`` runs with (``control.web.server.gunicorn_options``), so a
 difference in the figures is the app's, not the server's. Settings come from the same
 environment variables (``ZONEFARM_DATABASE``, ``ZONEFARM_LISTEN``...).
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from control.config import Settings, load_settings  # noqa: E402
-from control.server import Gunicorn, configure_logging, gunicorn_options, load_api  # noqa: E402
+from control.core.config import Settings, load_settings  # noqa: E402
+from control.web.server import Gunicorn, configure_logging, gunicorn_options, load_api  # noqa: E402
 
 
 def load(app: str, settings: Settings) -> Any:

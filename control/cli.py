@@ -1,20 +1,23 @@
 """``zonefarm``: the one command for operators and services.
 
 Core commands live here; the dispatcher, node agent, provider agent and task runner
-add their own subcommands through an ``add_cli(subparsers)`` function in their modules.
+add their own subcommands through an ``add_cli(subparsers)`` function in their modules,
+imported explicitly below so a broken import is an error, never a missing command.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from collections.abc import Callable
 
-from control.config import Settings, load_settings, settings_table
+from control.core.config import Settings, load_settings, settings_table
+from control.farm.dispatcher import loop as dispatcher
+from control.node import agent as node_agent
+from control.node import runner
+from control.provider import agent as provider_agent
 
-PLUGINS = ["control.dispatch", "control.node_agent", "control.provider_agent", "control.runner"]
+PLUGINS = (dispatcher, node_agent, provider_agent, runner)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -22,19 +25,19 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    from control.server import serve
+    from control.web.server import serve
     settings = _settings(args)
     serve(settings, workers=args.workers, threads=args.threads)
     return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from control.db import init_database
+    from control.core.db import init_database
     from control.migrations import current_version, upgrade
     settings = _settings(args)
     init_database(settings.database_url)
     applied = upgrade()
-    from control.db import database
+    from control.core.db import database
     with database.connection_context():
         version = current_version()
     print(json.dumps({"applied": applied, "schema_version": version}))
@@ -42,7 +45,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_status(args: argparse.Namespace) -> int:
-    from control.db import database, init_database
+    from control.core.db import database, init_database
     from control.migrations import current_version, pending
     settings = _settings(args)
     init_database(settings.database_url)
@@ -80,16 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_parser("show", help="effective settings, secrets masked").set_defaults(func=cmd_config_show)
     cfg.add_parser("doc", help="settings table in Markdown").set_defaults(func=cmd_config_doc)
 
-    for name in PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        add: Callable[[argparse._SubParsersAction], None] | None = getattr(module, "add_cli", None)
-        if add is not None:
-            add(sub)
+    for module in PLUGINS:
+        module.add_cli(sub)
     return parser
 
 

@@ -122,7 +122,7 @@ def build_spec(entry, command, lease):
 
 
 def runner_argv(python, config_path, dirs):
-    return [python, "-m", "control.runner", "run", "--node-config", config_path] + dirs
+    return [python, "-m", "control.node.runner", "run", "--node-config", config_path] + dirs
 
 
 def runner_env():

@@ -1,1 +1,1 @@
-../control/signing.py
+../control/node/signing.py

@@ -18,10 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from control.api.app import build_app  # noqa: E402
-from control.config import Settings  # noqa: E402
-from control.db import database, init_database  # noqa: E402
+from control.core.config import Settings  # noqa: E402
+from control.core.db import database, init_database  # noqa: E402
 from control.migrations import upgrade  # noqa: E402
+from control.web.app import build_app  # noqa: E402
 from tests.support.client import Api  # noqa: E402
 from tests.support.pg import PgCluster  # noqa: E402
 from tests.support.server import LiveServer  # noqa: E402

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from control.config import Settings
-from control.db import connection
+from control.core.config import Settings
+from control.core.db import connection
 from control.farm import states
 from control.farm.claims import claim
+from control.farm.models import Task
 from control.farm.reaper import reap
-from control.models import Task
 from tests.conftest import NODES_SECRET
 from tests.support.client import Api
 from tests.support.nodes import SignedNode

@@ -9,8 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from control.api.app import build_app
-from control.config import Settings
+from control.core.config import Settings
+from control.web.app import build_app
 from tests.conftest import ROOT_SECRET
 from tests.support.client import Api
 from tests.support.registry import MIB, error, group, join, provider, space, support

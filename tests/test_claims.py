@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from control.config import Settings
-from control.db import connection, database, init_database, is_postgres
+from control.core.config import Settings
+from control.core.db import connection, database, init_database, is_postgres
 from control.farm import states
 from control.farm.claims import claim
+from control.farm.models import Node, Task, TaskEvent
 from control.farm.reaper import reap
-from control.models import Node, Task, TaskEvent
 
 
 @pytest.fixture

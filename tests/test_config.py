@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from control.config import ConfigError, Settings, load_settings, settings_table
+from control.core.config import ConfigError, Settings, load_settings, settings_table
 
 GOOD = "s" * 16
 

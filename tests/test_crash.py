@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from control.api.app import build_app
-from control.config import Settings
+from control.core.config import Settings
+from control.web.app import build_app
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.apiproc import ApiProcess, api_env
 from tests.support.client import Api
@@ -207,7 +207,7 @@ def test_control_host_killed_mid_run_api_and_dispatcher_carry_on(farm: Farm, pla
 
     def kill_both() -> None:
         # the dispatcher with its ansible job mid-round (the runners it launched live on the nodes: spared)
-        kill_tree(first.pid, spare=lambda cmd: "control.runner" in cmd)
+        kill_tree(first.pid, spare=lambda cmd: "control.node.runner" in cmd)
         plane.kill()
 
     running = _kill_when(farm, _mid_round, kill_both)

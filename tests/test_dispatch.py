@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from control.config import Settings
-from control.nodeconfig import write_node_config
+from control.core.config import Settings
+from control.node.config import write_node_config
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.apiproc import clean_env
 from tests.support.client import Api
@@ -391,7 +391,7 @@ def test_dispatcher_killed_mid_round_loses_and_doubles_nothing(farm: Farm) -> No
 
 
 def test_rotation_keeps_newest_finished_jobs_and_running_ones(tmp_path: Path) -> None:
-    from control.dispatch import Dispatcher
+    from control.farm.dispatcher.loop import Dispatcher
 
     dispatcher = Dispatcher(Settings(data_dir=str(tmp_path), artifacts_keep=2), ident="d1")
     jobs = []
@@ -407,7 +407,7 @@ def test_rotation_keeps_newest_finished_jobs_and_running_ones(tmp_path: Path) ->
 
 def test_callback_module_reports_to_the_real_api(farm: Farm) -> None:
     """``zonefarm_callback`` run by ansible itself, signed by module_utils, checked by the API."""
-    from control.db import connection
+    from control.core.db import connection
     from control.farm.claims import claim
 
     farm.add_node("wk1")

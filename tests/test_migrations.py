@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 import control.migrations as migrations
-from control.db import database, init_database, make_database
+from control.core.db import database, init_database, make_database
 from tests.conftest import _close_db
 from tests.support.pg import PgCluster
 
@@ -92,7 +92,7 @@ def test_upgrade_from_empty_then_again_changes_nothing(empty_db_url: str) -> Non
     first = _zonefarm(empty_db_url, "db", "upgrade")
     assert first == {"applied": names, "schema_version": max(_all_versions())}
     schema = _schema(empty_db_url)
-    from control.models import Provider, Token, User
+    from control.registry.models import Provider, Token, User
     for model in (User, Provider, Token):
         table = model._meta.table_name
         assert table in schema
@@ -159,7 +159,7 @@ def test_a_migration_adding_a_column_keeps_existing_rows(empty_db_url: str,
     init_database(empty_db_url, 4)
     try:
         migrations.upgrade()
-        from control.models import Group, User
+        from control.registry.models import Group, User
         with database.connection_context():
             users = [User.create(username=f"u{i}", password_hash="x", email=f"u{i}@example.org")
                      for i in range(3)]

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from control.config import Settings
-from control.db import connection
+from control.core.config import Settings
+from control.core.db import connection
+from control.farm.models import Node, Nonce
 from control.farm.reaper import reap
-from control.models import Node, Nonce
 from tests.conftest import NODES_SECRET
 from tests.support.client import Api
 from tests.support.nodes import SignedNode
@@ -136,7 +136,7 @@ def test_list_filters(api: Api) -> None:
 def test_old_nonces_are_pruned(api: Api, wk1: SignedNode, settings: Settings,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The API prunes nonces too old to pass the timestamp check, at most once a minute."""
-    from control.api import nodeauth
+    from control.web import nodeauth
 
     assert wk1.register().status_code == 201
     with connection():

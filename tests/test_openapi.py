@@ -1,6 +1,6 @@
 """The OpenAPI document describes exactly the routes the server mounts, nothing more or less.
 
-``contract_diff`` derives, from the route table alone (``control.api.routing.ROUTES``), what
+``contract_diff`` derives, from the route table alone (``control.web.routing.ROUTES``), what
 each operation must say: method, path and query parameters, request body schema, response
 statuses and schemas. It then compares that with a document. Routes other engineers add
 are covered without touching this file. The mutation tests build the document from a
@@ -18,13 +18,13 @@ import pydantic
 import pytest
 from openapi_spec_validator import validate
 
-import control.api.openapi as openapi_mod
-from control.api.app import _load_resources, build_app
-from control.api.routing import ROUTES, Query, RouteSpec
-from control.config import Settings
+import control.web.openapi as openapi_mod
+import control.web.routes  # noqa: F401  (every resource module registers its routes)
+from control.core.config import Settings
+from control.web.app import build_app
+from control.web.routing import ROUTES, Query, RouteSpec
 from tests.support.client import Api
 
-_load_resources()  # every resource module that exists registers its routes
 _TYPES = {int: "integer", str: "string", float: "number", bool: "boolean"}
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options", "trace")
 

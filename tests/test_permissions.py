@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from control.api.auth import new_token
-from control.db import connection
-from control.models import User
+from control.core.db import connection
+from control.registry.identity import new_token
+from control.registry.models import User
 from tests.support.client import Api
 from tests.support.registry import MIB, created, join, provider, support
 

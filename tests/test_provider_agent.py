@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from control.provider_agent import (
+from control.provider.agent import (
     REVOKED,
     Follower,
     ProviderConfig,

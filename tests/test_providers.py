@@ -6,10 +6,10 @@ import hashlib
 
 import pytest
 
-from control.db import connection, database, init_database
-from control.membership import upload_targets
+from control.core.db import connection, database, init_database
 from control.migrations import upgrade
-from control.models import Provider, Token
+from control.registry.membership import upload_targets
+from control.registry.models import Provider, Token
 from tests.support.client import Api
 from tests.support.registry import MIB, created, error, group, join, provider, space, support
 

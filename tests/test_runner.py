@@ -23,10 +23,10 @@ from typing import Any
 
 import pytest
 
-from control import runner
-from control.nodeconfig import write_node_config
-from control.runner import run_batch
-from control.signing import verify
+from control.node import runner
+from control.node.config import write_node_config
+from control.node.runner import run_batch
+from control.node.signing import verify
 
 SECRET = "runner-test-nodes-secret-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ def test_runner_and_tasks_run_niced_in_the_runners_session(recorder: tuple[Recor
              "'pgid': os.getpgid(0), 'pid': os.getpid(), 'sid': os.getsid(0), "
              "'autogroup': open('/proc/self/autogroup').read() if os.path.exists('/proc/self/autogroup') else ''}))")
     tdir = spec_dir(tmp_path, 12, [sys.executable, "-c", probe])
-    runner_proc = subprocess.run([sys.executable, "-m", "control.runner", "run", "--node-config", str(niced),
+    runner_proc = subprocess.run([sys.executable, "-m", "control.node.runner", "run", "--node-config", str(niced),
                                   str(tdir)], start_new_session=True, capture_output=True, timeout=60)
     assert runner_proc.returncode == 0, runner_proc.stderr
     assert rec.wait_for(12, "finished")["exit_code"] == 0
@@ -234,7 +234,7 @@ def test_runner_and_tasks_run_niced_in_the_runners_session(recorder: tuple[Recor
 
 
 def test_task_nice_out_of_range_is_refused(tmp_path: Path) -> None:
-    from control.nodeconfig import NodeConfigError, load_node_config
+    from control.node.config import NodeConfigError, load_node_config
 
     bad = write_node_config(tmp_path / "bad.ini", name="wk1", api_url="http://127.0.0.1:1", nodes_secret=SECRET,
                             task_nice=25)
@@ -245,7 +245,7 @@ def test_task_nice_out_of_range_is_refused(tmp_path: Path) -> None:
 def test_runner_refuses_a_readable_config(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
     os.chmod(node, 0o644)
     tdir = spec_dir(tmp_path, 11, ["true"])
-    proc = subprocess.run([sys.executable, "-m", "control.runner", "run", "--node-config", str(node), str(tdir)],
+    proc = subprocess.run([sys.executable, "-m", "control.node.runner", "run", "--node-config", str(node), str(tdir)],
                           capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert proc.returncode != 0 and "chmod 600" in proc.stderr
     assert recorder[0].of(11) == []
@@ -253,7 +253,7 @@ def test_runner_refuses_a_readable_config(recorder: tuple[Recorder, str], node: 
 
 def test_finished_attempts_are_marked_and_pruned_later(recorder: tuple[Recorder, str], node: Path,
                                                        tmp_path: Path) -> None:
-    from control.node_agent import prune_task_dirs
+    from control.node.agent import prune_task_dirs
 
     old = spec_dir(tmp_path, 12, ["true"])
     run_batch(str(node), [str(old)])
@@ -274,7 +274,7 @@ def test_api_down_for_longer_than_a_report_retries_loses_nothing(recorder: tuple
     while it is still down: the runner must keep the child going, keep the output, and deliver
     ``finished`` once the API is back, exactly once.
     """
-    from control.runner import REPORT_PATIENCE
+    from control.node.runner import REPORT_PATIENCE
 
     rec, _ = recorder
     rec.down = True

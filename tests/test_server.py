@@ -177,9 +177,9 @@ def test_route_writes_queue_on_the_sqlite_write_lock(tmp_path: Path) -> None:
     """Another process holding the write lock holds route writes back; nesting does not deadlock."""
     import threading
 
-    from control.db import database, init_database, write_transaction
+    from control.core.db import database, init_database, write_transaction
     from control.migrations import upgrade
-    from control.models import Group
+    from control.registry.models import Group
     from tests.conftest import _close_db
 
     db_path = tmp_path / "z.db"

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from control import signing
+from control.node import signing
 
 SECRET = "nodes-secret-0123456789"
 

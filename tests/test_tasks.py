@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from control.db import connection
+from control.core.db import connection
 from control.farm.claims import claim
-from control.models import Node
+from control.farm.models import Node
 from tests.conftest import NODES_SECRET
 from tests.support.client import Api
 from tests.support.nodes import SignedNode

@@ -17,7 +17,7 @@ from typing import Any
 
 import jsonschema
 
-from control.paths import share_dir
+from control.core.paths import share_dir
 
 TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _cache: dict[str, tuple[float, jsonschema.protocols.Validator | None]] = {}

@@ -28,10 +28,10 @@ from typing import Any
 
 import peewee
 
-from control.db import connection, is_postgres, write_transaction
+from control.core.db import connection, is_postgres, write_transaction
+from control.core.models import now
+from control.farm.models import ACTIVE, Node, Task, TaskEvent
 from control.farm.states import summarise
-from control.models import Node, Task, TaskEvent, now
-from control.models.farm import ACTIVE
 
 CLAIMABLE_KINDS = ("any", "node")
 

@@ -11,8 +11,9 @@ from typing import Any
 
 import peewee
 
+from control.core.models import now
 from control.farm.claims import active_counts
-from control.models import Node, Task, now
+from control.farm.models import Node, Task
 
 
 def _blocker(code: str, message: str) -> dict[str, str]:

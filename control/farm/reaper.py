@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 
-from control.config import Settings
-from control.db import connection
+from control.core.config import Settings
+from control.core.db import connection
+from control.core.models import now
 from control.farm import states
-from control.models import Node, Task, now
-from control.models.farm import ACTIVE
+from control.farm.models import ACTIVE, Node, Task
 
 log = logging.getLogger("zonefarm.reaper")
 

@@ -16,9 +16,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from control.db import database, is_postgres, write_transaction
-from control.models import Node, Task, TaskEvent, now
-from control.models.farm import ACTIVE, TERMINAL
+from control.core.db import database, is_postgres, write_transaction
+from control.core.models import now
+from control.farm.models import ACTIVE, TERMINAL, Node, Task, TaskEvent
 
 log = logging.getLogger("zonefarm.farm")
 
@@ -40,7 +40,7 @@ def lock_task(task_id: int) -> None:
     """Serialise writers of one task inside the current transaction.
 
     PostgreSQL: a row lock. SQLite needs nothing: every write transaction begins IMMEDIATE
-    (``control.db``), so it holds the database write lock before it reads anything.
+    (``control.core.db``), so it holds the database write lock before it reads anything.
     """
     if is_postgres():
         database.execute_sql("SELECT id FROM task WHERE id = %s FOR UPDATE", (task_id,))

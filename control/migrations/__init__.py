@@ -15,8 +15,8 @@ from types import ModuleType
 import peewee
 from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator
 
-from control.db import database
-from control.models.base import BaseModel, now
+from control.core.db import database
+from control.core.models import BaseModel, now
 
 
 class SchemaVersion(BaseModel):

@@ -3,7 +3,7 @@
 import peewee
 from playhouse.migrate import SchemaMigrator
 
-from control.models.registry import REGISTRY_MODELS
+from control.registry.models import REGISTRY_MODELS
 
 VERSION = 1
 

@@ -3,7 +3,7 @@
 import peewee
 from playhouse.migrate import SchemaMigrator
 
-from control.models.farm import FARM_MODELS
+from control.farm.models import FARM_MODELS
 
 VERSION = 2
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from control.signing import sign_headers
+from control.node.signing import sign_headers
 from tests.lab import deploy
 from tests.lab.inventory import API_PORT, NODE_LEASE, TASK_LEASE, lab_secrets, write_inventory
 from tests.lab.lab import Lab

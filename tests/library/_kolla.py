@@ -1,6 +1,6 @@
 """Kolla-ansible style module tests: load the module file, patch exit_json/fail_json.
 
-``ansible.module_utils.zonefarm_signing`` is the same file as ``control.signing`` (a
+``ansible.module_utils.zonefarm_signing`` is the same file as ``control.node.signing`` (a
 symlink in ``module_utils/``), so it is registered under that name before loading.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from ansible.module_utils import basic
 
-import control.signing
+import control.node.signing
 
 LIBRARY = Path(__file__).resolve().parents[2] / "library"
 
@@ -32,7 +32,7 @@ class ModuleFail(Exception):
 
 
 def load_module(name: str) -> ModuleType:
-    sys.modules.setdefault("ansible.module_utils.zonefarm_signing", control.signing)
+    sys.modules.setdefault("ansible.module_utils.zonefarm_signing", control.node.signing)
     spec = importlib.util.spec_from_file_location(f"zf_library_{name}", LIBRARY / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

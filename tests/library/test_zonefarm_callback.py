@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from control.signing import verify
+from control.node.signing import verify
 from tests.library._kolla import ModuleFail, load_module
 
 callback = load_module("zonefarm_callback")

@@ -60,7 +60,7 @@ def test_shell_batch_is_written_and_runner_detached(run_module: Any, node: dict[
         line = _wait_record(node["record"])[0].split()
         assert int(line[0]) == pid
         assert int(line[1]) != os.getsid(0)  # its own session: survives the job and its ssh session
-        assert line[2:6] == ["-m", "control.runner", "run", "--node-config"]
+        assert line[2:6] == ["-m", "control.node.runner", "run", "--node-config"]
         t7 = Path(node["workdir"]) / "tasks" / "7" / "2"
         assert line[7:] == [str(t7), str(Path(node["workdir"]) / "tasks" / "8" / "1")]
         spec = json.loads((t7 / "spec.json").read_text())
@@ -131,7 +131,7 @@ def test_systemd_launcher_starts_a_transient_unit(run_module: Any, node: dict[st
     assert argv[:3] == ["--quiet", "--collect", "--unit"] and argv[3].startswith("zonefarm-run-")
     assert argv[4:6] == ["--working-directory", node["workdir"]]
     tdir = str(Path(node["workdir"]) / "tasks" / "21" / "1")
-    assert argv[6:] == [node["python"], "-m", "control.runner", "run", "--node-config", node["config_path"], tdir]
+    assert argv[6:] == [node["python"], "-m", "control.node.runner", "run", "--node-config", node["config_path"], tdir]
 
 
 def test_failing_systemd_run_fails_the_launch(run_module: Any, node: dict[str, Any], tmp_path: Path,

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import jsonschema
 import requests
 
-from control.api.openapi import build_document
-from control.api.routing import API_PREFIX
+from control.web.openapi import build_document
+from control.web.routing import API_PREFIX
 
 
 class ContractError(AssertionError):

@@ -2,7 +2,7 @@
 
 Several node names map to this machine (``ansible_connection=local``), each with its own
 work dir and 0600 INI file; they register themselves with signed requests
-(``control.node_agent``). The API may be the in-process live server or a ``zonefarm api``
+(``control.node.agent``). The API may be the in-process live server or a ``zonefarm api``
 process: the farm only needs its URL and a client.
 """
 
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from control.config import Settings
-from control.node_agent import register
-from control.nodeconfig import load_node_config, write_node_config
+from control.core.config import Settings
+from control.node.agent import register
+from control.node.config import load_node_config, write_node_config
 from tests.support.apiproc import clean_env
 from tests.support.client import Api
 

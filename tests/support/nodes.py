@@ -7,8 +7,8 @@ from typing import Any
 
 import requests
 
-from control.api.routing import API_PREFIX
-from control.signing import sign_headers
+from control.node.signing import sign_headers
+from control.web.routing import API_PREFIX
 from tests.support.client import Api
 
 

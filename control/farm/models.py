@@ -1,0 +1,125 @@
+"""The task farm: worker nodes, tasks, their event history and logs, and seen nonces.
+
+Times are epoch floats like the registry's, so lease and timeout checks are plain
+arithmetic in SQL on both databases.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+from control.core.models import BaseModel, JSONField, now
+
+NODE_STATES = ("online", "lost", "deregistered")
+ACTIVE = ("assigned", "running")
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
+TASK_STATES = ("queued", "assigned", "running", "lost", *TERMINAL)
+TARGET_KINDS = ("any", "node", "region", "all")
+BROADCAST_KINDS = ("region", "all")
+
+
+class Node(BaseModel):
+    name = peewee.CharField(max_length=100, unique=True)
+    ansible_host = peewee.CharField(max_length=253, default="127.0.0.1")
+    ansible_port = peewee.IntegerField(default=22)
+    ansible_user = peewee.CharField(max_length=64, default="")
+    ansible_connection = peewee.CharField(max_length=20, default="ssh")
+    python = peewee.CharField(max_length=1024, default="")
+    config_path = peewee.CharField(max_length=1024, default="")
+    region = peewee.CharField(max_length=100, default="default", index=True)
+    hostname = peewee.CharField(max_length=253, default="")
+    pid = peewee.IntegerField(null=True)
+    queues = JSONField(default=lambda: ["default"])
+    concurrency = peewee.IntegerField(default=1)
+    resources = JSONField(default=dict)
+    labels = JSONField(default=dict)
+    workdir = peewee.CharField(max_length=1024, default="")
+    state = peewee.CharField(max_length=16, default="online", index=True)
+    cordoned = peewee.BooleanField(default=False)
+    draining = peewee.BooleanField(default=False)
+    registered_at = peewee.DoubleField(default=now)
+    last_seen = peewee.DoubleField(default=now)
+
+    def serves(self, queue: str) -> bool:
+        return queue in (self.queues or [])
+
+
+class Task(BaseModel):
+    parent = peewee.ForeignKeyField("self", null=True, backref="children", on_delete="CASCADE")
+    name = peewee.CharField(max_length=100, index=True)
+    params = JSONField(default=dict)
+    queue = peewee.CharField(max_length=100, default="default")
+    target_kind = peewee.CharField(max_length=10, default="any")
+    target_value = peewee.CharField(max_length=100, null=True)
+    # Plain ids, not foreign keys: deleting a user or space must not erase task history.
+    space_id = peewee.IntegerField(null=True)
+    owner = peewee.IntegerField(null=True, index=True)
+    priority = peewee.IntegerField(default=0)
+    timeout = peewee.IntegerField(default=3600)
+    max_attempts = peewee.IntegerField(default=3)
+    attempt = peewee.IntegerField(default=0)
+    state = peewee.CharField(max_length=16, default="queued")
+    node = peewee.ForeignKeyField(Node, null=True, backref="tasks", on_delete="SET NULL")
+    # The node the last lost attempt ran on: a requeued task prefers another one.
+    last_node = peewee.CharField(max_length=100, null=True)
+    claimed_by = peewee.CharField(max_length=200, null=True)
+    cancel_requested = peewee.BooleanField(default=False)
+    # When the reaper last handed the task to a dispatcher to kill (once per request).
+    kill_sent_at = peewee.DoubleField(null=True)
+    created_at = peewee.DoubleField(default=now)
+    assigned_at = peewee.DoubleField(null=True)
+    started_at = peewee.DoubleField(null=True)
+    finished_at = peewee.DoubleField(null=True)
+    lease_expires_at = peewee.DoubleField(null=True)
+    exit_code = peewee.IntegerField(null=True)
+    outputs = JSONField(null=True)
+    progress = peewee.FloatField(default=0)
+    reason = peewee.TextField(default="")
+
+    class Meta:
+        indexes = (
+            (("state", "queue", "priority", "created_at"), False),
+            (("node", "state"), False),
+            (("state", "lease_expires_at"), False),
+        )
+
+    @property
+    def node_name(self) -> str | None:
+        return self.node.name if self.node_id is not None else None
+
+    @property
+    def is_broadcast(self) -> bool:
+        return self.target_kind in BROADCAST_KINDS
+
+
+class TaskEvent(BaseModel):
+    task = peewee.ForeignKeyField(Task, backref="events", on_delete="CASCADE")
+    ts = peewee.DoubleField(default=now)
+    from_state = peewee.CharField(max_length=16, null=True)
+    to_state = peewee.CharField(max_length=16)
+    reason = peewee.TextField(default="")
+    data = JSONField(null=True)
+
+
+class TaskLog(BaseModel):
+    """One chunk of a task's output; ``start`` is its character offset in the whole log."""
+
+    task = peewee.ForeignKeyField(Task, backref="log_chunks", on_delete="CASCADE")
+    seq = peewee.IntegerField()
+    start = peewee.BigIntegerField()
+    ts = peewee.DoubleField(default=now)
+    text = peewee.TextField()
+
+    class Meta:
+        indexes = ((("task", "seq"), True),)
+
+
+class Nonce(BaseModel):
+    """Nonces of signed node requests, kept for twice the allowed clock skew."""
+
+    value = peewee.CharField(max_length=128, unique=True)
+    node = peewee.CharField(max_length=100)
+    ts = peewee.DoubleField(default=now, index=True)
+
+
+FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce]

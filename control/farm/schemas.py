@@ -1,0 +1,240 @@
+"""Request and response models of the task farm routes (nodes, tasks, callbacks, inventory).
+
+Node-supplied fields that end up in a generated Ansible inventory (host, user, paths,
+interpreter) are held to strict patterns, so a node cannot smuggle Jinja or options
+into a dispatcher's job.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+
+from control.core.schemas import Input
+from control.farm.models import TASK_STATES
+from control.registry.schemas import HOST
+
+NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+ABS_PATH = r"^/[A-Za-z0-9._/+@-]*$"
+USER = r"^[a-z_][a-z0-9_-]{0,31}$"
+TaskState = Literal[TASK_STATES]  # type: ignore[valid-type]
+
+
+class NodeRegister(Input):
+    name: str = Field(pattern=NODE_NAME)
+    ansible_host: str = Field(default="127.0.0.1", pattern=HOST, max_length=253)
+    ansible_port: int = Field(default=22, ge=1, le=65535)
+    ansible_user: str = Field(default="root", pattern=USER)
+    ansible_connection: Literal["ssh", "local", "paramiko"] = "ssh"
+    python: str = Field(default="/usr/bin/python3", pattern=ABS_PATH, max_length=1024)
+    workdir: str = Field(pattern=ABS_PATH, max_length=1024,
+                         description="Where the runner keeps task specs, pids and logs")
+    config_path: str = Field(pattern=ABS_PATH, max_length=1024,
+                             description="The node's INI file (0600) the runner reads the nodes secret from")
+    region: str = Field(default="default", pattern=LABEL)
+    hostname: str = Field(default="", max_length=253)
+    pid: int | None = Field(default=None, ge=1)
+    queues: list[str] = Field(default_factory=lambda: ["default"], min_length=1, max_length=50)
+    concurrency: int = Field(default=1, ge=1, le=10000)
+    resources: dict[str, int | float] = Field(default_factory=dict,
+                                              description="cpu, memory and disk (bytes), and any other")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> NodeRegister:
+        import re
+        for q in self.queues:
+            if not re.match(LABEL, q):
+                raise ValueError(f"queues: {q!r} is not a valid queue name")
+        if len(self.resources) > 50 or len(self.labels) > 50:
+            raise ValueError("resources, labels: at most 50 entries")
+        for k, v in self.labels.items():
+            if not re.match(LABEL, k) or len(v) > 200:
+                raise ValueError(f"labels: {k!r} is not a valid label")
+        return self
+
+
+class NodeHeartbeat(Input):
+    pid: int | None = Field(default=None, ge=1)
+    resources: dict[str, int | float] | None = None
+
+
+class NodeOut(BaseModel):
+    name: str
+    state: Literal["online", "lost", "deregistered"]
+    cordoned: bool
+    draining: bool
+    drained: bool = Field(description="Draining and nothing left running")
+    region: str
+    hostname: str
+    pid: int | None
+    queues: list[str]
+    concurrency: int
+    running: int = Field(description="Tasks assigned to or running on the node")
+    free: int = Field(description="Free slots: concurrency minus running (0 when cordoned or not online)")
+    resources: dict[str, Any]
+    labels: dict[str, str]
+    ansible_host: str
+    ansible_port: int
+    ansible_user: str
+    ansible_connection: str
+    python: str
+    workdir: str
+    registered_at: str
+    last_seen: str
+    last_seen_age: float = Field(description="Seconds since the last heartbeat or registration")
+
+
+class HeartbeatOut(BaseModel):
+    node: NodeOut
+    cancel: list[int] = Field(description="Ids of this node's active tasks with a cancel request")
+
+
+class Target(Input):
+    node: str | None = Field(default=None, pattern=NODE_NAME)
+    region: str | None = Field(default=None, pattern=LABEL)
+    all: bool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Target:
+        given = [k for k in ("node", "region", "all") if getattr(self, k) not in (None, False)]
+        if len(given) != 1:
+            raise ValueError('give exactly one of {"node": name}, {"region": r}, {"all": true}')
+        return self
+
+
+class TaskCreate(Input):
+    name: str = Field(min_length=1, max_length=64, description="Task type: playbooks/tasks/<name>.yml")
+    params: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = Field(default=None, pattern=LABEL,
+                              description="Default 'default'. Untargeted tasks run on nodes serving it; "
+                                          "on a broadcast it narrows the nodes to those serving it")
+    target: Target | None = Field(default=None, description="Omitted: any node serving the queue")
+    space: int | None = Field(default=None, ge=1, description="Space the task works for; caller must be a member")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
+    timeout: int = Field(default=3600, ge=1, le=30 * 86400, description="Seconds, per attempt, from start")
+    max_attempts: int = Field(default=3, ge=1, le=100)
+
+
+class TargetOut(BaseModel):
+    kind: Literal["any", "node", "region", "all"]
+    value: str | None
+
+
+class TaskOut(BaseModel):
+    id: int
+    name: str
+    params: dict[str, Any]
+    queue: str
+    target: TargetOut
+    space: int | None
+    owner: int | None = Field(description="User id of the submitter; null for the administrator")
+    parent: int | None = Field(description="The broadcast this task is one child run of")
+    priority: int
+    timeout: int
+    max_attempts: int
+    attempt: int
+    state: TaskState
+    node: str | None
+    last_node: str | None
+    cancel_requested: bool
+    progress: float
+    exit_code: int | None
+    outputs: dict[str, Any] | None
+    reason: str
+    created_at: str
+    assigned_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class Blocker(BaseModel):
+    code: str
+    message: str
+
+
+class ChildOut(BaseModel):
+    id: int
+    node: str | None
+    state: TaskState
+
+
+class TaskDetail(TaskOut):
+    blockers: list[Blocker] = Field(description="Why a queued task is not starting; empty otherwise")
+    why: str | None = Field(description="The blockers in one sentence")
+    children: list[ChildOut] = Field(description="A broadcast's child runs, one per node")
+
+
+class EventOut(BaseModel):
+    ts: str
+    from_state: str | None
+    to_state: str
+    reason: str
+    data: dict[str, Any] | None
+
+
+class LogOut(BaseModel):
+    offset: int = Field(description="Character offset of text in the whole log")
+    next_offset: int = Field(description="Ask again with ?offset=next_offset for more")
+    text: str
+    complete: bool = Field(description="The task has ended: nothing more will be appended")
+
+
+class Callback(BaseModel):
+    """Log text arrives verbatim: unlike other inputs, nothing here is whitespace-stripped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event: Literal["started", "progress", "log", "finished"]
+    attempt: int = Field(ge=1)
+    exit_code: int | None = None
+    outputs: dict[str, Any] | None = None
+    percent: float | None = Field(default=None, ge=0, le=100)
+    data: str | None = Field(default=None, max_length=512 * 1024, description="Log text (event log)")
+    offset: int | None = Field(default=None, ge=0, description=(
+        "Character offset of data in this attempt's output (event log): a chunk the API already "
+        "holds is not stored again, so a retried log callback is idempotent"))
+    reason: Literal["cancelled", "timed_out"] | None = None
+
+    @model_validator(mode="after")
+    def _finished(self) -> Callback:
+        if self.event == "finished" and self.exit_code is None and self.reason is None:
+            raise ValueError("exit_code: required for a finished event")
+        if self.event == "log" and self.data is None:
+            raise ValueError("data: required for a log event")
+        return self
+
+
+class CallbackOut(BaseModel):
+    cancel: bool = Field(description="Stop the task now: the user cancelled it")
+    state: TaskState
+    lease: int = Field(description="Seconds until the task is lost without another callback")
+
+
+class TaskTypeOut(BaseModel):
+    name: str
+    params_schema: dict[str, Any] | None
+
+
+class EventList(RootModel[list[EventOut]]):
+    pass
+
+
+class TaskTypeList(RootModel[list[TaskTypeOut]]):
+    pass
+
+
+INVENTORY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["_meta", "all"],
+    "properties": {
+        "_meta": {"type": "object", "required": ["hostvars"],
+                  "properties": {"hostvars": {"type": "object"}}},
+        "all": {"type": "object", "properties": {"children": {"type": "array", "items": {"type": "string"}},
+                                                 "hosts": {"type": "array", "items": {"type": "string"}}}},
+    },
+    "additionalProperties": {"type": "object", "properties": {
+        "hosts": {"type": "array", "items": {"type": "string"}}}},
+}

@@ -1,0 +1,161 @@
+"""Worker side: ``zonefarm node register|heartbeat|agent`` with signed requests.
+
+A worker's timer (or the ``agent`` loop) keeps the node online. Every request is signed
+by ``control.node.signing`` with the nodes secret read from the node's 0600 INI file, so the
+secret is never on a command line or in the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from control.node.config import NodeConfig, NodeConfigError, load_node_config
+from control.node.signing import sign_headers
+
+log = logging.getLogger("zonefarm.node")
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+def resources(workdir: str) -> dict[str, int]:
+    """What the node offers, as Zimfarm workers report it: cpu count, memory and disk bytes."""
+    memory = 0
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    memory = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    path = workdir if os.path.isdir(workdir) else "/"
+    return {"cpu": os.cpu_count() or 1, "memory": memory, "disk": shutil.disk_usage(path).free}
+
+
+def signed_post(config: NodeConfig, route: str, body: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
+    raw = json.dumps(body).encode()
+    path = f"{urlsplit(config.api_url).path.rstrip('/')}/api/v1{route}"
+    headers = sign_headers(config.nodes_secret, config.name, "POST", path, raw)
+    headers["Content-Type"] = "application/json"
+    url = config.api_url.rstrip("/") + f"/api/v1{route}"
+    try:
+        resp = requests.post(url, data=raw, headers=headers, timeout=timeout)
+    except requests.RequestException as exc:
+        raise AgentError(f"{route}: {type(exc).__name__}: {exc}") from None
+    if resp.status_code >= 300:
+        raise AgentError(f"{route}: HTTP {resp.status_code}: {resp.text[:300]}")
+    try:
+        return resp.json()
+    except ValueError:
+        return {}
+
+
+def register(config: NodeConfig) -> dict[str, Any]:
+    os.makedirs(config.workdir, mode=0o700, exist_ok=True)
+    body = config.registration(os.getpid(), socket.gethostname(), resources(config.workdir))
+    return signed_post(config, "/nodes/register", body)
+
+
+def heartbeat(config: NodeConfig) -> dict[str, Any]:
+    return signed_post(config, f"/nodes/{config.name}/heartbeat", {"pid": os.getpid()})
+
+
+def prune_task_dirs(workdir: str, keep_seconds: float, now: float | None = None) -> list[str]:
+    """Delete task attempt directories the runner finished with more than ``keep_seconds`` ago.
+
+    Only attempts with a ``done`` marker go: a running or never-started one is left alone.
+    Keeps a worker's disk bounded the way ``artifacts_keep`` bounds the dispatcher's.
+    """
+    cutoff = (time.time() if now is None else now) - keep_seconds
+    removed = []
+    root = Path(workdir) / "tasks"
+    for done in root.glob("*/*/done"):
+        try:
+            finished = float(done.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if finished < cutoff:
+            shutil.rmtree(done.parent, ignore_errors=True)
+            removed.append(str(done.parent))
+            try:
+                done.parent.parent.rmdir()  # the task's directory, once its last attempt is gone
+            except OSError:
+                pass
+    return removed
+
+
+def agent(config: NodeConfig, stop: threading.Event, interval: float) -> None:
+    """Register, then heartbeat; re-register when the API no longer knows the node."""
+    registered = False
+    next_prune = 0.0
+    while not stop.is_set():
+        if time.monotonic() >= next_prune:
+            pruned = prune_task_dirs(config.workdir, config.task_dirs_keep_days * 86400)
+            if pruned:
+                log.info("pruned %d finished task directories", len(pruned))
+            next_prune = time.monotonic() + 3600
+        try:
+            if not registered:
+                register(config)
+                registered = True
+                log.info("registered node %s with %s", config.name, config.api_url)
+            else:
+                heartbeat(config)
+        except AgentError as exc:
+            log.warning("%s", exc)
+            if "HTTP 404" in str(exc):
+                registered = False
+        stop.wait(interval)
+
+
+def _config(args: argparse.Namespace) -> NodeConfig:
+    try:
+        return load_node_config(args.node_config)
+    except NodeConfigError as exc:
+        raise SystemExit(f"zonefarm: {exc}") from None
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    config = _config(args)
+    try:
+        if args.node_command == "register":
+            print(json.dumps(register(config)))
+        elif args.node_command == "heartbeat":
+            print(json.dumps(heartbeat(config)))
+        else:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            interval = args.interval or config.heartbeat_interval or 15.0
+            agent(config, threading.Event(), interval)
+    except AgentError as exc:
+        print(f"zonefarm node {args.node_command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("node", help="worker side: register this node and keep it online")
+    sub = p.add_subparsers(dest="node_command", required=True)
+    for name, text in (("register", "register (or re-register) this node"),
+                       ("heartbeat", "send one signed heartbeat"),
+                       ("agent", "register, then heartbeat until stopped")):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("--node-config", "--config", dest="node_config", required=True,
+                       help="the node's INI file ([node] section, mode 0600)")
+        if name == "agent":
+            q.add_argument("--interval", type=float, help="seconds between heartbeats")
+        q.set_defaults(func=cmd_node)

@@ -1,0 +1,97 @@
+"""Who is calling: the root secret, a user token or a provider token (Bearer).
+
+Tokens are random strings stored only as SHA-256 digests; the lookup is by digest,
+and the root secret is compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import peewee
+
+from control.core.errors import forbidden, unauthorized
+from control.core.models import now
+from control.registry.models import Provider, Token, User
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "root" | "user" | "provider" | "node"
+    user: User | None = None
+    provider: Provider | None = None
+    node: str | None = None
+    token_id: int | None = None
+
+    @property
+    def is_root(self) -> bool:
+        return self.kind == "root"
+
+    def describe(self) -> str:
+        if self.user is not None:
+            return f"user:{self.user.id}"
+        if self.provider is not None:
+            return f"provider:{self.provider.id}"
+        if self.node is not None:
+            return f"node:{self.node}"
+        return self.kind
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(kind: str, *, user: User | None = None, provider: Provider | None = None,
+              ttl: int | None = None) -> tuple[str, Token]:
+    """Create a token; the plaintext is returned once and never stored."""
+    plain = f"zf{kind[0]}_" + secrets.token_urlsafe(32)
+    row = Token.create(token_hash=digest(plain), kind=kind, user=user, provider=provider,
+                       expires_at=(now() + ttl) if ttl else None)
+    return plain, row
+
+
+def bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def authenticate(header: str | None, root_secret: str) -> Principal:
+    token = bearer(header)
+    if token is None:
+        raise unauthorized("missing bearer token")
+    if root_secret and hmac.compare_digest(token.encode(), root_secret.encode()):
+        return Principal("root")
+    # One query for the token and its owner: every authenticated request pays for this.
+    row = (Token.select(Token, User, Provider)
+           .join_from(Token, User, peewee.JOIN.LEFT_OUTER)
+           .join_from(Token, Provider, peewee.JOIN.LEFT_OUTER)
+           .where(Token.token_hash == digest(token)).first())
+    if row is None or row.revoked:
+        raise unauthorized("invalid or revoked token")
+    if row.expires_at is not None and row.expires_at < now():
+        raise unauthorized("token expired")
+    if row.kind == "user":
+        user = row.user
+        if not user.active:
+            raise unauthorized("user is not active")
+        return Principal("user", user=user, token_id=row.id)
+    if row.kind == "provider":
+        return Principal("provider", provider=row.provider, token_id=row.id)
+    raise unauthorized("invalid token")
+
+
+def require_root(principal: Principal) -> None:
+    if not principal.is_root:
+        raise forbidden("only the administrator may do this")
+
+
+def require_user_or_root(principal: Principal) -> None:
+    if principal.kind not in ("root", "user"):
+        raise forbidden(f"a {principal.kind} token may not do this")

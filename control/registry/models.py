@@ -1,0 +1,133 @@
+"""The federation registry: Onezone's users, groups, spaces and providers."""
+
+from __future__ import annotations
+
+import peewee
+
+from control.core.models import BaseModel, JSONField, now
+
+ROLES = ("member", "admin", "owner")
+
+
+class User(BaseModel):
+    username = peewee.CharField(max_length=64, unique=True)
+    full_name = peewee.CharField(max_length=200, default="")
+    email = peewee.CharField(max_length=254, default="")
+    password_hash = peewee.CharField(max_length=200, default="")
+    active = peewee.BooleanField(default=True)
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+
+class SshKey(BaseModel):
+    user = peewee.ForeignKeyField(User, backref="keys", on_delete="CASCADE")
+    name = peewee.CharField(max_length=100)
+    key = peewee.TextField()
+    fingerprint = peewee.CharField(max_length=100)
+    created_at = peewee.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("user", "fingerprint"), True),)
+
+
+class Group(BaseModel):
+    name = peewee.CharField(max_length=100, unique=True)
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+
+class GroupUser(BaseModel):
+    group = peewee.ForeignKeyField(Group, on_delete="CASCADE")
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE")
+    role = peewee.CharField(max_length=10, default="member")
+
+    class Meta:
+        indexes = ((("group", "user"), True),)
+
+
+class GroupChild(BaseModel):
+    parent = peewee.ForeignKeyField(Group, on_delete="CASCADE", backref="child_links")
+    child = peewee.ForeignKeyField(Group, on_delete="CASCADE", backref="parent_links")
+
+    class Meta:
+        indexes = ((("parent", "child"), True),)
+
+
+class Space(BaseModel):
+    name = peewee.CharField(max_length=100, unique=True)
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+
+class SpaceUser(BaseModel):
+    space = peewee.ForeignKeyField(Space, on_delete="CASCADE")
+    user = peewee.ForeignKeyField(User, on_delete="CASCADE")
+    role = peewee.CharField(max_length=10, default="member")
+
+    class Meta:
+        indexes = ((("space", "user"), True),)
+
+
+class SpaceGroup(BaseModel):
+    space = peewee.ForeignKeyField(Space, on_delete="CASCADE")
+    group = peewee.ForeignKeyField(Group, on_delete="CASCADE")
+    role = peewee.CharField(max_length=10, default="member")
+
+    class Meta:
+        indexes = ((("space", "group"), True),)
+
+
+class Provider(BaseModel):
+    name = peewee.CharField(max_length=100, unique=True)
+    domain = peewee.CharField(max_length=253)
+    admin_email = peewee.CharField(max_length=254)
+    # Where the provider's storage takes uploads over SFTP (the task farm's pipeline
+    # upload); each supported space gets the directory ``storage_path/<space id>``.
+    sftp_host = peewee.CharField(max_length=253, null=True)
+    sftp_port = peewee.IntegerField(default=22)
+    sftp_user = peewee.CharField(max_length=64, null=True)
+    storage_path = peewee.CharField(max_length=1024, null=True)
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+
+class Support(BaseModel):
+    space = peewee.ForeignKeyField(Space, on_delete="CASCADE")
+    provider = peewee.ForeignKeyField(Provider, on_delete="CASCADE")
+    size = peewee.BigIntegerField()
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("space", "provider"), True),)
+
+
+class Token(BaseModel):
+    """Bearer tokens are stored as SHA-256 digests: a database dump leaks no credential."""
+
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    kind = peewee.CharField(max_length=10)  # "user" | "provider"
+    user = peewee.ForeignKeyField(User, null=True, on_delete="CASCADE")
+    provider = peewee.ForeignKeyField(Provider, null=True, on_delete="CASCADE")
+    created_at = peewee.DoubleField(default=now)
+    expires_at = peewee.DoubleField(null=True)
+    revoked = peewee.BooleanField(default=False)
+
+
+class Change(BaseModel):
+    """One numbered entry of the change feed; the scope columns drive provider filtering."""
+
+    seq = peewee.AutoField()
+    ts = peewee.DoubleField(default=now)
+    entity = peewee.CharField(max_length=20)
+    entity_id = peewee.IntegerField()
+    op = peewee.CharField(max_length=10)  # create | update | delete
+    data = JSONField(null=True)
+    space_id = peewee.IntegerField(null=True, index=True)
+    provider_id = peewee.IntegerField(null=True, index=True)
+    group_id = peewee.IntegerField(null=True, index=True)
+    user_id = peewee.IntegerField(null=True, index=True)
+
+
+REGISTRY_MODELS = [User, SshKey, Group, GroupUser, GroupChild, Space, SpaceUser,
+                   SpaceGroup, Provider, Support, Token, Change]

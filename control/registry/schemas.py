@@ -1,0 +1,212 @@
+"""Request and response models shared by the registry routes.
+
+Requests forbid unknown fields, so a typo is a 422 naming the field instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from control.core.schemas import Input
+
+USERNAME = r"^[a-z0-9][a-z0-9._-]{1,63}$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$"
+EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+Role = Literal["member", "admin", "owner"]
+
+
+class TokenRequest(Input):
+    grant_type: Literal["password"]
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+    scope: str | None = None
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"]
+    expires_in: int
+
+
+class UserCreate(Input):
+    username: str = Field(pattern=USERNAME)
+    password: str = Field(min_length=8, max_length=1024)
+    full_name: str = Field(default="", max_length=200)
+    email: str = Field(default="", pattern=r"^$|" + EMAIL[1:], max_length=254)
+    active: bool = True
+
+
+class UserUpdate(Input):
+    full_name: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, pattern=r"^$|" + EMAIL[1:], max_length=254)
+    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    active: bool | None = None
+
+
+class UserOut(BaseModel):
+    id: int
+    username: str
+    full_name: str
+    email: str | None = Field(description="Shown to the user itself and to the administrator")
+    active: bool
+    created_at: str
+    updated_at: str
+
+
+class KeyCreate(Input):
+    name: str = Field(min_length=1, max_length=100)
+    key: str = Field(min_length=16, max_length=16384,
+                     description="OpenSSH public key line, or its base64 body alone")
+
+
+class KeyOut(BaseModel):
+    name: str
+    type: str
+    key: str
+    fingerprint: str = Field(description="Hex SHA-256 of the key blob; used in paths")
+    fingerprint_openssh: str = Field(description="As `ssh-keygen -l` prints it")
+    created_at: str
+
+
+class MemberRole(Input):
+    role: Role = "member"
+
+
+# --- groups, spaces, providers, support, changes -------------------------------------
+
+GroupRoleInSpace = Literal["member", "admin"]
+HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
+MIN_SUPPORT = 1024 * 1024
+
+
+class GroupCreate(Input):
+    name: str = Field(pattern=NAME, max_length=100)
+    owner: int | None = Field(default=None, description="User id made owner (root only); "
+                                                        "a user creating it owns it")
+
+
+class GroupUpdate(Input):
+    name: str | None = Field(default=None, pattern=NAME, max_length=100)
+
+
+class GroupOut(BaseModel):
+    id: int
+    name: str
+    role: Role | None = Field(description="The caller's effective role; null for root/provider")
+    created_at: str
+    updated_at: str
+
+
+class SpaceCreate(GroupCreate):
+    pass
+
+
+class SpaceUpdate(GroupUpdate):
+    pass
+
+
+class SpaceOut(GroupOut):
+    pass
+
+
+class MemberOut(BaseModel):
+    id: int = Field(description="User id")
+    username: str
+    full_name: str
+    role: Role
+
+
+class GroupMemberOut(BaseModel):
+    id: int = Field(description="Group id")
+    name: str
+    role: Role | None = Field(description="The group's role in the space; null for a child group")
+
+
+class SpaceGroupRole(Input):
+    role: GroupRoleInSpace = "member"
+
+
+class EffectiveUserOut(BaseModel):
+    id: int
+    username: str
+    full_name: str
+    role: Role = Field(description="Effective role: the highest of the direct role and the "
+                                   "roles of the groups the user reaches the entity through")
+    direct: bool = Field(description="Also a direct member")
+    membership: list[list[int]] = Field(
+        description="Each chain of group ids (outermost first) the user is a member through")
+
+
+class ProviderCreate(Input):
+    name: str = Field(pattern=NAME, max_length=100)
+    domain: str = Field(pattern=HOST, max_length=253)
+    admin_email: str = Field(pattern=EMAIL, max_length=254)
+    sftp_host: str | None = Field(default=None, pattern=HOST, max_length=253)
+    sftp_port: int = Field(default=22, ge=1, le=65535)
+    sftp_user: str | None = Field(default=None, pattern=USERNAME, max_length=64)
+    storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024,
+                                     description="Absolute directory; spaces live in "
+                                                 "storage_path/<space id>")
+
+
+class ProviderUpdate(Input):
+    name: str | None = Field(default=None, pattern=NAME, max_length=100)
+    domain: str | None = Field(default=None, pattern=HOST, max_length=253)
+    admin_email: str | None = Field(default=None, pattern=EMAIL, max_length=254)
+    sftp_host: str | None = Field(default=None, pattern=HOST, max_length=253)
+    sftp_port: int | None = Field(default=None, ge=1, le=65535)
+    sftp_user: str | None = Field(default=None, pattern=USERNAME, max_length=64)
+    storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024)
+
+
+class ProviderOut(BaseModel):
+    id: int
+    name: str
+    domain: str
+    admin_email: str
+    sftp_host: str | None
+    sftp_port: int
+    sftp_user: str | None
+    storage_path: str | None
+    created_at: str
+    updated_at: str
+
+
+class ProviderRegistered(BaseModel):
+    provider: ProviderOut
+    token: str = Field(description="Provider token; shown once, never stored in plaintext")
+
+
+class SupportSize(Input):
+    size: int = Field(ge=MIN_SUPPORT, le=2**62, description="Bytes; at least 1 MiB")
+
+
+class SupportOut(BaseModel):
+    space_id: int
+    space_name: str
+    provider_id: int
+    provider_name: str
+    size: int
+    created_at: str
+    updated_at: str
+
+
+class ChangeOut(BaseModel):
+    seq: int
+    ts: str
+    entity: str
+    entity_id: int
+    op: Literal["create", "update", "delete"]
+    data: dict[str, Any] | None
+    space_id: int | None
+    provider_id: int | None
+    group_id: int | None
+    user_id: int | None
+
+
+class ChangesOut(BaseModel):
+    changes: list[ChangeOut]
+    last_seq: int = Field(description="Resume with since=last_seq; covers changes filtered out")

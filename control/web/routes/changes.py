@@ -1,0 +1,93 @@
+"""``GET /changes``: the numbered change feed, filtered to the caller, with long-polling.
+
+Audiences (see ``control.registry.feed`` for the matching rule):
+
+* **root** sees every change;
+* a **provider** sees its region of interest: itself, its supports (and their
+  revocation), the spaces it supports, their groups (nested too) and their users;
+* a **user** sees the spaces and groups it is an effective member of, and itself.
+
+The audience is computed from the registry as it is when the changes are read, so a
+provider that gains support of a space sees that space's changes from then on, and
+one whose support is revoked still sees the revocation (it is scoped to the provider).
+
+Long-polling holds no database connection while it waits: each round borrows a
+pooled connection, checks the newest change number (one cheap query), reads only
+when it moved, and gives the connection back before sleeping. Polling the database
+keeps it correct across gunicorn workers and processes.
+"""
+
+from __future__ import annotations
+
+import time
+
+from control.core.db import connection, database
+from control.core.errors import conflict, forbidden
+from control.core.models import iso
+from control.registry import feed, membership
+from control.registry.identity import Principal
+from control.registry.models import Change
+from control.registry.schemas import ChangeOut, ChangesOut
+from control.web.routing import Context, Query, route
+
+POLL_INTERVAL = 0.2
+
+
+def audience(principal: Principal) -> feed.Audience:
+    if principal.is_root:
+        return feed.Audience(everything=True)
+    if principal.provider is not None:
+        spaces, groups, users = membership.provider_region(principal.provider.id)
+        return feed.Audience(provider_id=principal.provider.id, spaces=frozenset(spaces),
+                             groups=frozenset(groups), users=frozenset(users))
+    if principal.user is not None:
+        uid = principal.user.id
+        return feed.Audience(spaces=frozenset(membership.user_spaces(uid)),
+                             groups=frozenset(membership.user_groups(uid)), users=frozenset({uid}))
+    raise forbidden(f"a {principal.kind} token may not read the change feed")
+
+
+def change_out(change: Change) -> ChangeOut:
+    return ChangeOut(seq=change.seq, ts=iso(change.ts), entity=change.entity,
+                     entity_id=change.entity_id, op=change.op, data=change.data,
+                     space_id=change.space_id, provider_id=change.provider_id,
+                     group_id=change.group_id, user_id=change.user_id)
+
+
+def _round(principal: Principal, since: int, limit: int) -> tuple[list[Change], int]:
+    """One look at the feed: the visible changes after ``since`` and where to resume."""
+    top = feed.last_seq()
+    if top <= since:
+        return [], since
+    return feed.read(audience(principal), since, top, limit)
+
+
+def _not_ahead(since: int) -> None:
+    """A number past the newest change was never handed out: the reader's saved position
+    belongs to another (or a rebuilt) database, and waiting would hide that forever."""
+    top = feed.last_seq()
+    if since > top:
+        raise conflict(f"since: {since} is ahead of the feed, whose newest change is {top}; "
+                       "the zone's database was replaced, resynchronise from 0")
+
+
+@route("GET", "/changes", summary="Changes after `since` in the caller's region; long-polls "
+       "up to `timeout` seconds (capped by changes_max_wait) when there are none", tag="changes",
+       query={"since": Query(int, 0, "Resume after this change number (last_seq)", 0, None),
+              "timeout": Query(float, 0.0, "Seconds to wait when nothing is new", 0, None),
+              "limit": Query(int, 100, "Most changes returned", 1, 1000)},
+       responses={200: ChangesOut})
+def list_changes(ctx: Context) -> ChangesOut:
+    since, limit = ctx.query["since"], ctx.query["limit"]
+    if ctx.principal.kind not in ("root", "provider", "user"):
+        raise forbidden(f"a {ctx.principal.kind} token may not read the change feed")
+    _not_ahead(since)
+    changes, resume = _round(ctx.principal, since, limit)
+    deadline = time.monotonic() + min(ctx.query["timeout"], ctx.settings.changes_max_wait)
+    if not changes and time.monotonic() < deadline:
+        database.close()  # back to the pool: a waiting poll holds no connection
+        while not changes and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(POLL_INTERVAL, left))
+            with connection():
+                changes, resume = _round(ctx.principal, resume, limit)
+    return ChangesOut(changes=[change_out(c) for c in changes], last_seq=max(resume, since))

@@ -1,0 +1,106 @@
+"""Serve the API with gunicorn (threaded workers, so long-polls don't starve the pool).
+
+Measured on this 2-core machine (BENCHMARKS.md): gunicorn served several times the
+requests of waitress for the same Bottle + peewee read.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import logging.handlers
+import queue
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from control.core.config import Settings
+
+WORKER_CLASS = "gthread"
+
+
+class _LocklessQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread; ``SimpleQueue.put`` is thread-safe on its own.
+
+    With a plain StreamHandler every request thread wrote its access line to stderr while
+    holding the handler's lock: py-spy showed a fifth of a worker's samples queued there
+    at 32 connections.
+    """
+
+    def createLock(self) -> None:  # noqa: N802 - logging's name
+        self.lock = None  # type: ignore[assignment]
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def _stop_listener() -> None:
+    if _listener is not None and _listener._thread is not None:
+        _listener.stop()
+
+
+def configure_logging(level: str) -> None:
+    """Log lines to stderr from one writer thread per process (call after the fork)."""
+    global _listener
+    if _listener is None:
+        atexit.register(_stop_listener)  # flush what is queued when the worker exits
+    else:
+        _stop_listener()
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, stream)
+    _listener.start()
+    root = logging.getLogger()
+    root.handlers[:] = [_LocklessQueueHandler(records)]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+class Gunicorn(BaseApplication):  # type: ignore[misc]
+    """gunicorn run in-process; ``load`` is called in each worker after the fork."""
+
+    def __init__(self, options: dict[str, Any], load: Callable[[], Any]) -> None:
+        self.options = options
+        self._load = load
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return self._load()
+
+
+def gunicorn_options(settings: Settings, *, workers: int | None = None,
+                     threads: int | None = None, worker_class: str = WORKER_CLASS) -> dict[str, Any]:
+    """The options `zonefarm api` runs with; bench/ serves its baseline with the same ones."""
+    return {
+        "bind": settings.listen,
+        "workers": workers or settings.api_workers,
+        "threads": threads or settings.api_threads,
+        "worker_class": worker_class,
+        "timeout": max(120, settings.changes_max_wait + 30),
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "zonefarm-api",
+        "limit_request_line": 8190,
+    }
+
+
+def load_api(settings: Settings) -> Any:
+    # Built in each worker after fork: database pools must not cross a fork.
+    from control.web.app import build_app
+    configure_logging(settings.log_level)
+    return build_app(settings)
+
+
+def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
+    settings.require_secrets()
+    options = gunicorn_options(settings, workers=workers, threads=threads)
+    Gunicorn(options, lambda: load_api(settings)).run()
