@@ -47,4 +47,4 @@ def test_module_utils_is_the_same_file() -> None:
     from pathlib import Path
     root = Path(__file__).resolve().parent.parent
     link = root / "module_utils" / "zonefarm_signing.py"
-    assert link.resolve() == (root / "control" / "signing.py").resolve()
+    assert link.resolve() == (root / "control" / "node" / "signing.py").resolve()
