@@ -67,21 +67,17 @@ response:
 
 import configparser
 import json
-import os
-import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
-from ansible.module_utils.six.moves.urllib.parse import urlsplit
 from ansible.module_utils.urls import open_url
-from ansible.module_utils.zonefarm_signing import sign_headers
+from ansible.module_utils.zonefarm_secretfile import require_private
+from ansible.module_utils.zonefarm_signing import signed_request
 
 
 def read_node_config(path):
     """Name, secret and API URL; refuses a file others may read, as the runner does."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise ValueError(f"{path}: mode {mode:04o} lets others read the nodes secret; chmod 600 it")
+    require_private(path, "the nodes secret")
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path)
     if not parser.has_section("node"):
@@ -130,14 +126,12 @@ def main():
         module.fail_json(msg="api_url: not given and not in {}".format(p["config_path"]))
     if module.check_mode:
         module.exit_json(changed=False, status=0)
-    base_path = urlsplit(api_url).path.rstrip("/")
-    path = f"{base_path}/api/v1/tasks/{p['task_id']}/callback"
-    body = build_body(p)
-    headers = sign_headers(node["nodes_secret"], node["name"], "POST", path, body)
-    headers["Content-Type"] = "application/json"
-    url = api_url[: len(api_url) - len(base_path)] + path if base_path else api_url + path
+    # Built (URL, signed path, headers) by the same function the worker's API client uses;
+    # open_url is only the transport, since this may run where requests is not installed.
+    req = signed_request(node["nodes_secret"], node["name"], "POST", api_url,
+                         f"/tasks/{p['task_id']}/callback", build_body(p))
     try:
-        resp = open_url(url, data=body, headers=headers, method="POST", timeout=p["timeout"])
+        resp = open_url(req.url, data=req.body, headers=req.headers, method="POST", timeout=p["timeout"])
         status, raw = resp.getcode(), resp.read()
     except HTTPError as exc:
         module.fail_json(msg=f"callback refused: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}",

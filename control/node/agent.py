@@ -1,8 +1,8 @@
 """Worker side: ``zonefarm node register|heartbeat|agent`` with signed requests.
 
-A worker's timer (or the ``agent`` loop) keeps the node online. Every request is signed
-by ``control.node.signing`` with the nodes secret read from the node's 0600 INI file, so the
-secret is never on a command line or in the environment.
+A worker's timer (or the ``agent`` loop) keeps the node online. Every request goes through
+the worker's API client (``control.node.client``), signed with the key read from the node's
+0600 INI file, so the key is never on a command line or in the environment.
 """
 
 from __future__ import annotations
@@ -18,12 +18,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
-
+from control.node.client import TransportError, node_client
 from control.node.config import NodeConfig, NodeConfigError, load_node_config
-from control.node.signing import sign_headers
 
 log = logging.getLogger("zonefarm.node")
 
@@ -48,17 +45,14 @@ def resources(workdir: str) -> dict[str, int]:
 
 
 def signed_post(config: NodeConfig, route: str, body: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
-    raw = json.dumps(body).encode()
-    path = f"{urlsplit(config.api_url).path.rstrip('/')}/api/v1{route}"
-    headers = sign_headers(config.nodes_secret, config.name, "POST", path, raw)
-    headers["Content-Type"] = "application/json"
-    url = config.api_url.rstrip("/") + f"/api/v1{route}"
-    try:
-        resp = requests.post(url, data=raw, headers=headers, timeout=timeout)
-    except requests.RequestException as exc:
-        raise AgentError(f"{route}: {type(exc).__name__}: {exc}") from None
-    if resp.status_code >= 300:
-        raise AgentError(f"{route}: HTTP {resp.status_code}: {resp.text[:300]}")
+    """One signed POST through the worker's API client; AgentError says why it did not land."""
+    with node_client(config, timeout) as client:
+        try:
+            resp = client.post(route, body)
+        except TransportError as exc:
+            raise AgentError(str(exc)) from None
+    if resp.status >= 300:
+        raise AgentError(f"{route}: HTTP {resp.status}: {resp.text[:300]}")
     try:
         return resp.json()
     except ValueError:

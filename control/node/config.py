@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import configparser
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from control.node.secretfile import InsecureFileError, require_private
 
 SECTION = "node"
 
@@ -73,13 +74,11 @@ def _nice(value: int) -> int:
 def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     p = Path(path).resolve()
     try:
-        st = p.stat()
+        require_private(p, "the nodes secret")
     except FileNotFoundError:
         raise NodeConfigError(f"{p}: no such node config") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise NodeConfigError(
-            f"{p}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the nodes secret; "
-            "chmod 600 it")
+    except InsecureFileError as exc:
+        raise NodeConfigError(str(exc)) from None
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(p)
