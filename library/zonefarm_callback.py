@@ -9,12 +9,13 @@ module: zonefarm_callback
 short_description: Report a zonefarm task event with a signed callback
 description:
   - POSTs C({"event", "attempt", ...}) to C(/api/v1/tasks/<id>/callback), signed with
-    HMAC-SHA256 by the same helper the API checks with (C(module_utils/zonefarm_signing)).
-  - The nodes secret and node name come from the node's INI file, which must be mode
-    0600; the secret is never a module option, so it never reaches Ansible's logs.
+    the node's own key (HMAC-SHA256) by the same helper the API checks with
+    (C(module_utils/zonefarm_signing)).
+  - The node key and node name come from the node's INI file, which must be mode
+    0600; the key is never a module option, so it never reaches Ansible's logs.
 options:
   config_path:
-    description: The node's INI file (section C([node]) with C(name), C(nodes_secret), C(api_url)).
+    description: The node's INI file (section C([node]) with C(name), C(node_key), C(key_generation), C(api_url)).
     type: path
     required: true
   api_url:
@@ -76,17 +77,18 @@ from ansible.module_utils.zonefarm_signing import signed_request
 
 
 def read_node_config(path):
-    """Name, secret and API URL; refuses a file others may read, as the runner does."""
-    require_private(path, "the nodes secret")
+    """Name, key, key generation and API URL; refuses a file others may read, as the runner does."""
+    require_private(path, "the node key")
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path)
     if not parser.has_section("node"):
         raise ValueError(f"{path}: missing [node] section")
     sec = parser["node"]
-    values = {k: sec.get(k, "").strip() for k in ("name", "nodes_secret", "api_url")}
-    for key in ("name", "nodes_secret"):
+    values = {k: sec.get(k, "").strip() for k in ("name", "node_key", "api_url")}
+    for key in ("name", "node_key"):
         if not values[key]:
             raise ValueError(f"{path}: [node] {key} is required")
+    values["key_generation"] = sec.getint("key_generation", 0)
     return values
 
 
@@ -128,8 +130,8 @@ def main():
         module.exit_json(changed=False, status=0)
     # Built (URL, signed path, headers) by the same function the worker's API client uses;
     # open_url is only the transport, since this may run where requests is not installed.
-    req = signed_request(node["nodes_secret"], node["name"], "POST", api_url,
-                         f"/tasks/{p['task_id']}/callback", build_body(p))
+    req = signed_request(node["node_key"], node["name"], "POST", api_url,
+                         f"/tasks/{p['task_id']}/callback", build_body(p), generation=node["key_generation"])
     try:
         resp = open_url(req.url, data=req.body, headers=req.headers, method="POST", timeout=p["timeout"])
         status, raw = resp.getcode(), resp.read()

@@ -14,12 +14,34 @@ SECRET = "nodes-secret-0123456789"
 
 def test_signature_matches_documented_string() -> None:
     body = b'{"event":"started"}'
-    h = signing.sign_headers(SECRET, "wk1", "post", "/api/v1/tasks/7/callback?x=1", body,
+    h = signing.sign_headers(SECRET, "wk1", "post", "/api/v1/tasks/7/callback?x=1", body, generation=3,
                              timestamp=1700000000, nonce="abcdef0123456789")
-    expected_msg = ("1700000000\nabcdef0123456789\nPOST\n/api/v1/tasks/7/callback?x=1\n"
+    expected_msg = ("1700000000\nabcdef0123456789\nwk1\n3\nPOST\n/api/v1/tasks/7/callback?x=1\n"
                     + hashlib.sha256(body).hexdigest())
     expected = hmac.new(SECRET.encode(), expected_msg.encode(), hashlib.sha256).hexdigest()
     assert h[signing.HEADER_SIGNATURE] == expected and h[signing.HEADER_NODE] == "wk1"
+    assert h[signing.HEADER_GENERATION] == "3"
+
+
+def test_node_keys_are_derived_per_name_and_generation() -> None:
+    key = signing.derive_node_key(SECRET, "wk1", 2)
+    assert key == hmac.new(SECRET.encode(), b"node:wk1:2", hashlib.sha256).hexdigest()
+    assert len({key, signing.derive_node_key(SECRET, "wk2", 2), signing.derive_node_key(SECRET, "wk1", 3),
+                signing.derive_node_key(SECRET + "x", "wk1", 2)}) == 4
+    with pytest.raises(ValueError):
+        signing.derive_node_key(SECRET, "wk1", -1)
+
+
+def test_the_signed_name_and_generation_cannot_be_rewritten() -> None:
+    """The X-Zonefarm-Node header is inside the signature: rewriting it breaks the signature."""
+    body = b"{}"
+    h = signing.sign_headers(SECRET, "wk-evil", "POST", "/p", body)
+    with pytest.raises(ValueError, match="bad signature"):
+        signing.verify(SECRET, {**h, signing.HEADER_NODE: "localhost"}, "POST", "/p", body)
+    with pytest.raises(ValueError, match="bad signature"):
+        signing.verify(SECRET, {**h, signing.HEADER_GENERATION: "1"}, "POST", "/p", body)
+    with pytest.raises(ValueError, match="generation"):
+        signing.verify(SECRET, {**h, signing.HEADER_GENERATION: "-1"}, "POST", "/p", body)
 
 
 def test_verify_roundtrip_and_rejections() -> None:

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from control.node.client import TransportError, node_client
-from control.node.config import NodeConfig, NodeConfigError, load_node_config
+from control.node.client import Anonymous, ApiClient, TransportError, node_client
+from control.node.config import NodeConfig, NodeConfigError, load_node_config, read_node_values, write_node_config
+from control.node.secretfile import InsecureFileError, require_private
 
 log = logging.getLogger("zonefarm.node")
 
@@ -63,6 +64,45 @@ def register(config: NodeConfig) -> dict[str, Any]:
     os.makedirs(config.workdir, mode=0o700, exist_ok=True)
     body = config.registration(os.getpid(), socket.gethostname(), resources(config.workdir))
     return signed_post(config, "/nodes/register", body)
+
+
+def enroll(config_path: str, token: str, timeout: float = 30) -> dict[str, Any]:
+    """Enroll this node with a join token and write the key it answers into the node's INI file.
+
+    For a node the Ansible controller did not derive a key for: the administrator issues
+    a single-use token for its name (``POST /nodes/tokens``), and the node trades it once
+    for its own key. The file is rewritten 0600 with ``node_key`` and ``key_generation``.
+    """
+    config = load_node_config(config_path, require_key=False)
+    os.makedirs(config.workdir, mode=0o700, exist_ok=True)
+    body = {"token": token,
+            "registration": config.registration(os.getpid(), socket.gethostname(), resources(config.workdir))}
+    with ApiClient(config.api_url, Anonymous(), timeout) as client:
+        try:
+            resp = client.post("/nodes/enroll", body)
+        except TransportError as exc:
+            raise AgentError(str(exc)) from None
+    if resp.status != 201:
+        raise AgentError(f"/nodes/enroll: HTTP {resp.status}: {resp.error_message()}")
+    answer = resp.json()
+    credential = answer["credential"]
+    values = read_node_values(config.path)
+    values.update(node_key=credential["node_key"], key_generation=credential["key_generation"])
+    write_node_config(config.path, **values)
+    return answer["node"]
+
+
+def read_join_token(path: str) -> str:
+    """The join token from its file (never argv: a command line is visible to every user)."""
+    try:
+        require_private(path, "the join token")
+        with open(path) as fh:
+            token = fh.read().strip()
+    except (OSError, InsecureFileError) as exc:
+        raise AgentError(f"join token file: {exc}") from None
+    if not token:
+        raise AgentError(f"{path}: empty join token file")
+    return token
 
 
 def heartbeat(config: NodeConfig) -> dict[str, Any]:
@@ -125,6 +165,15 @@ def _config(args: argparse.Namespace) -> NodeConfig:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    if args.node_command == "enroll":
+        try:
+            print(json.dumps(enroll(args.node_config, read_join_token(args.join_token_file))))
+        except NodeConfigError as exc:
+            raise SystemExit(f"zonefarm: {exc}") from None
+        except AgentError as exc:
+            print(f"zonefarm node enroll: {exc}", file=sys.stderr)
+            return 1
+        return 0
     config = _config(args)
     try:
         if args.node_command == "register":
@@ -146,10 +195,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="node_command", required=True)
     for name, text in (("register", "register (or re-register) this node"),
                        ("heartbeat", "send one signed heartbeat"),
-                       ("agent", "register, then heartbeat until stopped")):
+                       ("agent", "register, then heartbeat until stopped"),
+                       ("enroll", "trade a join token for this node's key, written to its INI file")):
         q = sub.add_parser(name, help=text)
         q.add_argument("--node-config", "--config", dest="node_config", required=True,
                        help="the node's INI file ([node] section, mode 0600)")
         if name == "agent":
             q.add_argument("--interval", type=float, help="seconds between heartbeats")
+        if name == "enroll":
+            q.add_argument("--join-token-file", required=True,
+                           help="file (0600) holding the join token from POST /api/v1/nodes/tokens")
         q.set_defaults(func=cmd_node)

@@ -62,11 +62,22 @@ class NodeSignature:
 
     node: str
     key: str = field(repr=False)
+    generation: int = 0
 
     def prepare(self, method: str, api_url: str, route: str, body: bytes,
                 query: dict[str, object] | None) -> tuple[str, dict[str, str]]:
-        req = signed_request(self.key, self.node, method, api_url, route, body, query)
+        req = signed_request(self.key, self.node, method, api_url, route, body, query, self.generation)
         return req.path, req.headers
+
+
+@dataclass(frozen=True)
+class Anonymous:
+    """No credential: for the one request that carries its own (enrolling with a join token)."""
+
+    def prepare(self, method: str, api_url: str, route: str, body: bytes,
+                query: dict[str, object] | None) -> tuple[str, dict[str, str]]:
+        _, path = request_target(api_url, route, query)
+        return path, {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -149,4 +160,4 @@ class ApiClient:
 
 def node_client(config: NodeConfig, timeout: float = 30.0) -> ApiClient:
     """The client a node's programs use: its API URL, signed as itself with its key."""
-    return ApiClient(config.api_url, NodeSignature(config.name, config.nodes_secret), timeout)
+    return ApiClient(config.api_url, NodeSignature(config.name, config.node_key, config.key_generation), timeout)

@@ -15,7 +15,7 @@ Per task attempt, under ``<workdir>/tasks/<id>/<attempt>/``:
 ``zonefarm_kill`` before it signals, or by the runner itself on timeout or cancel),
 ``outputs.json`` (optional, written by the task), ``callbacks.log`` (reports that did not land,
 status lines only) and ``done`` (when the runner let go of it;
-the node agent deletes attempts done longer ago than ``task_dirs_keep_days``). The nodes secret is read from the node
+the node agent deletes attempts done longer ago than ``task_dirs_keep_days``). The node key is read from the node
 config file, never from argv or env, and the task's child gets a filtered environment.
 
 The runner enforces the task timeout itself as well as obeying the dispatcher's kills, so

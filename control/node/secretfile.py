@@ -21,7 +21,7 @@ class InsecureFileError(ValueError):
 def require_private(path: str | os.PathLike[str], what: str) -> None:
     """Raise ``InsecureFileError`` unless ``path`` is mode 0600 or stricter.
 
-    ``what`` names the credential in the message ("the nodes secret", "the provider
+    ``what`` names the credential in the message ("the node key", "the provider
     token"). A missing file raises ``FileNotFoundError``, for the caller to word.
     """
     mode = stat.S_IMODE(os.stat(path).st_mode)
