@@ -258,7 +258,8 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
     playbook = tmp_path / "render.yml"
     playbook.write_text(json.dumps([{
         "name": "Render node.ini", "hosts": "localhost", "gather_facts": False,
-        "vars": {"ansible_python_interpreter": sys.executable, "ansible_managed": "test", "common_user": "zf", "worker_zone_url": "http://zone:8700",
+        "vars": {"ansible_python_interpreter": sys.executable, "ansible_managed": "test", "common_user": "zf",
+                 "worker_zone_url": "http://zone:8700",
                  "worker_name": "wk7", "worker_nodes_secret": NODES_SECRET, "worker_key_generation": 3,
                  "worker_region": "eu", "worker_queues": ["default"], "worker_concurrency": 2,
                  "worker_workdir": str(tmp_path / "work"), "worker_ansible_host": "127.0.0.1",

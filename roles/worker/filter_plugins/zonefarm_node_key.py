@@ -12,8 +12,9 @@ it (the project's venv), else loaded by path from this checkout.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SIGNING = Path(__file__).resolve().parents[3] / "control" / "node" / "signing.py"
 
