@@ -7,6 +7,7 @@ into a dispatcher's job.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
@@ -70,7 +71,6 @@ class NodeRegister(Input):
 
     @model_validator(mode="after")
     def _check(self) -> NodeRegister:
-        import re
         for q in self.queues:
             if not re.match(LABEL, q):
                 raise ValueError(f"queues: {q!r} is not a valid queue name")
