@@ -7,6 +7,7 @@ into a dispatcher's job.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from typing import Any, Literal
 
@@ -30,7 +31,6 @@ SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/l
 
 def check_workdir(path: str) -> str:
     """Refuse a workdir that is not a normal absolute path, or that is (in) a system directory."""
-    import posixpath
     if posixpath.normpath(path) != path.rstrip("/") or "//" in path:
         raise ValueError("must be a normalized absolute path (no '.', '..' or '//')")
     path = path.rstrip("/") or "/"
