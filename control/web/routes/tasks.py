@@ -10,6 +10,7 @@ they belong to; only the submitter or the administrator cancels.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
@@ -183,9 +184,21 @@ TASK_FILTERS = {
     "queue": Query(str, None, "Queue"),
     "parent": Query(int, None, "Child runs of this broadcast", 1, None),
     "space": Query(int, None, "Space id", 1, None),
+    "owner": Query(int, None, "Submitter's user id", 1, None),
+    "created_after": Query(str, None, "Submitted at or after this time (ISO 8601; UTC unless it says)"),
+    "created_before": Query(str, None, "Submitted before this time (ISO 8601; UTC unless it says)"),
     "limit": Query(int, 50, "Page size", 1, 500),
     "offset": Query(int, 0, "Rows to skip", 0, None),
 }
+
+
+def _epoch(name: str, value: str) -> float:
+    """An ISO 8601 time from the query string as epoch seconds (stored times are epoch floats)."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"{name}: not an ISO 8601 time: {value!r}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 @route("GET", "/tasks", summary="List tasks, newest first", tag=TAG, query=TASK_FILTERS,
@@ -203,9 +216,13 @@ def list_tasks(ctx: Context) -> dict[str, Any]:
     if q["node"]:
         query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
     for key, column in (("name", Task.name), ("queue", Task.queue), ("parent", Task.parent),
-                        ("space", Task.space_id)):
+                        ("space", Task.space_id), ("owner", Task.owner)):
         if q[key] is not None:
             query = query.where(column == q[key])
+    if q["created_after"]:
+        query = query.where(Task.created_at >= _epoch("created_after", q["created_after"]))
+    if q["created_before"]:
+        query = query.where(Task.created_at < _epoch("created_before", q["created_before"]))
     total = query.count()
     rows = query.order_by(Task.id.desc()).limit(q["limit"]).offset(q["offset"])
     return {"items": [task_out(t) for t in rows], "total": total, "limit": q["limit"], "offset": q["offset"]}
