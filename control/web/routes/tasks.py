@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import peewee
+from pydantic import BaseModel, Field
 
 from control.core.errors import conflict, forbidden, invalid, not_found
 from control.core.models import iso, now
@@ -201,17 +202,15 @@ def _epoch(name: str, value: str) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
-@route("GET", "/tasks", summary="List tasks, newest first", tag=TAG, query=TASK_FILTERS,
-       responses={200: Page[TaskOut]})
-def list_tasks(ctx: Context) -> dict[str, Any]:
-    require_user_or_root(ctx.principal)
+def _filtered(ctx: Context) -> peewee.ModelSelect:
+    """The tasks the caller may see that match the query's filters: the list's and the counts'."""
     q = ctx.query
     query = _with_node()
     if not ctx.principal.is_root:
         uid = ctx.principal.user.id
         spaces = list(membership.user_spaces(uid))
         query = query.where((Task.owner == uid) | Task.space_id.in_(spaces or [0]))
-    if q["state"]:
+    if q.get("state"):
         query = query.where(Task.state == q["state"])
     if q["node"]:
         query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
@@ -223,9 +222,34 @@ def list_tasks(ctx: Context) -> dict[str, Any]:
         query = query.where(Task.created_at >= _epoch("created_after", q["created_after"]))
     if q["created_before"]:
         query = query.where(Task.created_at < _epoch("created_before", q["created_before"]))
+    return query
+
+
+@route("GET", "/tasks", summary="List tasks, newest first", tag=TAG, query=TASK_FILTERS,
+       responses={200: Page[TaskOut]})
+def list_tasks(ctx: Context) -> dict[str, Any]:
+    require_user_or_root(ctx.principal)
+    q = ctx.query
+    query = _filtered(ctx)
     total = query.count()
     rows = query.order_by(Task.id.desc()).limit(q["limit"]).offset(q["offset"])
     return {"items": [task_out(t) for t in rows], "total": total, "limit": q["limit"], "offset": q["offset"]}
+
+
+class TaskCounts(BaseModel):
+    total: int
+    counts: dict[str, int] = Field(description="Every task state, with how many tasks are in it")
+
+
+@route("GET", "/tasks/counts", summary="How many tasks are in each state (the list's filters, but state)",
+       tag=TAG, query={k: v for k, v in TASK_FILTERS.items() if k not in ("state", "limit", "offset")},
+       responses={200: TaskCounts})
+def count_tasks(ctx: Context) -> TaskCounts:
+    require_user_or_root(ctx.principal)
+    rows = _filtered(ctx).select(Task.state, peewee.fn.COUNT(Task.id)).group_by(Task.state).tuples()
+    counts = dict.fromkeys(TASK_STATES, 0)
+    counts.update({state: n for state, n in rows})
+    return TaskCounts(total=sum(counts.values()), counts=counts)
 
 
 @route("GET", "/tasks/{id}", summary="Show a task; a queued one says why it is not starting", tag=TAG,
