@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from control.core.db import connection
+from control.core.db import connection, write_transaction
 from control.farm.models import Task
+from control.registry import feed
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.client import Api
 from tests.support.dashboard import Visitor, csrf_of
@@ -308,6 +309,24 @@ def test_every_page_renders_for_root_and_user(site: str, api: Api) -> None:
     assert Visitor(site).get("/static/../views.py").status_code in (403, 404)
 
 
+def test_changes_page_starts_at_the_head_of_a_long_feed(site: str, api: Api) -> None:
+    with connection(), write_transaction():  # a long feed, quickly: the changes alone
+        for n in range(1, 1301):
+            feed.record("user", 1000 + n, "update", {"n": n}, user_id=1000 + n)
+    root = Visitor(site)
+    root.login_root(ROOT_SECRET)
+    page = root.get("/changes").text
+    shown = [int(n) for n in re.findall(r'data-seq="(\d+)"', page)]
+    assert shown == list(range(1300, 1200, -1))  # the newest 100, newest first, live
+    assert 'hx-get="/changes/live?since=1200' in page and 'href="/changes?since=1100"' in page
+    older = root.get("/changes?since=1100").text  # a page of history
+    assert [int(n) for n in re.findall(r'data-seq="(\d+)"', older)] == list(range(1200, 1100, -1))
+    assert 'href="/changes?since=1000"' in older and 'href="/changes?since=1200"' in older
+    assert "hx-get" not in older
+    alice = visitor(site, api, "alice")  # a user sees her own changes, not the others'
+    assert re.findall(r'data-seq="(\d+)"', alice.get("/changes").text) == ["1301"]
+
+
 def test_root_token_route(api: Api) -> None:
     resp = api.post("/auth/root-token", token=api.root)
     assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
@@ -341,6 +360,23 @@ def test_task_list_owner_and_time_filters(api: Api) -> None:
     assert api.get("/tasks", token=api.root, params={"created_after": naive.isoformat()}).json()["total"] == 1
     bad = api.get("/tasks", token=api.root, params={"created_after": "yesterday"})
     assert bad.status_code == 422 and "created_after" in bad.json()["error"]["message"]
+
+
+def test_task_counts_route(api: Api) -> None:
+    alice, alice_token = api.user_with_token("alice")
+    _, bob_token = api.user_with_token("bob")
+    for queue in ("a", "a", "b"):
+        submit(api, alice_token, queue=queue)
+    cancelled = submit(api, bob_token, queue="a")
+    api.post(f"/tasks/{cancelled['id']}/cancel", token=bob_token)
+    everything = api.get("/tasks/counts", token=api.root).json()
+    assert everything["total"] == 4 and everything["counts"]["queued"] == 3
+    assert everything["counts"]["cancelled"] == 1 and set(everything["counts"]) >= {"running", "succeeded", "lost"}
+    assert api.get("/tasks/counts", token=api.root, params={"queue": "a"}).json()["counts"]["queued"] == 2
+    assert api.get("/tasks/counts", token=api.root, params={"owner": alice["id"]}).json()["total"] == 3
+    hers = api.get("/tasks/counts", token=alice_token).json()  # only what she may see
+    assert hers["total"] == 3 and hers["counts"]["cancelled"] == 0
+    assert api.get("/tasks/counts").status_code == 401
 
 
 def test_queues_route(api: Api) -> None:

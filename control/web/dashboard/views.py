@@ -43,6 +43,7 @@ from control.web.dashboard.session import (
 
 STATIC = Path(__file__).parent / "static"
 PAGE = 50
+HISTORY = 100  # changes a page of the feed shows
 LOG_SHOWN = 256 * 1024  # characters of a long log shown on the page; the API has the rest
 LOG_PAGE = 1024 * 1024  # the most text GET /tasks/{id}/log answers at once: a shorter page is the end
 WITHIN = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
@@ -387,8 +388,13 @@ class Dashboard:
         return next((u["id"] for u in found["items"] if u["username"] == username), None)
 
     def _usernames(self, session: Session, ids: set[int]) -> dict[int, str]:
+        """Usernames for ids: from one page of ``GET /users`` when there are several (it holds
+        every user of most sites), then one ``GET /users/{id}`` for each still missing."""
         names: dict[int, str] = {}
-        for uid in sorted(ids):
+        if len(ids) > 3:
+            listed = self._try(session, "/users", limit=500) or {"items": []}
+            names = {u["id"]: u["username"] for u in listed["items"] if u["id"] in ids}
+        for uid in sorted(ids - set(names)):
             user = self._try(session, f"/users/{uid}")
             names[uid] = user["username"] if user else f"user {uid}"
         return names
@@ -398,10 +404,7 @@ class Dashboard:
         api_query = {k: v for k, v in query.items() if v is not None}
         page = self._get(session, "/tasks", **api_query)
         count_query = {k: v for k, v in api_query.items() if k not in ("state", "offset", "limit")}
-        counts = {}
-        for state in TASK_STATES:
-            answer = self._call(session, "GET", "/tasks", query={**count_query, "state": state, "limit": 1})
-            counts[state] = answer.json()["total"] if answer.ok else 0
+        counted = self._get(session, "/tasks/counts", **count_query)
         owners = self._usernames(session, {t["owner"] for t in page["items"] if t["owner"] is not None})
         base = {k: v for k, v in form.items() if v and k != "offset"}
         offset = query["offset"]
@@ -411,8 +414,8 @@ class Dashboard:
         state_urls = {s: "/tasks?" + urlencode({**{k: v for k, v in base.items() if k != "state"}, "state": s})
                       for s in TASK_STATES}
         all_url = "/tasks?" + urlencode({k: v for k, v in base.items() if k != "state"})
-        return {"form": form, "problems": problems, "page": page, "counts": counts,
-                "total_all": sum(counts.values()), "owners": owners, "prev_url": prev_url,
+        return {"form": form, "problems": problems, "page": page, "counts": counted["counts"],
+                "total_all": counted["total"], "owners": owners, "prev_url": prev_url,
                 "next_url": next_url, "state_urls": state_urls, "all_url": all_url,
                 "first": offset + 1 if page["items"] else 0, "last": offset + len(page["items"])}
 
@@ -735,26 +738,43 @@ class Dashboard:
                 high = mid
         return low
 
-    def _changes_data(self, session: Session, since: int, keep: int = 100) -> dict[str, Any]:
+    def _changes_data(self, session: Session, since: int, keep: int = HISTORY, pages: int = 10) -> dict[str, Any]:
+        """The last ``keep`` visible changes after ``since`` (reading at most ``pages`` pages),
+        and where the next poll resumes; ``more`` when the pages ran out before the end."""
         changes: list[dict[str, Any]] = []
         cursor = since
-        for _ in range(10):
+        more = False
+        for _ in range(pages):
             answer = self._get(session, "/changes", since=cursor, limit=1000)
             changes.extend(answer["changes"])
             cursor = answer["last_seq"]
-            if len(answer["changes"]) < 1000:
+            more = len(answer["changes"]) == 1000
+            if not more:
                 break
         if len(changes) > keep:
             since = changes[-keep - 1]["seq"]
             changes = changes[-keep:]
-        return {"changes": list(reversed(changes)), "since": since, "last_seq": cursor,
-                "earlier_url": f"/changes?since={max(0, since - 200)}" if since > 0 else None}
+        return {"changes": list(reversed(changes)), "since": since, "last_seq": cursor, "more": more,
+                "history": False, "newer_url": None,
+                "earlier_url": f"/changes?since={max(0, since - keep)}" if since > 0 else None}
 
     def changes_page(self) -> str:
+        """Without ``since``: the newest changes, live. With it: the next 100 after it, a page
+        of history with links to the pages before and after."""
         session = self._session()
         raw = bottle.request.query.getunicode("since")
-        since = int(raw) if raw and raw.isdigit() else max(0, self._feed_head(session) - 100)
-        data = self._changes_data(session, since)
+        if raw and raw.isdigit():
+            since = int(raw)
+            answer = self._get(session, "/changes", since=since, limit=HISTORY)
+            full = len(answer["changes"]) == HISTORY
+            data = {"changes": list(reversed(answer["changes"])), "since": since, "history": True,
+                    "earlier_url": f"/changes?since={max(0, since - HISTORY)}" if since > 0 else None,
+                    "newer_url": f"/changes?since={answer['last_seq']}" if full else "/changes"}
+            table = Markup(self._fragment("_changes.html", session, **data))  # noqa: S704 - autoescaped
+            return self._render("changes.html", session, live=table, **data)
+        data = self._changes_data(session, 0, pages=1)  # one read holds all of a small feed
+        if data["more"]:  # a long one: start near its head
+            data = self._changes_data(session, max(0, self._feed_head(session) - HISTORY))
         live, _ = self._live(session, "changes-live", "/changes/live", {"since": data["since"]},
                              "_changes.html", data)
         return self._render("changes.html", session, live=live, **data)
