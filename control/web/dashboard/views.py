@@ -44,6 +44,7 @@ from control.web.dashboard.session import (
 STATIC = Path(__file__).parent / "static"
 PAGE = 50
 HISTORY = 100  # changes a page of the feed shows
+CARDS = 10  # groups or spaces a registry page shows, each with two or three API reads of its own
 LOG_SHOWN = 256 * 1024  # characters of a long log shown on the page; the API has the rest
 LOG_PAGE = 1024 * 1024  # the most text GET /tasks/{id}/log answers at once: a shorter page is the end
 WITHIN = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
@@ -686,7 +687,7 @@ class Dashboard:
         return {"page": self._get(session, "/users", name=name, limit=PAGE, offset=offset)}
 
     def _groups(self, session: Session, name: str, offset: int) -> dict[str, Any]:
-        page = self._get(session, "/groups", name=name, limit=20, offset=offset)
+        page = self._get(session, "/groups", name=name, limit=CARDS, offset=offset)
         detail = {}
         for group in page["items"]:
             children = self._try(session, f"/groups/{group['id']}/children", limit=100)
@@ -701,7 +702,7 @@ class Dashboard:
         return {"page": page, "detail": detail, "group_names": names}
 
     def _spaces(self, session: Session, name: str, offset: int) -> dict[str, Any]:
-        page = self._get(session, "/spaces", name=name, limit=20, offset=offset)
+        page = self._get(session, "/spaces", name=name, limit=CARDS, offset=offset)
         detail = {}
         for space in page["items"]:
             supports = self._try(session, f"/spaces/{space['id']}/providers", limit=100)
