@@ -84,6 +84,8 @@ def authenticate(header: str | None, root_secret: str) -> Principal:
         return Principal("user", user=user, token_id=row.id)
     if row.kind == "provider":
         return Principal("provider", provider=row.provider, token_id=row.id)
+    if row.kind == "root":  # issued for the root secret by POST /auth/root-token
+        return Principal("root", token_id=row.id)
     raise unauthorized("invalid token")
 
 

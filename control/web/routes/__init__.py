@@ -9,3 +9,4 @@ from control.web.routes import tokens, users, groups, spaces, providers, support
 from control.web.routes import nodes, tasks, inventory
 
 RESOURCES = (health, openapi, tokens, users, groups, spaces, providers, support, changes, nodes, tasks, inventory)
+from control.web.routes import queues, roottoken  # noqa: E402,F401  (the dashboard's extra routes)

@@ -8,9 +8,11 @@ those of the spaces they belong to; only the submitter or the administrator canc
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
+from pydantic import BaseModel, Field
 
 from control.core.errors import conflict, forbidden, invalid, not_found
 from control.core.models import iso
@@ -127,9 +129,44 @@ TASK_FILTERS = {
     "queue": Query(str, None, "Queue"),
     "parent": Query(int, None, "Child runs of this broadcast", 1, None),
     "space": Query(int, None, "Space id", 1, None),
+    "owner": Query(int, None, "Submitter's user id", 1, None),
+    "created_after": Query(str, None, "Submitted at or after this time (ISO 8601; UTC unless it says)"),
+    "created_before": Query(str, None, "Submitted before this time (ISO 8601; UTC unless it says)"),
     "limit": Query(int, 50, "Page size", 1, 500),
     "offset": Query(int, 0, "Rows to skip", 0, None),
 }
+
+
+def _epoch(name: str, value: str) -> float:
+    """An ISO 8601 time from the query string as epoch seconds (stored times are epoch floats)."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"{name}: not an ISO 8601 time: {value!r}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _filtered(ctx: Context) -> peewee.ModelSelect:
+    """The tasks the caller may see that match the query's filters: the list's and the counts'."""
+    q = ctx.query
+    query = _with_node()
+    if not ctx.principal.is_root:
+        uid = ctx.principal.user.id
+        spaces = list(membership.user_spaces(uid))
+        query = query.where((Task.owner == uid) | Task.space_id.in_(spaces or [0]))
+    if q.get("state"):
+        query = query.where(Task.state == q["state"])
+    if q["node"]:
+        query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
+    for key, column in (("name", Task.name), ("queue", Task.queue), ("parent", Task.parent),
+                        ("space", Task.space_id), ("owner", Task.owner)):
+        if q[key] is not None:
+            query = query.where(column == q[key])
+    if q["created_after"]:
+        query = query.where(Task.created_at >= _epoch("created_after", q["created_after"]))
+    if q["created_before"]:
+        query = query.where(Task.created_at < _epoch("created_before", q["created_before"]))
+    return query
 
 
 @route("GET", "/tasks", summary="List tasks, newest first", tag=TAG, query=TASK_FILTERS,
@@ -137,22 +174,26 @@ TASK_FILTERS = {
 def list_tasks(ctx: Context) -> dict[str, Any]:
     require_user_or_root(ctx.principal)
     q = ctx.query
-    query = _with_node()
-    if not ctx.principal.is_root:
-        uid = ctx.principal.user.id
-        spaces = list(membership.user_spaces(uid))
-        query = query.where((Task.owner == uid) | Task.space_id.in_(spaces or [0]))
-    if q["state"]:
-        query = query.where(Task.state == q["state"])
-    if q["node"]:
-        query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
-    for key, column in (("name", Task.name), ("queue", Task.queue), ("parent", Task.parent),
-                        ("space", Task.space_id)):
-        if q[key] is not None:
-            query = query.where(column == q[key])
+    query = _filtered(ctx)
     total = query.count()
     rows = query.order_by(Task.id.desc()).limit(q["limit"]).offset(q["offset"])
     return {"items": [task_out(t) for t in rows], "total": total, "limit": q["limit"], "offset": q["offset"]}
+
+
+class TaskCounts(BaseModel):
+    total: int
+    counts: dict[str, int] = Field(description="Every task state, with how many tasks are in it")
+
+
+@route("GET", "/tasks/counts", summary="How many tasks are in each state (the list's filters, but state)",
+       tag=TAG, query={k: v for k, v in TASK_FILTERS.items() if k not in ("state", "limit", "offset")},
+       responses={200: TaskCounts})
+def count_tasks(ctx: Context) -> TaskCounts:
+    require_user_or_root(ctx.principal)
+    rows = _filtered(ctx).select(Task.state, peewee.fn.COUNT(Task.id)).group_by(Task.state).tuples()
+    counts = dict.fromkeys(TASK_STATES, 0)
+    counts.update({state: n for state, n in rows})
+    return TaskCounts(total=sum(counts.values()), counts=counts)
 
 
 @route("GET", "/tasks/{id}", summary="Show a task; a queued one says why it is not starting", tag=TAG,
