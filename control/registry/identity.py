@@ -53,6 +53,18 @@ def new_token(kind: str, *, user: User | None = None, provider: Provider | None 
     return plain, row
 
 
+def revoke_tokens(*, token_id: int | None = None, provider: Provider | None = None) -> None:
+    """Revoke one token by id, or every token of a provider (its rotation)."""
+    query = Token.update(revoked=True)
+    if token_id is not None:
+        query = query.where(Token.id == token_id)
+    elif provider is not None:
+        query = query.where(Token.provider == provider.id, Token.kind == "provider")
+    else:
+        raise ValueError("revoke_tokens needs a token id or a provider")
+    query.execute()
+
+
 def bearer(header: str | None) -> str | None:
     if not header:
         return None

@@ -62,6 +62,11 @@ def user_groups(user_id: int) -> set[int]:
     return ancestors(direct) if direct else set()
 
 
+def direct_group_roles(user_id: int) -> dict[int, str]:
+    """group id -> the user's own role there (not the groups it reaches through children)."""
+    return {r.group_id: r.role for r in GroupUser.select().where(GroupUser.user == user_id)}
+
+
 def group_role(user_id: int, group_id: int) -> str | None:
     row = GroupUser.get_or_none(GroupUser.group == group_id, GroupUser.user == user_id)
     if row is not None:
@@ -148,6 +153,11 @@ def space_groups_closure(space_ids: Iterable[int]) -> set[int]:
 
 def provider_spaces(provider_id: int) -> set[int]:
     return {r.space_id for r in Support.select(Support.space).where(Support.provider == provider_id)}
+
+
+def provider_groups(provider_id: int) -> set[int]:
+    """The groups in a provider's region: those of the spaces it supports, nested ones too."""
+    return space_groups_closure(provider_spaces(provider_id))
 
 
 def provider_region(provider_id: int) -> tuple[set[int], set[int], set[int]]:

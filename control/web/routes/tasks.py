@@ -35,8 +35,8 @@ from control.farm.schemas import (
     TaskTypeOut,
 )
 from control.registry import membership
-from control.registry.identity import Principal, require_user_or_root
-from control.registry.models import Space
+from control.registry.access import cancel_owned, see_owned, submit_into_space
+from control.registry.identity import require_user_or_root
 from control.web.routing import Context, Query, Reply, route
 
 TAG = "tasks"
@@ -72,33 +72,6 @@ def get_task(task_id: int) -> Task:
     return task
 
 
-def _can_see(principal: Principal, task: Task) -> None:
-    require_user_or_root(principal)
-    if principal.is_root:
-        return
-    uid = principal.user.id
-    if task.owner == uid:
-        return
-    if task.space_id is not None and membership.space_role(uid, task.space_id) is not None:
-        return
-    raise forbidden("only the submitter, members of the task's space and the administrator may see it")
-
-
-def _can_cancel(principal: Principal, task: Task) -> None:
-    _can_see(principal, task)
-    if not principal.is_root and task.owner != principal.user.id:
-        raise forbidden("only the submitter or the administrator may cancel a task")
-
-
-def _check_space(principal: Principal, space_id: int) -> None:
-    if Space.get_or_none(Space.id == space_id) is None:
-        raise invalid(f"space: space {space_id} not found")
-    if principal.is_root:
-        return
-    if membership.space_role(principal.user.id, space_id) is None:
-        raise forbidden(f"not a member of space {space_id}")
-
-
 def _broadcast_nodes(kind: str, value: str | None, queue: str | None) -> list[Node]:
     query = Node.select().where(Node.state == "online", Node.cordoned == False)  # noqa: E712
     if kind == "region":
@@ -129,7 +102,7 @@ def create_task(ctx: Context) -> Reply:
     if problems:
         raise invalid("; ".join(problems))
     if req.space is not None:
-        _check_space(ctx.principal, req.space)
+        submit_into_space(ctx.principal, req.space)
     elif catalogue.needs_space(req.name):
         raise invalid(f"space: task type {req.name!r} uploads its outputs to a space's storage; give a space")
     kind, value = "any", None
@@ -215,7 +188,7 @@ def list_tasks(ctx: Context) -> dict[str, Any]:
        responses={200: TaskDetail})
 def show_task(ctx: Context, id: int) -> TaskDetail:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     return detail(task)
 
 
@@ -223,7 +196,7 @@ def show_task(ctx: Context, id: int) -> TaskDetail:
        responses={200: EventList})
 def task_events(ctx: Context, id: int) -> list[EventOut]:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     return [EventOut(ts=iso(e.ts), from_state=e.from_state, to_state=e.to_state, reason=e.reason, data=e.data)
             for e in TaskEvent.select().where(TaskEvent.task == id).order_by(TaskEvent.id)]
 
@@ -233,7 +206,7 @@ def task_events(ctx: Context, id: int) -> list[EventOut]:
        responses={200: LogOut})
 def task_log(ctx: Context, id: int) -> LogOut:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     offset = ctx.query["offset"]
     first = (TaskLog.select(TaskLog.start).where(TaskLog.task == id, TaskLog.start <= offset)
              .order_by(TaskLog.start.desc()).first())
@@ -275,7 +248,7 @@ def _cancel_one(task: Task, who: str) -> bool:
 def cancel_task(ctx: Context, id: int) -> TaskDetail:
     states.lock_task(id)
     task = get_task(id)
-    _can_cancel(ctx.principal, task)
+    cancel_owned(ctx.principal, task.owner, task.space_id, "task")
     who = ctx.principal.describe()
     if task.is_broadcast:
         children = list(Task.select().where(Task.parent == id, Task.state.not_in(TERMINAL)).order_by(Task.id))
