@@ -62,9 +62,16 @@ def setup(api: Api, tmp_path: Path) -> dict[str, Any]:
 
 
 def support(api: Api, s: dict[str, Any], space_id: int) -> None:
-    resp = api.put(f"/spaces/{space_id}/providers/{s['provider']['id']}", token=s["user"],
-                   json={"size": 1 << 30})
-    assert resp.status_code in (200, 201), resp.text
+    """The space's owner asks for support; the provider consents with its own token."""
+    grant(api, s["user"], space_id, s["provider"]["id"], s["token"])
+
+
+def grant(api: Api, user_token: str, space_id: int, provider_id: int, provider_token: str) -> None:
+    ticket = api.post(f"/spaces/{space_id}/support_tokens", token=user_token, json={"provider": provider_id})
+    assert ticket.status_code == 201, ticket.text
+    resp = api.post(f"/providers/{provider_id}/supports", token=provider_token,
+                    json={"token": ticket.json()["token"], "size": 1 << 30})
+    assert resp.status_code == 201, resp.text
 
 
 def revoke(api: Api, s: dict[str, Any], space_id: int) -> None:
@@ -152,9 +159,8 @@ def test_long_poll_wakes_on_a_new_support(api: Api, setup: dict[str, Any]) -> No
 def test_another_providers_support_is_ignored(api: Api, setup: dict[str, Any]) -> None:
     climate, _ = setup["spaces"]
     support(api, setup, climate)
-    other, _ = register(api, "prov2")
-    resp = api.put(f"/spaces/{climate}/providers/{other['id']}", token=setup["user"], json={"size": 1 << 30})
-    assert resp.status_code in (200, 201)
+    other, other_token = register(api, "prov2")
+    grant(api, setup["user"], climate, other["id"], other_token)
     f = follower(setup)
     f.step(timeout=0)
     resp = api.delete(f"/spaces/{climate}/providers/{other['id']}", token=setup["user"])

@@ -4,7 +4,9 @@ Roles rank owner > admin > member (``control.registry.membership.RANK``). One ru
 holds for both groups and spaces:
 
 * **member**: read the entity and its member lists;
-* **admin**: also rename it, add or remove plain members and groups, manage support;
+* **admin**: also rename it, add or remove plain members and groups, issue and revoke
+  invites (granting no more than it may grant itself), ask providers for support
+  (support tokens) and revoke support;
 * **owner**: also delete it and grant, change or take away admin and owner roles.
 
 Root may do everything. A stranger gets 403 for reads and writes alike (after a 404
@@ -12,13 +14,17 @@ for an unknown id). Any member may leave by itself, but the last owner may not. 
 group joins a space (or nests in a group) only by the hand of one of its own members.
 
 A provider token may only read its region of interest: the spaces it supports, the
-groups and users in them, and itself; its writes are resizing or revoking its own
-support. Root registers and deletes providers; users may read them (to pick one
+groups and users in them, and itself; its writes are redeeming support tokens (the
+provider's consent: a space admin cannot commit its storage) and resizing or revoking
+its own support. Root registers and deletes providers; users may read them (to pick one
 for support), and a provider may update itself and rotate its token.
 
 *Visibility* is the same rule seen from the other side: the groups, spaces and
 changes a caller may list are exactly the ones it could read one by one
-(``visible_groups``, ``visible_spaces``, ``audience``). Resources a user owns inside
+(``visible_groups``, ``visible_spaces``, ``audience``). The effective relations follow
+it too: a group's parents and ancestors are listed as far as the caller sees them (its
+children, like its members, to whoever reads the group), and another user's effective
+groups and spaces only where the caller is a member itself. Resources a user owns inside
 an optional space (the farm's tasks) follow ``see_owned`` / ``cancel_owned`` /
 ``submit_into_space``, so the farm asks here instead of keeping its own copy.
 
@@ -206,6 +212,16 @@ def visible_providers(principal: Principal) -> set[int] | None:
         return {principal.provider.id}
     require_user_or_root(principal)
     return None
+
+
+def visible_relations_of_user(principal: Principal, user_id: int, kind: str) -> set[int] | None:
+    """Which of a user's effective groups or spaces (``kind``) the caller may list: all of
+    them for the user itself and root (None), else only those the caller sees itself.
+    Like ``/users/{id}``, this is for users and root: a provider gets 403."""
+    require_user_or_root(principal)
+    if principal.is_root or principal.user.id == user_id:
+        return None
+    return visible_spaces(principal) if kind == "spaces" else visible_groups(principal)
 
 
 def audience(principal: Principal) -> feed.Audience:

@@ -50,7 +50,7 @@ def delete(group: Group) -> None:
     group.delete_instance(recursive=True, delete_nullable=True)
 
 
-def nest(parent: Group, child: Group) -> bool:
+def nest(parent: Group, child: Group, invite: int | None = None) -> bool:
     """Nest ``child`` under ``parent``; False when it already is. 409 on a cycle."""
     if GroupChild.select().where(GroupChild.parent == parent.id,
                                  GroupChild.child == child.id).exists():
@@ -59,7 +59,8 @@ def nest(parent: Group, child: Group) -> bool:
     if membership.would_cycle(parent.id, child.id):
         raise conflict(f"nesting group {child.id} under group {parent.id} would make a cycle")
     link = GroupChild.create(parent=parent, child=child)
-    feed.record("group_child", link.id, "create", {"child": child.id}, group_id=parent.id)
+    data = {"child": child.id} | ({"invite": invite} if invite else {})
+    feed.record("group_child", link.id, "create", data, group_id=parent.id)
     return True
 
 

@@ -25,12 +25,14 @@ def relation(model: Relation) -> tuple[peewee.Field, str, str]:
     return SpaceUser.space, "space_id", "space_user"
 
 
-def add(model: Relation, parent_id: int, user: User, role: str) -> peewee.Model:
-    """A new direct membership (the caller checked the user is none yet)."""
+def add(model: Relation, parent_id: int, user: User, role: str,
+        invite: int | None = None) -> peewee.Model:
+    """A new direct membership (the caller checked the user is none yet); ``invite``: the
+    invite it was redeemed with, named in the feed."""
     parent, scope, entity = relation(model)
     row = model.create(**{parent.name: parent_id}, user=user, role=role)
-    feed.record(entity, row.id, "create", {"user": user.id, "role": role}, user_id=user.id,
-                **{scope: parent_id})
+    data = {"user": user.id, "role": role} | ({"invite": invite} if invite else {})
+    feed.record(entity, row.id, "create", data, user_id=user.id, **{scope: parent_id})
     return row
 
 

@@ -10,13 +10,15 @@ any chain ``space <- group <- child <- ... <- user``. Roles follow one rule:
   group of the space it is an effective member of (a group's role in the space applies
   to all the group's effective members).
 
-The graph is walked level by level with one query per level, so the cost grows with
-the nesting depth, not the number of members.
+Closures over the group graph are one recursive query each (``WITH RECURSIVE``, on
+SQLite and PostgreSQL alike), so deep nesting costs one round trip, not one per level.
+Chains of intermediaries (``chains``) are counted and paged over the graph in memory,
+restricted to the groups that lie on some path, so a page never enumerates them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import peewee
@@ -31,13 +33,27 @@ def best(*roles: str | None) -> str | None:
     return max(present, key=RANK.__getitem__) if present else None
 
 
+CHUNK = 5000  # ids per IN (...) list: far below SQLite's limit on bound parameters
+
+
+def chunks(ids: Iterable[int]) -> Iterator[list[int]]:
+    """Sorted ids in slices small enough for one ``IN (...)`` list."""
+    ordered = sorted(set(ids))
+    for i in range(0, len(ordered), CHUNK):
+        yield ordered[i:i + CHUNK]
+
+
 def _closure(group_ids: Iterable[int], step: peewee.Field, back: peewee.Field) -> set[int]:
+    """The groups and every group reached from them along ``back -> step`` links."""
     seen = set(group_ids)
-    frontier = set(seen)
-    while frontier:
-        rows = GroupChild.select(step).where(back.in_(list(frontier)))
-        frontier = {getattr(r, step.name + "_id") for r in rows} - seen
-        seen |= frontier
+    for part in chunks(seen):
+        base = (GroupChild.select(step.alias("gid")).where(back.in_(part))
+                .cte("walk", recursive=True, columns=("gid",)))
+        link = GroupChild.alias()
+        further = link.select(getattr(link, step.name)).join(
+            base, on=(getattr(link, back.name) == base.c.gid))
+        walk = base.union(further)  # UNION, not UNION ALL: each group once, and it ends
+        seen |= {gid for (gid,) in walk.select_from(walk.c.gid).tuples()}
     return seen
 
 
@@ -97,20 +113,62 @@ def user_spaces(user_id: int) -> set[int]:
     return spaces
 
 
+def children_within(groups: set[int]) -> dict[int, list[int]]:
+    """parent -> its children (ascending), for the nestings whose both ends are in ``groups``."""
+    adj: dict[int, list[int]] = {g: [] for g in groups}
+    for part in chunks(groups):
+        rows = GroupChild.select(GroupChild.parent, GroupChild.child).where(GroupChild.parent.in_(part))
+        for parent, child in rows.tuples():
+            if child in adj:
+                adj[parent].append(child)
+    for kids in adj.values():
+        kids.sort()
+    return adj
+
+
+def shortest_paths(roots: Iterable[int], adj: dict[int, list[int]]) -> dict[int, list[int]]:
+    """For every group below ``roots`` in ``adj``: one shortest chain from a root to it.
+
+    Level by level, parents and children in id order, so ties always break the same way.
+    """
+    paths = {g: [g] for g in roots}
+    frontier = sorted(paths)
+    while frontier:
+        nxt = []
+        for g in frontier:
+            for c in adj.get(g, ()):
+                if c not in paths:
+                    paths[c] = paths[g] + [c]
+                    nxt.append(c)
+        frontier = sorted(nxt)
+    return paths
+
+
 def group_paths(roots: Iterable[int]) -> dict[int, list[int]]:
     """For every group below ``roots``: one shortest chain of group ids from a root to it."""
-    paths = {g: [g] for g in roots}
-    frontier = list(paths)
-    while frontier:
-        rows = GroupChild.select(GroupChild.parent, GroupChild.child).where(
-            GroupChild.parent.in_(frontier)).order_by(GroupChild.parent, GroupChild.child)
-        nxt = []
-        for r in rows:
-            if r.child_id not in paths:
-                paths[r.child_id] = paths[r.parent_id] + [r.child_id]
-                nxt.append(r.child_id)
-        frontier = nxt
-    return paths
+    roots = set(roots)
+    return shortest_paths(roots, children_within(descendants(roots)))
+
+
+Row = tuple[int, int, int, str]  # (membership row id, group id, user id, role)
+
+
+def _group_users(groups: Iterable[int]) -> dict[int, list[Row]]:
+    """group -> its user membership rows."""
+    out: dict[int, list[Row]] = {}
+    for part in chunks(groups):
+        rows = GroupUser.select(GroupUser.id, GroupUser.group, GroupUser.user, GroupUser.role) \
+            .where(GroupUser.group.in_(part)).tuples()
+        for row in rows:
+            out.setdefault(row[1], []).append(row)
+    return out
+
+
+def _reached(groups: Iterable[int], by_group: dict[int, list[Row]]) -> list[Row]:
+    """The membership rows of these groups, oldest first."""
+    rows = [r for g in groups for r in by_group.get(g, ())]
+    rows.sort()
+    return rows
 
 
 def effective_group_users(group_id: int) -> dict[int, dict[str, Any]]:
@@ -120,10 +178,9 @@ def effective_group_users(group_id: int) -> dict[int, dict[str, Any]]:
         out[r.user_id] = {"role": r.role, "direct": True, "via": []}
     paths = group_paths([group_id])
     nested = [g for g in paths if g != group_id]
-    if nested:
-        for r in GroupUser.select().where(GroupUser.group.in_(nested)).order_by(GroupUser.id):
-            entry = out.setdefault(r.user_id, {"role": "member", "direct": False, "via": []})
-            entry["via"].append(paths[r.group_id][1:])
+    for _, group, user_id, _ in _reached(nested, _group_users(nested)):
+        entry = out.setdefault(user_id, {"role": "member", "direct": False, "via": []})
+        entry["via"].append(paths[group][1:])
     return out
 
 
@@ -132,13 +189,18 @@ def effective_space_users(space_id: int) -> dict[int, dict[str, Any]]:
     out: dict[int, dict[str, Any]] = {}
     for r in SpaceUser.select().where(SpaceUser.space == space_id):
         out[r.user_id] = {"role": r.role, "direct": True, "via": []}
-    for sg in SpaceGroup.select().where(SpaceGroup.space == space_id).order_by(SpaceGroup.id):
-        paths = group_paths([sg.group_id])
-        rows = GroupUser.select().where(GroupUser.group.in_(list(paths))).order_by(GroupUser.id)
-        for r in rows:
-            entry = out.setdefault(r.user_id, {"role": None, "direct": False, "via": []})
+    links = list(SpaceGroup.select().where(SpaceGroup.space == space_id).order_by(SpaceGroup.id))
+    if not links:
+        return out
+    closure = descendants(sg.group_id for sg in links)
+    adj = children_within(closure)
+    by_group = _group_users(closure)
+    for sg in links:
+        paths = shortest_paths([sg.group_id], adj)
+        for _, group, user_id, _ in _reached(paths, by_group):
+            entry = out.setdefault(user_id, {"role": None, "direct": False, "via": []})
             entry["role"] = best(entry["role"], sg.role)
-            entry["via"].append(paths[r.group_id])
+            entry["via"].append(paths[group])
     return out
 
 
@@ -189,3 +251,144 @@ def upload_targets(space_id: int) -> list[dict[str, Any]]:
                     "sftp_host": p.sftp_host, "sftp_port": p.sftp_port, "sftp_user": p.sftp_user,
                     "storage_path": p.storage_path, "path": path, "size": p.size})
     return out
+
+
+# --- the effective relations seen from a group or a user -------------------------------
+
+
+def parents(group_id: int) -> set[int]:
+    """The groups this group is directly nested in."""
+    return {p for (p,) in GroupChild.select(GroupChild.parent).where(GroupChild.child == group_id).tuples()}
+
+
+def children(group_id: int) -> set[int]:
+    return {c for (c,) in GroupChild.select(GroupChild.child).where(GroupChild.parent == group_id).tuples()}
+
+
+def user_group_relations(user_id: int) -> list[dict[str, Any]]:
+    """Every group the user is an effective member of: {"id", "role", "direct", "via"}.
+
+    ``via`` holds, per group the user is directly in below this one, one shortest chain
+    of group ids from just below this group down to it (as ``effective_group_users``).
+    """
+    direct = direct_group_roles(user_id)
+    if not direct:
+        return []
+    reach = ancestors(direct)  # every path from a group down to the user stays inside
+    adj = children_within(reach)
+    out = []
+    for g in sorted(reach):
+        paths = shortest_paths([g], adj)
+        via = [paths[d][1:] for d in sorted(direct) if d in paths and d != g]
+        out.append({"id": g, "role": direct.get(g, "member"), "direct": g in direct, "via": via})
+    return out
+
+
+def user_space_relations(user_id: int) -> list[dict[str, Any]]:
+    """Every space the user is an effective member of: {"id", "role", "direct", "via"}.
+
+    The role is the highest of the direct role and those of the space's groups the user
+    reaches; ``via`` holds one shortest chain per (member group, group the user is in).
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for r in SpaceUser.select(SpaceUser.space, SpaceUser.role).where(SpaceUser.user == user_id):
+        out[r.space_id] = {"id": r.space_id, "role": r.role, "direct": True, "via": []}
+    direct = direct_group_roles(user_id)
+    if direct:
+        reach = ancestors(direct)
+        adj = children_within(reach)
+        links = [sg for part in chunks(reach)
+                 for sg in SpaceGroup.select().where(SpaceGroup.group.in_(part))]
+        paths_from: dict[int, dict[int, list[int]]] = {}
+        for sg in sorted(links, key=lambda r: r.id):
+            if sg.group_id not in paths_from:
+                paths_from[sg.group_id] = shortest_paths([sg.group_id], adj)
+            paths = paths_from[sg.group_id]
+            entry = out.setdefault(sg.space_id, {"id": sg.space_id, "role": None,
+                                                 "direct": False, "via": []})
+            entry["role"] = best(entry["role"], sg.role)
+            entry["via"] += [paths[d] for d in sorted(direct) if d in paths]
+    return [out[k] for k in sorted(out)]
+
+
+USER = -1  # the last link of every chain, in ``Chains``
+
+
+class Chains:
+    """Every chain of intermediaries from a space or a group down to one user.
+
+    A chain is the entity, the groups in between (outermost first) and the user; a direct
+    member's chain has no group. Only the groups on some path are loaded; paths are
+    counted per group once, so ``total`` and a page cost no enumeration of the rest.
+    """
+
+    def __init__(self, top: list[int], direct: bool, user_groups: set[int]) -> None:
+        """``top``: the groups right below the entity; ``direct``: the user is a direct member."""
+        self.direct = direct
+        below = descendants(top) & ancestors(user_groups) if top and user_groups else set()
+        self.adj = children_within(below)
+        self.top = sorted(g for g in top if g in below)
+        self.ends = user_groups
+        self.count = self._count()
+        self.total = int(direct) + sum(self.count[g] for g in self.top)
+
+    @classmethod
+    def of_space(cls, space_id: int, user_id: int) -> Chains:
+        top = [r.group_id for r in SpaceGroup.select(SpaceGroup.group).where(SpaceGroup.space == space_id)]
+        direct = SpaceUser.select().where(SpaceUser.space == space_id, SpaceUser.user == user_id).exists()
+        return cls(top, direct, set(direct_group_roles(user_id)))
+
+    @classmethod
+    def of_group(cls, group_id: int, user_id: int) -> Chains:
+        groups = set(direct_group_roles(user_id))
+        return cls(sorted(children(group_id)), group_id in groups, groups)
+
+    def _options(self, group: int) -> list[int]:
+        return ([USER] if group in self.ends else []) + self.adj[group]
+
+    def _count(self) -> dict[int, int]:
+        """group -> the number of chains from it down to the user (children first, no recursion)."""
+        count: dict[int, int] = {}
+        for start in self.adj:
+            if start in count:
+                continue
+            stack = [(start, iter(self.adj[start]))]
+            walking = {start}
+            while stack:
+                g, rest = stack[-1]
+                nxt = next((c for c in rest if c not in count and c not in walking), None)
+                if nxt is not None:
+                    stack.append((nxt, iter(self.adj[nxt])))
+                    walking.add(nxt)
+                    continue
+                count[g] = int(g in self.ends) + sum(count.get(c, 0) for c in self.adj[g])
+                stack.pop()
+                walking.discard(g)
+        return count
+
+    def page(self, offset: int, limit: int) -> list[list[int]]:
+        """Chains ``offset`` to ``offset + limit`` as group ids (``USER`` last), in a fixed
+        order: the direct membership first, then through groups in id order, depth first."""
+        out: list[list[int]] = []
+        skip = offset
+        path: list[int] = []
+        stack = [(([USER] if self.direct else []) + self.top, 0)]
+        while stack and len(out) < limit:
+            options, i = stack[-1]
+            if i >= len(options):
+                stack.pop()
+                if path:
+                    path.pop()
+                continue
+            stack[-1] = (options, i + 1)
+            option = options[i]
+            n = 1 if option == USER else self.count[option]
+            if skip >= n:
+                skip -= n
+                continue
+            if option == USER:
+                out.append([*path, USER])
+                continue
+            path.append(option)
+            stack.append((self._options(option), 0))
+        return out

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from control.core.errors import conflict
 from control.core.models import now
 from control.registry import feed, identity, support
 from control.registry.models import Provider, Support
 from control.registry.names import unique_name
 
-FIELDS = ("name", "domain", "admin_email", "sftp_host", "sftp_port", "sftp_user", "storage_path")
+FIELDS = ("name", "domain", "admin_email", "sftp_host", "sftp_port", "sftp_user", "storage_path",
+          "support_limit")
 REQUIRED = ("name", "domain", "admin_email", "sftp_port")
 
 
@@ -36,6 +38,13 @@ def update(provider: Provider, changes: dict[str, Any]) -> None:
     changes = {k: v for k, v in changes.items() if not (k in REQUIRED and v is None)}
     if changes.get("name") not in (None, provider.name):
         unique_name(Provider, changes["name"], provider.id)
+    limit = changes.get("support_limit")
+    if limit is not None and limit != provider.support_limit:
+        feed.serialise()  # no grant slips in between this check and the commit
+        total = support.granted(provider.id)
+        if limit < total:
+            raise conflict(f"support_limit: provider {provider.name} grants {total} bytes now; a limit of "
+                           f"{limit} is {total - limit} below that (shrink or revoke supports first)")
     if not any(getattr(provider, k) != v for k, v in changes.items()):
         return
     for k, v in changes.items():

@@ -44,10 +44,10 @@ def delete(space: Space) -> None:
     space.delete_instance(recursive=True, delete_nullable=True)
 
 
-def add_group(space: Space, group: Group, role: str) -> SpaceGroup:
+def add_group(space: Space, group: Group, role: str, invite: int | None = None) -> SpaceGroup:
     row = SpaceGroup.create(space=space, group=group, role=role)
-    feed.record("space_group", row.id, "create", {"group": group.id, "role": role},
-                space_id=space.id, group_id=group.id)
+    data = {"group": group.id, "role": role} | ({"invite": invite} if invite else {})
+    feed.record("space_group", row.id, "create", data, space_id=space.id, group_id=group.id)
     return row
 
 

@@ -1,24 +1,47 @@
-"""Answers shared by the registry routes: pages over computed lists, member rows."""
+"""Answers shared by the registry routes: pages over computed lists, members, effective relations."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from control.registry import membership
 from control.registry.members import Relation, relation
-from control.registry.models import Group, User
-from control.registry.schemas import EffectiveUserOut, GroupMemberOut, MemberOut
-from control.web.routing import Context, paginate
+from control.registry.models import Group, Space, User
+from control.registry.schemas import (
+    ChainLink,
+    EffectiveUserOut,
+    GroupLinkOut,
+    GroupMemberOut,
+    MemberOut,
+    UserRelationOut,
+)
+from control.web.routing import Context, Query, paginate, paginated_query
 
 
-def page_list(items: list[Any], ctx: Context, name_of: Callable[[Any], str]) -> dict[str, Any]:
-    """Same ``?name=``, ``?limit=`` and ``?offset=`` semantics as ``routing.paginate``."""
+def page_query() -> dict[str, Query]:
+    """``?limit=`` and ``?offset=`` for lists that have no names to filter by."""
+    query = paginated_query()
+    query.pop("name")
+    return query
+
+
+def page_rows(rows: list[Any], ctx: Context, name_of: Callable[[Any], str],
+              to_out: Callable[[Any], Any]) -> dict[str, Any]:
+    """Same ``?name=``, ``?limit=`` and ``?offset=`` semantics as ``routing.paginate``, over a
+    computed list; only the rows of the page are turned into answers."""
     needle = (ctx.query.get("name") or "").lower()
     if needle:
-        items = [i for i in items if needle in name_of(i).lower()]
+        rows = [r for r in rows if needle in name_of(r).lower()]
     limit, offset = ctx.query["limit"], ctx.query["offset"]
-    return {"items": items[offset:offset + limit], "total": len(items),
+    return {"items": [to_out(r) for r in rows[offset:offset + limit]], "total": len(rows),
             "limit": limit, "offset": offset}
+
+
+def names(model: type[Group] | type[Space] | type[User], ids: Iterable[int]) -> dict[int, Any]:
+    """id -> the row (id and name fields only), loaded in slices of ids."""
+    fields = (User.id, User.username, User.full_name) if model is User else (model.id, model.name)
+    return {r.id: r for part in membership.chunks(ids) for r in model.select(*fields).where(model.id.in_(part))}
 
 
 def member_out(user: User, role: str) -> MemberOut:
@@ -37,9 +60,39 @@ def list_members(model: Relation, parent_id: int, ctx: Context) -> dict[str, Any
 
 
 def effective_page(entries: dict[int, dict[str, Any]], ctx: Context) -> dict[str, Any]:
-    users = {u.id: u for u in User.select().where(User.id.in_(list(entries)))} if entries else {}
-    items = [EffectiveUserOut(id=uid, username=users[uid].username,
-                              full_name=users[uid].full_name, role=e["role"], direct=e["direct"],
-                              membership=e["via"])
-             for uid, e in sorted(entries.items()) if e["role"] is not None]
-    return page_list(items, ctx, lambda i: i.username)
+    users = names(User, entries)
+    rows = [(uid, e) for uid, e in sorted(entries.items()) if e["role"] is not None]
+
+    def out(row: tuple[int, dict[str, Any]]) -> EffectiveUserOut:
+        uid, e = row
+        return EffectiveUserOut(id=uid, username=users[uid].username, full_name=users[uid].full_name,
+                                role=e["role"], direct=e["direct"], membership=e["via"])
+
+    return page_rows(rows, ctx, lambda r: users[r[0]].username, out)
+
+
+def relations_page(model: type[Group] | type[Space], entries: list[dict[str, Any]],
+                   ctx: Context) -> dict[str, Any]:
+    """A user's effective groups or spaces (``membership.user_*_relations``), by id."""
+    named = names(model, (e["id"] for e in entries))
+    return page_rows(entries, ctx, lambda e: named[e["id"]].name,
+                     lambda e: UserRelationOut(id=e["id"], name=named[e["id"]].name, role=e["role"],
+                                               direct=e["direct"], membership=e["via"]))
+
+
+def links_page(ids: Iterable[int], direct: set[int], ctx: Context) -> dict[str, Any]:
+    """Groups related to one group (parents, ancestors, descendants), by id."""
+    named = names(Group, ids)
+    return page_rows(sorted(named), ctx, lambda g: named[g].name,
+                     lambda g: GroupLinkOut(id=g, name=named[g].name, direct=g in direct))
+
+
+def chain_page(chains: membership.Chains, head: ChainLink, user: User, ctx: Context) -> dict[str, Any]:
+    """One page of the chains from a space or group (``head``) down to the user."""
+    limit, offset = ctx.query["limit"], ctx.query["offset"]
+    page = chains.page(offset, limit)
+    groups = names(Group, (g for chain in page for g in chain if g != membership.USER))
+    tail = ChainLink(type="user", id=user.id, name=user.username)
+    items = [[head, *(ChainLink(type="group", id=g, name=groups[g].name) for g in chain[:-1]), tail]
+             for chain in page]
+    return {"items": items, "total": chains.total, "limit": limit, "offset": offset}

@@ -1,29 +1,43 @@
 """Groups: users and nested child groups as members; the creator owns the group.
 
 Nesting a group under another makes the child's effective members effective members
-of the parent; a nesting that would close a loop is refused with 409.
+of the parent; a nesting that would close a loop is refused with 409. The effective
+relations (Onezone's meaning: reached through nested groups) have their own routes:
+effective users, parents and effective parents, effective children, and every chain of
+intermediaries between the group and one of its users.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from control.core.errors import not_found
 from control.core.models import iso
 from control.core.schemas import Page
 from control.registry import groups, members, membership
-from control.registry.access import READ, group_access, visible_groups
+from control.registry.access import READ, fetch, group_access, visible_groups
 from control.registry.identity import require_user_or_root
-from control.registry.models import Group, GroupChild, GroupUser
+from control.registry.models import Group, GroupChild, GroupUser, User
 from control.registry.schemas import (
+    ChainLink,
     EffectiveUserOut,
     GroupCreate,
+    GroupLinkOut,
     GroupMemberOut,
     GroupOut,
     GroupUpdate,
     MemberOut,
     MemberRole,
 )
-from control.web.listing import effective_page, group_member_out, list_members, member_out
+from control.web.listing import (
+    chain_page,
+    effective_page,
+    group_member_out,
+    links_page,
+    list_members,
+    member_out,
+    page_query,
+)
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 TAG = "groups"
@@ -133,3 +147,48 @@ def delete_child(ctx: Context, id: int, gid: int) -> None:
 def list_group_effective_users(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
     return effective_page(membership.effective_group_users(id), ctx)
+
+
+@route("GET", "/groups/{id}/effective_users/{uid}/membership",
+       summary="Every chain of intermediaries through which the user belongs to the group: "
+               "[group, child group, ..., user]", tag=TAG, query=page_query(),
+       responses={200: Page[list[ChainLink]]})
+def group_membership_chains(ctx: Context, id: int, uid: int) -> dict[str, Any]:
+    group, _ = group_access(ctx.principal, id)
+    user = fetch(User, uid)
+    chains = membership.Chains.of_group(group.id, user.id)
+    if chains.total == 0:
+        raise not_found(f"member of group {group.id}: user", uid)
+    return chain_page(chains, ChainLink(type="group", id=group.id, name=group.name), user, ctx)
+
+
+@route("GET", "/groups/{id}/parents", summary="The groups this group is directly nested in (as far as the "
+       "caller sees them)", tag=TAG, query=paginated_query(), responses={200: Page[GroupMemberOut]})
+def list_parents(ctx: Context, id: int) -> dict[str, Any]:
+    group_access(ctx.principal, id)
+    ids = _seen(ctx, membership.parents(id))
+    query = Group.select().where(Group.id.in_(sorted(ids) or [0]))
+    return paginate(query, ctx, Group.name, lambda g: group_member_out(g, None))
+
+
+@route("GET", "/groups/{id}/effective_parents",
+       summary="Every group this group is nested in, directly or through other groups (as far as "
+               "the caller sees them)", tag=TAG, query=paginated_query(), responses={200: Page[GroupLinkOut]})
+def list_effective_parents(ctx: Context, id: int) -> dict[str, Any]:
+    group_access(ctx.principal, id)
+    ids = _seen(ctx, membership.ancestors([id]) - {id})
+    return links_page(ids, membership.parents(id), ctx)
+
+
+@route("GET", "/groups/{id}/effective_children",
+       summary="Every group nested in this group, directly or through other groups", tag=TAG,
+       query=paginated_query(), responses={200: Page[GroupLinkOut]})
+def list_effective_children(ctx: Context, id: int) -> dict[str, Any]:
+    group_access(ctx.principal, id)
+    return links_page(membership.descendants([id]) - {id}, membership.children(id), ctx)
+
+
+def _seen(ctx: Context, ids: set[int]) -> set[int]:
+    """The groups of ``ids`` the caller may see (a group's parents are not its members)."""
+    visible = visible_groups(ctx.principal)
+    return ids if visible is None else ids & visible

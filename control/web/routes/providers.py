@@ -3,7 +3,9 @@
 Registration is friendly to idempotent clients (the Ansible module): a taken name is a
 409, and ``GET /providers?name=X`` finds the existing one (a substring filter; compare
 names exactly on the client). Users may read providers, so a space admin can find the
-one to ask for support; a provider token sees only itself.
+one to ask for support (``granted`` against ``support_limit`` says how much room it
+has); a provider token sees only itself. The support itself lives in
+``control.web.routes.support``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from control.core.models import iso
 from control.core.schemas import Page
-from control.registry import providers
+from control.registry import providers, support
 from control.registry.access import fetch, provider_access, provider_read, visible_providers
 from control.registry.identity import require_root
 from control.registry.models import Provider
@@ -25,7 +27,8 @@ TAG = "providers"
 def provider_out(p: Provider) -> ProviderOut:
     return ProviderOut(id=p.id, name=p.name, domain=p.domain, admin_email=p.admin_email,
                        sftp_host=p.sftp_host, sftp_port=p.sftp_port, sftp_user=p.sftp_user,
-                       storage_path=p.storage_path, created_at=iso(p.created_at),
+                       storage_path=p.storage_path, support_limit=p.support_limit,
+                       granted=support.granted(p.id), created_at=iso(p.created_at),
                        updated_at=iso(p.updated_at))
 
 

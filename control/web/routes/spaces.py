@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from control.core.errors import not_found
 from control.core.models import iso
 from control.core.schemas import Page
 from control.registry import members, membership, spaces
 from control.registry.access import READ, fetch, group_access, require_grant, space_access, visible_spaces
 from control.registry.identity import require_user_or_root
-from control.registry.models import Group, Space, SpaceGroup, SpaceUser
+from control.registry.models import Group, Space, SpaceGroup, SpaceUser, User
 from control.registry.schemas import (
+    ChainLink,
     EffectiveUserOut,
     GroupMemberOut,
     MemberOut,
@@ -24,7 +26,7 @@ from control.registry.schemas import (
     SpaceOut,
     SpaceUpdate,
 )
-from control.web.listing import effective_page, group_member_out, list_members, member_out
+from control.web.listing import chain_page, effective_page, group_member_out, list_members, member_out, page_query
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 TAG = "spaces"
@@ -143,3 +145,16 @@ def delete_space_group(ctx: Context, id: int, gid: int) -> None:
 def list_space_effective_users(ctx: Context, id: int) -> dict[str, Any]:
     space_access(ctx.principal, id)
     return effective_page(membership.effective_space_users(id), ctx)
+
+
+@route("GET", "/spaces/{id}/effective_users/{uid}/membership",
+       summary="Every chain of intermediaries through which the user belongs to the space: "
+               "[space, group, nested group, ..., user]", tag=TAG, query=page_query(),
+       responses={200: Page[list[ChainLink]]})
+def space_membership_chains(ctx: Context, id: int, uid: int) -> dict[str, Any]:
+    space, _ = space_access(ctx.principal, id)
+    user = fetch(User, uid)
+    chains = membership.Chains.of_space(space.id, user.id)
+    if chains.total == 0:
+        raise not_found(f"member of space {space.id}: user", uid)
+    return chain_page(chains, ChainLink(type="space", id=space.id, name=space.name), user, ctx)

@@ -7,12 +7,13 @@ from typing import Any
 from control.core.errors import forbidden
 from control.core.models import iso
 from control.core.schemas import Page
-from control.registry import users
-from control.registry.access import require_self_or_root, sees_private
+from control.registry import membership, users
+from control.registry.access import require_self_or_root, sees_private, visible_relations_of_user
 from control.registry.identity import Principal, require_root, require_user_or_root
-from control.registry.models import SshKey, User
-from control.registry.schemas import KeyCreate, KeyOut, UserCreate, UserOut, UserUpdate
+from control.registry.models import Group, Space, SshKey, User
+from control.registry.schemas import KeyCreate, KeyOut, UserCreate, UserOut, UserRelationOut, UserUpdate
 from control.registry.sshkeys import parse_key
+from control.web.listing import relations_page
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 
@@ -98,3 +99,25 @@ def delete_key(ctx: Context, id: int, fingerprint: str) -> None:
     user = users.get(id)
     require_self_or_root(ctx.principal, user)
     users.delete_key(user, fingerprint)
+
+
+@route("GET", "/users/{id}/effective_groups",
+       summary="The groups the user belongs to, directly or through nested groups, and through which "
+               "(another user sees only the groups it is in itself)", tag="users", query=paginated_query(),
+       responses={200: Page[UserRelationOut]})
+def list_effective_groups(ctx: Context, id: int) -> dict[str, Any]:
+    user = users.get(id)
+    seen = visible_relations_of_user(ctx.principal, user.id, "groups")
+    entries = [e for e in membership.user_group_relations(user.id) if seen is None or e["id"] in seen]
+    return relations_page(Group, entries, ctx)
+
+
+@route("GET", "/users/{id}/effective_spaces",
+       summary="The spaces the user can reach, directly or through (nested) groups, and through which "
+               "(another user sees only the spaces it is in itself)", tag="users", query=paginated_query(),
+       responses={200: Page[UserRelationOut]})
+def list_effective_spaces(ctx: Context, id: int) -> dict[str, Any]:
+    user = users.get(id)
+    seen = visible_relations_of_user(ctx.principal, user.id, "spaces")
+    entries = [e for e in membership.user_space_relations(user.id) if seen is None or e["id"] in seen]
+    return relations_page(Space, entries, ctx)
