@@ -23,7 +23,8 @@ from typing import Any
 
 import peewee
 
-from control.registry.models import GroupChild, GroupUser, Provider, SpaceGroup, SpaceUser, Support
+from control.core.db import database
+from control.registry.models import Group, GroupChild, GroupUser, Provider, SpaceGroup, SpaceUser, Support, User
 
 RANK = {"member": 1, "admin": 2, "owner": 3}
 
@@ -144,64 +145,80 @@ def shortest_paths(roots: Iterable[int], adj: dict[int, list[int]]) -> dict[int,
     return paths
 
 
-def group_paths(roots: Iterable[int]) -> dict[int, list[int]]:
-    """For every group below ``roots``: one shortest chain of group ids from a root to it."""
-    roots = set(roots)
-    return shortest_paths(roots, children_within(descendants(roots)))
+def _walk_down(roots: peewee.Query) -> peewee.Query:
+    """SELECT of the ``roots`` group ids and every group nested below them (one recursive query)."""
+    base = roots.cte("walk", recursive=True, columns=("gid",))
+    link = GroupChild.alias()
+    walk = base.union(link.select(link.child).join(base, on=(link.parent == base.c.gid)))
+    return walk.select_from(walk.c.gid)
 
 
-Row = tuple[int, int, int, str]  # (membership row id, group id, user id, role)
+class EffectiveUsers:
+    """The users of a space or a group, directly or through nested groups, as pages.
+
+    The members are counted, filtered by name and paged by the database (one query over
+    every member, nothing per member in Python); roles and chains are then worked out for
+    the users of the page only. A user's role in a space is the highest of its direct
+    role and the roles of the space's groups it reaches; in a group it is its direct role
+    or ``member``. ``via`` holds, per (member group, group the user is in), one shortest
+    chain of group ids: from the space's group down, or from just below the group down.
+    """
+
+    def __init__(self, kind: str, ident: int) -> None:
+        self.kind, self.ident = kind, ident
+        if kind == "space":
+            self.direct_rows = SpaceUser.select(SpaceUser.user, SpaceUser.role).where(SpaceUser.space == ident)
+            self.links = [(r.group_id, r.role) for r in SpaceGroup.select(SpaceGroup.group, SpaceGroup.role)
+                          .where(SpaceGroup.space == ident).order_by(SpaceGroup.id)]
+            roots = SpaceGroup.select(SpaceGroup.group.alias("gid")).where(SpaceGroup.space == ident)
+        else:
+            self.direct_rows = GroupUser.select(GroupUser.user, GroupUser.role).where(GroupUser.group == ident)
+            self.links = [(ident, "member")]
+            roots = Group.select(Group.id.alias("gid")).where(Group.id == ident)
+        self.groups = _walk_down(roots) if self.links else None
+
+    def _members(self, needle: str | None) -> peewee.ModelSelect:
+        ids = self.direct_rows.select(self.direct_rows.model.user)
+        if self.groups is not None:
+            ids = ids | GroupUser.select(GroupUser.user).where(GroupUser.group.in_(self.groups))
+        query = User.select(User.id, User.username, User.full_name).where(User.id.in_(ids))
+        return query.where(User.username.contains(needle)) if needle else query
+
+    def page(self, needle: str | None, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        """(how many match, the page's users by id with their role, direct flag and chains)."""
+        query = self._members(needle)
+        total = query.count()
+        users = _rows(query.order_by(User.id).limit(limit).offset(offset))
+        if not users:
+            return total, []
+        page = [u for u, _, _ in users]
+        direct = dict(_rows(self.direct_rows.where(self.direct_rows.model.user.in_(page))))
+        out = {uid: {"id": uid, "username": name, "full_name": full, "role": direct.get(uid),
+                     "direct": uid in direct, "via": []} for uid, name, full in users}
+        if self.links:
+            self._through_groups(out, page)
+        return total, [out[u] for u in page]
+
+    def _through_groups(self, out: dict[int, dict[str, Any]], page: list[int]) -> None:
+        closure = descendants(g for g, _ in self.links)
+        adj = children_within(closure)
+        rows = [r for part in chunks(closure)
+                for r in _rows(GroupUser.select(GroupUser.id, GroupUser.group, GroupUser.user)
+                               .where(GroupUser.group.in_(part), GroupUser.user.in_(page)))]
+        rows.sort()  # oldest membership first, as the chains are listed
+        for top, role in self.links:
+            paths = shortest_paths([top], adj)
+            for _, group, user_id in rows:
+                if group not in paths or (self.kind == "group" and group == top):
+                    continue
+                entry = out[user_id]
+                entry["role"] = best(entry["role"], role)
+                entry["via"].append(paths[group] if self.kind == "space" else paths[group][1:])
 
 
-def _group_users(groups: Iterable[int]) -> dict[int, list[Row]]:
-    """group -> its user membership rows."""
-    out: dict[int, list[Row]] = {}
-    for part in chunks(groups):
-        rows = GroupUser.select(GroupUser.id, GroupUser.group, GroupUser.user, GroupUser.role) \
-            .where(GroupUser.group.in_(part)).tuples()
-        for row in rows:
-            out.setdefault(row[1], []).append(row)
-    return out
-
-
-def _reached(groups: Iterable[int], by_group: dict[int, list[Row]]) -> list[Row]:
-    """The membership rows of these groups, oldest first."""
-    rows = [r for g in groups for r in by_group.get(g, ())]
-    rows.sort()
-    return rows
-
-
-def effective_group_users(group_id: int) -> dict[int, dict[str, Any]]:
-    """user id -> {"role", "direct", "via": [chains of group ids below this group]}."""
-    out: dict[int, dict[str, Any]] = {}
-    for r in GroupUser.select().where(GroupUser.group == group_id):
-        out[r.user_id] = {"role": r.role, "direct": True, "via": []}
-    paths = group_paths([group_id])
-    nested = [g for g in paths if g != group_id]
-    for _, group, user_id, _ in _reached(nested, _group_users(nested)):
-        entry = out.setdefault(user_id, {"role": "member", "direct": False, "via": []})
-        entry["via"].append(paths[group][1:])
-    return out
-
-
-def effective_space_users(space_id: int) -> dict[int, dict[str, Any]]:
-    """user id -> {"role", "direct", "via": [chains of group ids from the space down]}."""
-    out: dict[int, dict[str, Any]] = {}
-    for r in SpaceUser.select().where(SpaceUser.space == space_id):
-        out[r.user_id] = {"role": r.role, "direct": True, "via": []}
-    links = list(SpaceGroup.select().where(SpaceGroup.space == space_id).order_by(SpaceGroup.id))
-    if not links:
-        return out
-    closure = descendants(sg.group_id for sg in links)
-    adj = children_within(closure)
-    by_group = _group_users(closure)
-    for sg in links:
-        paths = shortest_paths([sg.group_id], adj)
-        for _, group, user_id, _ in _reached(paths, by_group):
-            entry = out.setdefault(user_id, {"role": None, "direct": False, "via": []})
-            entry["role"] = best(entry["role"], sg.role)
-            entry["via"].append(paths[group])
-    return out
+def _rows(query: peewee.Query) -> list[tuple[Any, ...]]:
+    """Plain tuples straight from the driver: no model instance or row wrapper per row."""
+    return list(database.execute(query).fetchall())
 
 
 def space_groups_closure(space_ids: Iterable[int]) -> set[int]:
@@ -269,7 +286,7 @@ def user_group_relations(user_id: int) -> list[dict[str, Any]]:
     """Every group the user is an effective member of: {"id", "role", "direct", "via"}.
 
     ``via`` holds, per group the user is directly in below this one, one shortest chain
-    of group ids from just below this group down to it (as ``effective_group_users``).
+    of group ids from just below this group down to it (as ``EffectiveUsers``).
     """
     direct = direct_group_roles(user_id)
     if not direct:

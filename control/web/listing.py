@@ -38,10 +38,10 @@ def page_rows(rows: list[Any], ctx: Context, name_of: Callable[[Any], str],
             "limit": limit, "offset": offset}
 
 
-def names(model: type[Group] | type[Space] | type[User], ids: Iterable[int]) -> dict[int, Any]:
-    """id -> the row (id and name fields only), loaded in slices of ids."""
-    fields = (User.id, User.username, User.full_name) if model is User else (model.id, model.name)
-    return {r.id: r for part in membership.chunks(ids) for r in model.select(*fields).where(model.id.in_(part))}
+def names(model: type[Group] | type[Space], ids: Iterable[int]) -> dict[int, Any]:
+    """id -> the row (id and name only), loaded in slices of ids."""
+    return {r.id: r for part in membership.chunks(ids)
+            for r in model.select(model.id, model.name).where(model.id.in_(part))}
 
 
 def member_out(user: User, role: str) -> MemberOut:
@@ -59,16 +59,13 @@ def list_members(model: Relation, parent_id: int, ctx: Context) -> dict[str, Any
     return paginate(query, ctx, User.username, lambda r: member_out(r.user, r.role))
 
 
-def effective_page(entries: dict[int, dict[str, Any]], ctx: Context) -> dict[str, Any]:
-    users = names(User, entries)
-    rows = [(uid, e) for uid, e in sorted(entries.items()) if e["role"] is not None]
-
-    def out(row: tuple[int, dict[str, Any]]) -> EffectiveUserOut:
-        uid, e = row
-        return EffectiveUserOut(id=uid, username=users[uid].username, full_name=users[uid].full_name,
-                                role=e["role"], direct=e["direct"], membership=e["via"])
-
-    return page_rows(rows, ctx, lambda r: users[r[0]].username, out)
+def effective_page(users: membership.EffectiveUsers, ctx: Context) -> dict[str, Any]:
+    """A page of a space's or group's effective users (``?name=``, ``?limit=``, ``?offset=``)."""
+    limit, offset = ctx.query["limit"], ctx.query["offset"]
+    total, rows = users.page(ctx.query.get("name") or None, limit, offset)
+    items = [EffectiveUserOut(id=e["id"], username=e["username"], full_name=e["full_name"], role=e["role"],
+                              direct=e["direct"], membership=e["via"]) for e in rows]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
 def relations_page(model: type[Group] | type[Space], entries: list[dict[str, Any]],

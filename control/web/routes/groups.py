@@ -146,7 +146,7 @@ def delete_child(ctx: Context, id: int, gid: int) -> None:
        query=paginated_query(), responses={200: Page[EffectiveUserOut]})
 def list_group_effective_users(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
-    return effective_page(membership.effective_group_users(id), ctx)
+    return effective_page(membership.EffectiveUsers("group", id), ctx)
 
 
 @route("GET", "/groups/{id}/effective_users/{uid}/membership",

@@ -144,7 +144,7 @@ def delete_space_group(ctx: Context, id: int, gid: int) -> None:
        query=paginated_query(), responses={200: Page[EffectiveUserOut]})
 def list_space_effective_users(ctx: Context, id: int) -> dict[str, Any]:
     space_access(ctx.principal, id)
-    return effective_page(membership.effective_space_users(id), ctx)
+    return effective_page(membership.EffectiveUsers("space", id), ctx)
 
 
 @route("GET", "/spaces/{id}/effective_users/{uid}/membership",
