@@ -52,6 +52,8 @@ def test_both_chains_of_a_diamond_are_listed(api: Api, diamond: dict[str, Any]) 
     assert [link["id"] for link in page["items"][0]] == [w["S"], w["A"], w["B"], w["D"], w["dora"]["id"]]
     second = api.get(path, token=api.root, params={"limit": 1, "offset": 1}).json()
     assert second["total"] == 2 and chains(second) == chains(page)[1:]
+    assert api.get(path, token=api.root, params={"offset": 5}).json()["items"] == []
+    assert "offset" in error(api.get(path, token=api.root, params={"offset": 2**40}), 422)
     # a direct member's chain has no group; through a group it is the group's chain
     eve = api.get(f"/spaces/{w['S']}/effective_users/{w['eve']['id']}/membership", token=api.root).json()
     assert chains(eve) == [[("space", "S"), ("user", "eve")]]

@@ -209,3 +209,8 @@ def test_tokens_are_for_their_kind_and_only_users_redeem(api: Api) -> None:
     assert "token" in error(api.post("/spaces/join", token=bt, json={}), 422)
     assert api.post("/groups/join", token=bt, json={"token": to_group}).status_code == 201
     assert members(api, "groups", g) == {"olga": "owner", "bob": "member"}
+    # invites go with their space or group
+    assert api.delete(f"/spaces/{s}", token=ot).status_code == 204
+    assert api.delete(f"/groups/{g}", token=ot).status_code == 204
+    with connection():
+        assert Invite.select().count() == 0

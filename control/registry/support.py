@@ -41,8 +41,9 @@ def find(space_id: int, provider_id: int) -> Support | None:
 
 
 def granted(provider_id: int) -> int:
-    """Bytes the provider grants now, over all its supports."""
-    return int(Support.select(peewee.fn.SUM(Support.size)).where(Support.provider == provider_id).scalar() or 0)
+    """Bytes the provider grants now, over all its supports (summed here: SQLite's SUM of
+    sizes near 2**62 would overflow its 64-bit integers)."""
+    return sum(size for (size,) in Support.select(Support.size).where(Support.provider == provider_id).tuples())
 
 
 def check_limit(provider: Provider, size: int, current: Support | None = None) -> None:

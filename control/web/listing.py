@@ -18,11 +18,16 @@ from control.registry.schemas import (
 )
 from control.web.routing import Context, Query, paginate, paginated_query
 
+MAX_OFFSET = 2**31 - 1
 
-def page_query() -> dict[str, Query]:
-    """``?limit=`` and ``?offset=`` for lists that have no names to filter by."""
+
+def page_query(names: bool = False) -> dict[str, Query]:
+    """``?limit=``, ``?offset=`` (bounded: no client input reaches the database as an integer
+    it cannot hold) and, for lists of named things, ``?name=``."""
     query = paginated_query()
-    query.pop("name")
+    query["offset"] = Query(int, 0, "Rows to skip", 0, MAX_OFFSET)
+    if not names:
+        query.pop("name")
     return query
 
 

@@ -163,7 +163,7 @@ def group_membership_chains(ctx: Context, id: int, uid: int) -> dict[str, Any]:
 
 
 @route("GET", "/groups/{id}/parents", summary="The groups this group is directly nested in (as far as the "
-       "caller sees them)", tag=TAG, query=paginated_query(), responses={200: Page[GroupMemberOut]})
+       "caller sees them)", tag=TAG, query=page_query(names=True), responses={200: Page[GroupMemberOut]})
 def list_parents(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
     ids = _seen(ctx, membership.parents(id))
@@ -173,7 +173,7 @@ def list_parents(ctx: Context, id: int) -> dict[str, Any]:
 
 @route("GET", "/groups/{id}/effective_parents",
        summary="Every group this group is nested in, directly or through other groups (as far as "
-               "the caller sees them)", tag=TAG, query=paginated_query(), responses={200: Page[GroupLinkOut]})
+               "the caller sees them)", tag=TAG, query=page_query(names=True), responses={200: Page[GroupLinkOut]})
 def list_effective_parents(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
     ids = _seen(ctx, membership.ancestors([id]) - {id})
@@ -182,7 +182,7 @@ def list_effective_parents(ctx: Context, id: int) -> dict[str, Any]:
 
 @route("GET", "/groups/{id}/effective_children",
        summary="Every group nested in this group, directly or through other groups", tag=TAG,
-       query=paginated_query(), responses={200: Page[GroupLinkOut]})
+       query=page_query(names=True), responses={200: Page[GroupLinkOut]})
 def list_effective_children(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
     return links_page(membership.descendants([id]) - {id}, membership.children(id), ctx)

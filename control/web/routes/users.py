@@ -13,7 +13,7 @@ from control.registry.identity import Principal, require_root, require_user_or_r
 from control.registry.models import Group, Space, SshKey, User
 from control.registry.schemas import KeyCreate, KeyOut, UserCreate, UserOut, UserRelationOut, UserUpdate
 from control.registry.sshkeys import parse_key
-from control.web.listing import relations_page
+from control.web.listing import page_query, relations_page
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 
@@ -103,7 +103,7 @@ def delete_key(ctx: Context, id: int, fingerprint: str) -> None:
 
 @route("GET", "/users/{id}/effective_groups",
        summary="The groups the user belongs to, directly or through nested groups, and through which "
-               "(another user sees only the groups it is in itself)", tag="users", query=paginated_query(),
+               "(another user sees only the groups it is in itself)", tag="users", query=page_query(names=True),
        responses={200: Page[UserRelationOut]})
 def list_effective_groups(ctx: Context, id: int) -> dict[str, Any]:
     user = users.get(id)
@@ -114,7 +114,7 @@ def list_effective_groups(ctx: Context, id: int) -> dict[str, Any]:
 
 @route("GET", "/users/{id}/effective_spaces",
        summary="The spaces the user can reach, directly or through (nested) groups, and through which "
-               "(another user sees only the spaces it is in itself)", tag="users", query=paginated_query(),
+               "(another user sees only the spaces it is in itself)", tag="users", query=page_query(names=True),
        responses={200: Page[UserRelationOut]})
 def list_effective_spaces(ctx: Context, id: int) -> dict[str, Any]:
     user = users.get(id)
