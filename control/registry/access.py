@@ -206,6 +206,13 @@ def visible_groups(principal: Principal) -> set[int] | None:
     return membership.user_groups(principal.user.id)
 
 
+def only_visible_groups(principal: Principal, ids: set[int]) -> set[int]:
+    """The groups of ``ids`` the caller may see (a group's parents are not its members, so
+    reading a group does not show them all)."""
+    visible = visible_groups(principal)
+    return ids if visible is None else ids & visible
+
+
 def visible_providers(principal: Principal) -> set[int] | None:
     """Provider ids the caller may list: a provider only itself; users and root all (None)."""
     if principal.provider is not None:

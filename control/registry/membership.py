@@ -12,8 +12,10 @@ any chain ``space <- group <- child <- ... <- user``. Roles follow one rule:
 
 Closures over the group graph are one recursive query each (``WITH RECURSIVE``, on
 SQLite and PostgreSQL alike), so deep nesting costs one round trip, not one per level.
-Chains of intermediaries (``chains``) are counted and paged over the graph in memory,
-restricted to the groups that lie on some path, so a page never enumerates them all.
+A space's or group's effective users (``EffectiveUsers``) are counted and paged by the
+database, with roles and chains worked out for one page; chains of intermediaries
+(``Chains``) are counted per group over the groups that lie on some path, so a page
+never enumerates them all.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from control.core.errors import not_found
 from control.core.models import iso
 from control.core.schemas import Page
 from control.registry import groups, members, membership
-from control.registry.access import READ, fetch, group_access, visible_groups
+from control.registry.access import READ, fetch, group_access, only_visible_groups, visible_groups
 from control.registry.identity import require_user_or_root
 from control.registry.models import Group, GroupChild, GroupUser, User
 from control.registry.schemas import (
@@ -166,7 +166,7 @@ def group_membership_chains(ctx: Context, id: int, uid: int) -> dict[str, Any]:
        "caller sees them)", tag=TAG, query=page_query(names=True), responses={200: Page[GroupMemberOut]})
 def list_parents(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
-    ids = _seen(ctx, membership.parents(id))
+    ids = only_visible_groups(ctx.principal, membership.parents(id))
     query = Group.select().where(Group.id.in_(sorted(ids) or [0]))
     return paginate(query, ctx, Group.name, lambda g: group_member_out(g, None))
 
@@ -176,7 +176,7 @@ def list_parents(ctx: Context, id: int) -> dict[str, Any]:
                "the caller sees them)", tag=TAG, query=page_query(names=True), responses={200: Page[GroupLinkOut]})
 def list_effective_parents(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
-    ids = _seen(ctx, membership.ancestors([id]) - {id})
+    ids = only_visible_groups(ctx.principal, membership.ancestors([id]) - {id})
     return links_page(ids, membership.parents(id), ctx)
 
 
@@ -186,9 +186,3 @@ def list_effective_parents(ctx: Context, id: int) -> dict[str, Any]:
 def list_effective_children(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
     return links_page(membership.descendants([id]) - {id}, membership.children(id), ctx)
-
-
-def _seen(ctx: Context, ids: set[int]) -> set[int]:
-    """The groups of ``ids`` the caller may see (a group's parents are not its members)."""
-    visible = visible_groups(ctx.principal)
-    return ids if visible is None else ids & visible
