@@ -26,6 +26,7 @@ import requests
 
 from control.client import credentials
 from control.client.credentials import Credentials, CredentialsError
+from control.client.output import clean
 
 API_PREFIX = "/api/v1"
 TIMEOUT = (10.0, 60.0)  # connect, read
@@ -63,12 +64,15 @@ def normalise_url(raw: str) -> str:
 
 
 def error_message(resp: requests.Response) -> str:
-    """The API's ``{"error": {"message"}}``; something readable for anything else (a proxy's page)."""
+    """The API's ``{"error": {"message"}}``; something readable for anything else (a proxy's page).
+
+    Messages quote names other users chose, so control characters are escaped.
+    """
     try:
         body = resp.json()
         message = body["error"]["message"]
         if isinstance(message, str) and message:
-            return f"{message} (HTTP {resp.status_code})"
+            return f"{clean(message)} (HTTP {resp.status_code})"
     except (ValueError, KeyError, TypeError):
         pass
     return f"HTTP {resp.status_code} {resp.reason or ''} from {resp.url} (not a zonefarm API answer)".replace("  ", " ")

@@ -46,7 +46,7 @@ from control.client.output import (
     size,
     table,
 )
-from control.client.watch import POLL, TERMINAL, Progress, elapsed, exit_status, follow_log, wait_task
+from control.client.watch import POLL, TERMINAL, Progress, elapsed, exit_status, follow_log, poll, wait_task
 
 TASK_STATES = ("queued", "assigned", "running", "lost", *TERMINAL)
 CHANGES_WAIT = 30  # seconds one long-poll of `changes -f` asks the API to hold
@@ -152,8 +152,8 @@ def _read_password(prompt: str) -> str:
 def login(obj: Ctx, url: str, username: str | None) -> None:
     """Log in to the API at URL and store the tokens.
 
-    The password is prompted for (or read from stdin's first line when stdin is not a
-    terminal). The access and refresh tokens go to
+    The password is prompted for; when stdin is not a terminal it is read from stdin's
+    first line (the second, when the first is the username for lack of --username). The access and refresh tokens go to
     $XDG_CONFIG_HOME/zonefarm/credentials (~/.config/zonefarm/credentials), mode 0600;
     an expired access token is renewed with the refresh token automatically.
     """
@@ -680,8 +680,8 @@ def changes(obj: Ctx, since: int, follow: bool, limit: int, as_json: bool) -> No
     try:
         while True:
             wait = CHANGES_WAIT if follow else 0
-            page = client.get("/changes", params={"since": since, "limit": limit, "timeout": wait},
-                              timeout=(10.0, wait + 60.0))
+            page = poll(client, "/changes", None, params={"since": since, "limit": limit, "timeout": wait},
+                        timeout=(10.0, wait + 60.0))
             for c in page["changes"]:
                 if as_json and not follow:
                     seen.append(c)

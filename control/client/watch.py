@@ -16,12 +16,14 @@ import sys
 import time
 from typing import Any, TextIO
 
-from control.client.api import Client
+from control.client.api import ApiFailure, Client
 from control.client.output import clean, duration, emit_json_line, parse_time
 
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 POLL = 0.5
 BAR = 20
+RIDE_OUT = 60.0  # seconds a follow keeps retrying while the API is unreachable or restarting
+TRANSIENT = (None, 502, 503, 504)  # no answer, or a proxy's "the API is not there right now"
 
 
 def elapsed(task: dict[str, Any], since: str = "created_at", now: float | None = None) -> float | None:
@@ -103,10 +105,35 @@ class Progress:
             self.shown = False
 
 
+def poll(client: Client, path: str, progress: Progress | None, **kw: Any) -> Any:
+    """A GET that rides out an API restart: following a long task should not die of a short outage.
+
+    Refusals (401, 403, 404 ...) still fail at once; only "no answer" is retried, for up
+    to ``RIDE_OUT`` seconds.
+    """
+    deadline: float | None = None
+    while True:
+        try:
+            return client.get(path, **kw)
+        except ApiFailure as exc:
+            if exc.status not in TRANSIENT:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + RIDE_OUT
+                if progress is not None:
+                    progress.clear()
+                sys.stderr.write(f"{exc.message}; retrying for {RIDE_OUT:.0f} s\n")
+                sys.stderr.flush()
+            if now >= deadline:
+                raise
+            time.sleep(1.0)
+
+
 def wait_task(client: Client, task_id: int, progress: Progress, interval: float = POLL) -> dict[str, Any]:
     """Poll until the task ends; the final task detail."""
     while True:
-        task = client.get(f"/tasks/{task_id}")
+        task = poll(client, f"/tasks/{task_id}", progress)
         progress.update(task)
         if task["state"] in TERMINAL:
             progress.finish()
@@ -125,7 +152,7 @@ def follow_log(client: Client, task_id: int, progress: Progress | None, out: Tex
     shared = progress is not None and progress.tty and out.isatty()
     offset, pending = 0, ""
     while True:
-        chunk = client.get(f"/tasks/{task_id}/log", params={"offset": offset})
+        chunk = poll(client, f"/tasks/{task_id}/log", progress, params={"offset": offset})
         text, offset = chunk["text"], chunk["next_offset"]
         last = chunk["complete"] or (not follow and not text)
         if json_lines:
@@ -146,7 +173,7 @@ def follow_log(client: Client, task_id: int, progress: Progress | None, out: Tex
             break
         if text:
             continue  # there may be more already: read it before sleeping
-        task = client.get(f"/tasks/{task_id}")
+        task = poll(client, f"/tasks/{task_id}", progress)
         if progress is not None:
             progress.update(task)
         if task["state"] not in TERMINAL:
@@ -156,7 +183,7 @@ def follow_log(client: Client, task_id: int, progress: Progress | None, out: Tex
         out.flush()
     if not follow:
         return None
-    task = client.get(f"/tasks/{task_id}")
+    task = poll(client, f"/tasks/{task_id}", progress)
     if progress is not None:
         progress.update(task)
         progress.finish()
