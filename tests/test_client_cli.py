@@ -28,10 +28,12 @@ from control.client import credentials
 from control.client.commands import TASK_STATES, parse_params, parse_size
 from control.client.watch import exit_status
 from control.core.config import Settings
+from control.web.app import build_app
 from tests.conftest import NODES_SECRET, ROOT_SECRET
-from tests.support.apiproc import clean_env
+from tests.support.apiproc import ApiProcess, api_env, clean_env
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
+from tests.support.pg import free_port
 from tests.support.server import LiveServer
 
 LEASE = 4
@@ -340,6 +342,49 @@ def test_logs_follow_streams_a_running_task_and_exits_with_its_code(cli: Cli, fa
     assert farm.task(task_id)["state"] == "failed"
     lines = _json_lines(cli("task", "logs", str(task_id), "--json"))
     assert "".join(c["text"] for c in lines) == "begun\ndone\n" and lines[-1]["complete"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the API's database is not what this is about
+def test_logs_follow_rides_out_an_api_restart(db_url: str, tmp_path: Path) -> None:
+    """``zonefarm api`` (gunicorn) is killed -9 and started again on its port while ``logs -f`` follows."""
+    build_app(Settings(), init_db=False)  # registers the routes, so the test client's OpenAPI checker knows them
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = api_env(tmp_path, ZONEFARM_DATABASE=db_url, ZONEFARM_ROOT_SECRET=ROOT_SECRET,
+                  ZONEFARM_NODES_SECRET=NODES_SECRET, ZONEFARM_LISTEN=f"127.0.0.1:{port}",
+                  ZONEFARM_TASK_LEASE="30", ZONEFARM_NODE_LEASE="120")
+    apis = [ApiProcess(["api"], env, tmp_path / "api-0.log", port)]
+    farm = Farm(Api(url, ROOT_SECRET), url, Settings(database=db_url, data_dir=str(tmp_path / "data")), tmp_path,
+                lease=30, nodes_secret=NODES_SECRET)
+    proc = None
+    try:
+        apis[0].wait_ready()
+        farm.add_node("wk1")
+        farm.start_dispatcher("d1")
+        cli = Cli(tmp_path, url)
+        root = {"ZONEFARM_URL": url, "ZONEFARM_TOKEN": ROOT_SECRET}
+        task = _json(cli("task", "submit", "shell", "-p", 'argv=["sh","-c","echo before; sleep 10; echo after"]',
+                         "--json", **root))
+        farm.wait(task["id"], ("running",))
+        proc = cli.popen("task", "logs", str(task["id"]), "-f", **root)
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "before\n"
+        apis[0].kill()
+        time.sleep(2)
+        apis.append(ApiProcess(["api"], env, tmp_path / "api-1.log", port))
+        apis[1].wait_ready()
+        rest, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+        assert rest == "after\n"
+        assert "retrying for 60 s" in err and "cannot reach" in err
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        farm.stop()
+        for api_proc in apis:
+            api_proc.stop()
 
 
 def _json_lines(result: Result) -> list[Any]:
