@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import stat
 import subprocess
 import sys
@@ -233,6 +234,44 @@ def test_login_stores_private_credentials_and_logout_revokes(cli: Cli, alice: di
     assert out.rc == 0, out
     assert not path.exists()
     assert api.get("/tasks", token=creds.token).status_code == 401  # revoked, not just forgotten
+
+
+def _read_until(fd: int, marker: bytes, timeout: float = 60) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        assert time.monotonic() < deadline, seen
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:  # EIO: the command exited and closed its side
+                break
+            if not data:
+                break
+            seen += data
+    return seen
+
+
+def test_login_on_a_terminal_prompts_without_echo(cli: Cli, alice: dict[str, Any]) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cli.argv("login", cli.url), stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
+                            env=cli.env, start_new_session=True)
+    os.close(slave)
+    try:
+        assert b"Username:" in _read_until(master, b"Username:")
+        os.write(master, b"alice\n")
+        assert b"Password:" in _read_until(master, b"Password:")
+        os.write(master, PASSWORD.encode() + b"\n")
+        rest = _read_until(master, b"Logged in")
+        assert proc.wait(60) == 0, rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        os.close(master)
+    assert b"Logged in to" in rest and PASSWORD.encode() not in rest  # typed, but never echoed
+    assert cli.stored().username == "alice"
 
 
 def test_bad_credentials_exit_3_with_the_apis_message(cli: Cli, alice: dict[str, Any]) -> None:

@@ -52,8 +52,13 @@ class SetupError(click.ClickException):
 
 def normalise_url(raw: str) -> str:
     """``https://zone.example.org`` or ``.../api/v1`` (trailing slash or not) -> ``.../api/v1``."""
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(raw.strip())
+        host = parts.hostname
+        _ = parts.port  # a bad port raises here rather than on the first request
+    except ValueError:
+        raise click.BadParameter(f"{raw!r} is not a valid URL", param_hint="URL") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise click.BadParameter(f"{raw!r} is not an http(s) URL", param_hint="URL")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise click.BadParameter("give the API's URL without credentials, query or fragment", param_hint="URL")
@@ -99,7 +104,7 @@ def send(session: requests.Session, method: str, url: str, **kwargs: Any) -> req
         raise ApiFailure(f"TLS failure talking to {url}: {_reason(exc)}; "
                          "give the CA bundle with --ca-file or ZONEFARM_CA_FILE") from None
     except requests.exceptions.Timeout:
-        raise ApiFailure(f"{url}: no answer within {kwargs['timeout']} s") from None
+        raise ApiFailure(f"{url}: no answer in time") from None
     except requests.exceptions.ConnectionError as exc:
         raise ApiFailure(f"cannot reach {url}: {_reason(exc)}") from None
     except requests.exceptions.RequestException as exc:
@@ -194,21 +199,24 @@ class Client:
                 return f"no refresh token is stored; {relogin}"
             resp = send(self.session, "POST", self.url + "/auth/token",
                         data={"grant_type": "refresh_token", "refresh_token": current.refresh_token})
-            if resp.status_code != 200:
+            if resp.status_code in (400, 401):
                 # A refused refresh token will never work again: forget it, keep the rest.
                 credentials.save(replace(current, refresh_token=None), self.env)
                 self.stored = replace(current, refresh_token=None)
                 return f"the refresh token was refused too ({error_message(resp)}); {relogin}"
-            fresh = token_credentials(self.url, resp, current.username, current.ca_file,
-                                      keep_refresh=None)
+            if resp.status_code != 200:  # the API's trouble, not the token's: keep it for the next try
+                raise ApiFailure(f"renewing the expired token failed: {error_message(resp)}", resp.status_code)
+            fresh = token_credentials(self.url, resp, current.username, current.ca_file)
             credentials.save(fresh, self.env)
             self.token, self.stored = fresh.token, fresh
             return None
 
 
-def token_credentials(url: str, resp: requests.Response, username: str | None, ca_file: str | None,
-                      keep_refresh: str | None) -> Credentials:
-    """Credentials from a ``POST /auth/token`` answer (password or refresh grant)."""
+def token_credentials(url: str, resp: requests.Response, username: str | None, ca_file: str | None) -> Credentials:
+    """Credentials from a ``POST /auth/token`` answer (password or refresh grant).
+
+    A refresh token is single use, so an answer without a new one leaves none stored.
+    """
     try:
         body = resp.json()
         token = body["access_token"]
@@ -216,7 +224,7 @@ def token_credentials(url: str, resp: requests.Response, username: str | None, c
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ApiFailure(f"{resp.url} answered {resp.status_code} without an access token") from None
     expires_at = time.time() + float(expires_in) if isinstance(expires_in, int | float) else None
-    return Credentials(url=url, token=token, refresh_token=body.get("refresh_token") or keep_refresh,
+    return Credentials(url=url, token=token, refresh_token=body.get("refresh_token") or None,
                        expires_at=expires_at, username=username, ca_file=ca_file)
 
 

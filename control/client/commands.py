@@ -138,7 +138,7 @@ def cli(ctx: click.Context, ca_file: str | None) -> None:
 def _read_password(prompt: str) -> str:
     """Hidden prompt on a terminal; otherwise the first line of stdin (scripts, tests)."""
     if sys.stdin is not None and sys.stdin.isatty():
-        return click.prompt(prompt, hide_input=True)
+        return click.prompt(prompt, hide_input=True, err=True)
     line = sys.stdin.readline() if sys.stdin is not None else ""
     if not line:
         raise click.UsageError("no password: stdin is empty")
@@ -153,9 +153,10 @@ def login(obj: Ctx, url: str, username: str | None) -> None:
     """Log in to the API at URL and store the tokens.
 
     The password is prompted for; when stdin is not a terminal it is read from stdin's
-    first line (the second, when the first is the username for lack of --username). The access and refresh tokens go to
-    $XDG_CONFIG_HOME/zonefarm/credentials (~/.config/zonefarm/credentials), mode 0600;
-    an expired access token is renewed with the refresh token automatically.
+    first line (the second, when the first is the username for lack of --username).
+    The access and refresh tokens go to $XDG_CONFIG_HOME/zonefarm/credentials
+    (~/.config/zonefarm/credentials), mode 0600; an expired access token is renewed with
+    the refresh token automatically.
     """
     base = normalise_url(url)
     if not username:
@@ -167,7 +168,7 @@ def login(obj: Ctx, url: str, username: str | None) -> None:
                 data={"grant_type": "password", "username": username, "password": password})
     if resp.status_code != 200:
         raise ApiFailure(error_message(resp), resp.status_code)
-    creds = token_credentials(base, resp, username, obj.ca_file, keep_refresh=None)
+    creds = token_credentials(base, resp, username, obj.ca_file)
     where = credentials.save(creds)
     ttl = f"valid for {duration(creds.expires_at - time.time())}" if creds.expires_at else "without expiry"
     renew = "renewed automatically" if creds.refresh_token else "log in again when it expires"
