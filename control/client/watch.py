@@ -11,6 +11,7 @@ The API has no push for task state, so this polls: one small GET per interval.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -78,7 +79,7 @@ class Progress:
             filled = int(round(pct / 100 * BAR))
             line = (f"{head:<22} [{'#' * filled}{'.' * (BAR - filled)}] {pct:5.1f}%  "
                     f"{duration(elapsed(task))}{where}" + (f"  ({why})" if why else ""))
-            width = shutil.get_terminal_size((80, 24)).columns
+            width = self._width()
             self.stream.write("\r\x1b[K" + clean(line)[: max(width - 1, 10)])
             self.stream.flush()
             self.shown = True
@@ -89,6 +90,14 @@ class Progress:
             line = f"{head} {pct:.0f}% {duration(elapsed(task))}{where}" + (f" ({why})" if why else "")
             self.stream.write(clean(line) + "\n")
             self.stream.flush()
+
+    def _width(self) -> int:
+        """The width of the terminal the line is drawn on (stderr's, which may not be stdout's)."""
+        try:
+            columns = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            columns = 0
+        return columns or shutil.get_terminal_size((80, 24)).columns  # 0: a terminal that never said
 
     def clear(self) -> None:
         """Take the live line off the screen (before other text is written to the terminal)."""
