@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from control.core.errors import conflict, forbidden, invalid, not_found
+from control.core.errors import ApiError, conflict, forbidden, invalid, not_found
 from control.core.models import iso, now
 from control.core.schemas import Page
 from control.registry import feed
-from control.registry.identity import Principal, require_root, require_user_or_root
+from control.registry.identity import Principal, change_password, require_root, require_user_or_root
 from control.registry.models import SshKey, User
 from control.registry.passwords import hash_password
 from control.registry.schemas import KeyCreate, KeyOut, UserCreate, UserOut, UserUpdate
@@ -80,7 +80,7 @@ def show_user(ctx: Context, id: int) -> UserOut:
 
 @route("PATCH", "/users/{id}", summary="Update a user (itself or the administrator)", tag="users",
        body=UserUpdate, responses={200: UserOut})
-def update_user(ctx: Context, id: int) -> UserOut:
+def update_user(ctx: Context, id: int) -> UserOut | ApiError:
     user = get_user(id)
     _require_self_or_root(ctx.principal, user)
     req: UserUpdate = ctx.body
@@ -91,7 +91,10 @@ def update_user(ctx: Context, id: int) -> UserOut:
         if changes.get(field) is not None:
             setattr(user, field, changes[field])
     if changes.get("password"):
-        user.password_hash = hash_password(changes["password"])
+        refused = change_password(ctx.principal, user, changes["password"], changes.get("current_password"),
+                                  max_failures=ctx.settings.login_max_failures, window=ctx.settings.login_window)
+        if refused is not None:
+            return refused
     user.updated_at = now()
     user.save()
     feed.record("user", user.id, "update", _feed_data(user), user_id=user.id)
