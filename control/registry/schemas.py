@@ -26,11 +26,16 @@ Scope = Literal["write", "read"]
 SCOPE_DOC = "`read` makes a read-only token (any write answers 403); default `write`"
 
 
+def _no_null_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # null is not one of the values the document offers
+
+
 class PasswordGrant(Input):
     grant_type: Literal["password"]
     username: str = Field(min_length=1, max_length=64, pattern=r"\S")
     password: Secret = Field(min_length=1, max_length=1024)
-    scope: Scope | SkipJsonSchema[None] = Field(default=None, description=SCOPE_DOC)
+    scope: Scope | SkipJsonSchema[None] = Field(default=None, description=SCOPE_DOC,
+                                                json_schema_extra=_no_null_default)
 
 
 class RefreshGrant(Input):
@@ -38,7 +43,8 @@ class RefreshGrant(Input):
     refresh_token: str = Field(min_length=1, max_length=200, pattern=r"\S",
                                description="From an earlier answer; good for one exchange")
     scope: Scope | SkipJsonSchema[None] = Field(
-        default=None, description="May narrow `write` to `read`, never widen; default: unchanged")
+        default=None, description="May narrow `write` to `read`, never widen; default: unchanged",
+        json_schema_extra=_no_null_default)
 
 
 class TokenRequest(RootModel[Annotated[PasswordGrant | RefreshGrant, Field(discriminator="grant_type")]]):
