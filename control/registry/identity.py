@@ -24,7 +24,6 @@ from control.registry import throttle
 from control.registry.models import Provider, Token, User
 from control.registry.passwords import hash_password, verify_password
 
-SCOPES = ("write", "read")
 # ``last_used_at`` is written at most once a minute per token: a write on every request
 # would make every read queue for SQLite's write lock.
 LAST_USED_EVERY = 60.0

@@ -110,7 +110,11 @@ def route(method: str, path: str, *, summary: str, tag: str,
           read_only_ok: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a route. ``responses`` maps status to a pydantic model, ``None`` (no body) or a
     JSON-schema dict. Path parameters are integers unless named in ``str_params``.
-    ``read_only_ok`` lets a read-only token make this write (only revoking itself needs it)."""
+    ``read_only_ok`` lets a read-only token make this write (only revoking itself needs it).
+
+    A handler answers with a value, a ``Reply`` or ``None`` (204), or raises an ``ApiError``.
+    It may also *return* an ``ApiError``: its transaction then commits before the error is
+    sent, which is how a refusal keeps a record of itself (a failed login is counted)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         ROUTES.append(RouteSpec(method.upper(), path, fn, summary, tag, body, form,
@@ -119,10 +123,6 @@ def route(method: str, path: str, *, summary: str, tag: str,
         return fn
 
     return deco
-
-
-# A handler may also *return* an ApiError: the transaction commits and the error is sent.
-# That is how a refusal keeps a record of itself (a failed login counts against the throttle).
 
 
 @dataclass

@@ -11,7 +11,7 @@ from playhouse.migrate import SchemaMigrator
 from control.migrations import add_column_if_missing
 from control.registry.models import LoginFailure
 
-VERSION = 4
+VERSION = 5
 
 TOKEN_COLUMNS = {
     "scope": peewee.CharField(max_length=10, default="write"),
