@@ -57,11 +57,12 @@ def _run(api: Api, tmp_path: Path, who: str) -> str:
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("who", ["root", "user"])
 def test_schemathesis_finds_nothing(db_url: str, tmp_path: Path, who: str) -> None:
-    # Long-polls are cut to 1 s so the run is not spent waiting, and the fuzzer's own failed
-    # logins (all from 127.0.0.1) must not lock the user's session out of POST /auth/token.
+    # Long-polls are cut to 1 s so the run is not spent waiting. The fuzzer's own failures (its
+    # logins, all from 127.0.0.1, and wrong current_password on PATCH /users/{id} as the user)
+    # must not lock the user's session out of POST /auth/token: test_tokens.py tests the throttle.
     settings = Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
                         data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=1,
-                        login_max_failures_per_address=1_000_000)
+                        login_max_failures=1_000_000, login_max_failures_per_address=1_000_000)
     server = LiveServer(build_app(settings)).start()
     try:
         output = _run(Api(server.url, ROOT_SECRET), tmp_path, who)
