@@ -60,7 +60,7 @@ class Settings:
         "gunicorn worker processes.")
     api_threads: int = opt(
         16,
-        "Threads per worker (long-polls hold one each).")
+        "Threads per worker (a waiting long-poll holds one; see `changes_max_polls`).")
     token_ttl: int = opt(
         3600,
         "Lifetime of user access tokens, seconds.")
@@ -74,6 +74,29 @@ class Settings:
     changes_max_wait: int = opt(
         60,
         "Longest long-poll `GET /changes` may hold, seconds.")
+    changes_max_polls: int = opt(
+        8,
+        "Long-polls one API process holds at once, and never more than half of `api_threads`: the other "
+        "threads stay free for health checks, node callbacks and ordinary requests. A poll past it is "
+        "answered 429 with Retry-After.")
+    changes_max_polls_per_principal: int = opt(
+        2,
+        "Long-polls one caller (a user, a provider or root, whatever its tokens) holds at once per API "
+        "process; more are answered 429 with Retry-After.")
+    refresh_token_ttl: int = opt(
+        30 * 86400,
+        "Lifetime of refresh tokens, seconds. Each is good for one `grant_type=refresh_token` exchange.")
+    login_max_failures: int = opt(
+        10,
+        "Failed logins one username may have within `login_window`; past it `POST /auth/token` answers "
+        "429 with Retry-After, even to the right password, until enough failures have left the window.")
+    login_max_failures_per_address: int = opt(
+        50,
+        "Failed logins one client address (the TCP peer, not X-Forwarded-For) may have within "
+        "`login_window`, whatever the usernames.")
+    login_window: int = opt(
+        900,
+        "Seconds a failed login counts against its username and address.")
     node_lease: int = opt(
         60,
         "A node silent for longer is marked lost, seconds.")
@@ -122,6 +145,12 @@ class Settings:
     def callback_url(self) -> str:
         return self.api_url or f"http://{self.listen}"
 
+    @property
+    def long_poll_slots(self) -> int:
+        """Long-polls one process may hold: ``changes_max_polls``, but at most half the threads,
+        so a flood of polls can never take the threads health checks and callbacks need."""
+        return max(0, min(self.changes_max_polls, self.api_threads // 2))
+
     def require_secrets(self) -> None:
         """Refuse to serve with a missing or weak secret: a short one can be guessed."""
         for name in ("root_secret", "nodes_secret"):
@@ -155,6 +184,10 @@ def _coerce(name: str, kind: Any, raw: str, source: str) -> Any:
     return raw
 
 
+_AT_LEAST_ONE = ("changes_max_polls_per_principal", "refresh_token_ttl", "login_max_failures",
+                 "login_max_failures_per_address", "login_window")
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
@@ -181,6 +214,11 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
             values[name] = _coerce(name, f.type, raw, f"ZONEFARM_{name.upper()}")
     if values.get("dispatch_placement", "pack") not in PLACEMENTS:
         raise ConfigError(f"dispatch_placement must be {' or '.join(PLACEMENTS)}, got {values['dispatch_placement']!r}")
+    for name in _AT_LEAST_ONE:
+        if name in values and values[name] < 1:
+            raise ConfigError(f"{name} must be at least 1, got {values[name]}")
+    if values.get("changes_max_polls", 0) < 0:
+        raise ConfigError(f"changes_max_polls must not be negative, got {values['changes_max_polls']}")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)
