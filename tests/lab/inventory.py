@@ -8,7 +8,7 @@ each forced by this machine:
 - storage is sshfs over FUSE (`storage_fstype: fuse.sshfs`): the kernel has no NFS client;
 - zone1 also carries the `database` group: one PostgreSQL for both cluster managers;
 - the SSH host keys were read out of the containers through the Docker engine, so host key
-  checking stays on (`ansible_ssh_args` overrides ansible.cfg's `UserKnownHostsFile=/dev/null`).
+  checking stays on (`ansible_ssh_args` names that known_hosts file).
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ database (claims with a lease, ``kill_sent_at``), so a kill -9 loses nothing.
 Secrets stay out of the job: no nodes secret is passed (the runner reads it from the
 node's 0600 INI), ``ZONEFARM_*`` variables are removed from the environment Ansible
 inherits, and ansible-runner writes no env files.
+
+SSH host keys are always checked, against ``dispatch_known_hosts`` (the cluster_manager
+role writes it from keys read on the workers themselves). A node whose key does not match
+is cordoned with the reason on it and on its tasks, which go back to the queue: a changed
+key means a reinstalled host or someone in between, and either needs an operator.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -59,19 +65,28 @@ class Round:
     seconds: float = 0.0
 
 
-def ansible_env() -> dict[str, str]:
-    """Settings the job needs; ansible.cfg is not read because the job's cwd is its own."""
+HOST_KEY_FAILED = "Host key verification failed"  # what ssh prints whenever it refuses a host key
+
+
+def ansible_env(known_hosts: str = "") -> dict[str, str]:
+    """Settings the job needs; ansible.cfg is not read because the job's cwd is its own.
+
+    Host key checking is on and strict: ssh never adds a key it has not seen.
+    """
+    ssh_args = "-o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=yes"
+    if known_hosts:
+        ssh_args += f" -o UserKnownHostsFile={shlex.quote(known_hosts)}"
     bindir = os.path.dirname(sys.executable)  # ansible-playbook sits beside our interpreter
     path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     return {
         "PATH": path if bindir in path.split(os.pathsep) else f"{bindir}{os.pathsep}{path}",
         "ANSIBLE_LIBRARY": str(ROOT / "library"),
         "ANSIBLE_MODULE_UTILS": str(ROOT / "module_utils"),
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+        "ANSIBLE_SSH_ARGS": ssh_args,
         "ANSIBLE_INTERPRETER_PYTHON": "auto_silent",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_NOCOLOR": "True",
@@ -153,6 +168,18 @@ def build_inventory(tasks: list[Any], kills: list[Any], lease: int) -> tuple[dic
     return inventory, plays
 
 
+def host_key_refusal(node: str, hv: dict[str, Any], message: str, known_hosts: str) -> str | None:
+    """Why ``node`` is refused when ssh would not trust its host key (``message``), else None."""
+    if HOST_KEY_FAILED not in message:
+        return None
+    where = f"{hv.get('ansible_host', node)}:{hv.get('ansible_port', 22)}"
+    listed = f"the dispatcher's known_hosts ({known_hosts or '~/.ssh/known_hosts'})"
+    what = (f"has changed: it does not match {listed}" if "IDENTIFICATION HAS CHANGED" in message
+            else f"is not in {listed}")
+    return (f"SSH host key of node {node} ({where}) {what}; the dispatcher cordoned the node: check the host, "
+            f"then refresh its key (site.yml --limit {node}) and uncordon it")
+
+
 class EventSink:
     """The job's event handler: keep only what the round needs from module results."""
 
@@ -160,6 +187,7 @@ class EventSink:
         self.absent: list[tuple[str, int]] = []
         self.launched: dict[str, list[int]] = defaultdict(list)
         self.failed_hosts: set[str] = set()
+        self.unreachable: dict[str, str] = {}  # host -> what the connection said
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event")
@@ -167,6 +195,8 @@ class EventSink:
             data = event.get("event_data") or {}
             if not (kind == "runner_on_failed" and data.get("ignore_errors")):
                 self.failed_hosts.add(data.get("host", ""))
+            if kind == "runner_on_unreachable":
+                self.unreachable[data.get("host", "")] = str((data.get("res") or {}).get("msg", ""))
         elif kind == "runner_on_ok":
             data = event.get("event_data") or {}
             res = data.get("res") or {}
@@ -269,7 +299,7 @@ class Dispatcher:
         forks = max(1, min(self.settings.dispatch_forks, len(inventory["all"]["hosts"])))
         runner = ansible_runner.run(
             private_data_dir=str(job), playbook="round.yml", inventory=str(job / "inventory" / "hosts.json"),
-            forks=forks, envvars=ansible_env(), suppress_env_files=True, quiet=True,
+            forks=forks, envvars=ansible_env(self.settings.dispatch_known_hosts), suppress_env_files=True, quiet=True,
             event_handler=sink, cancel_callback=self.cancelled, timeout=JOB_TIMEOUT,
             ident="job")
         result.status, result.rc = runner.status, runner.rc
@@ -308,11 +338,12 @@ class Dispatcher:
             keeper.done.set()
             keeper.join()
         with connection():
+            refused = self._refuse_host_keys(inventory, sink)
             for task in tasks:
                 host = task.node.name
                 # The launch module's own answer says what started; everything else goes back.
                 if task.id not in sink.launched.get(host, []):
-                    why = f"launch failed on node {host}: {reason}"
+                    why = f"launch failed on node {host}: {refused.get(host) or reason}"
                     if states.release(task.id, why):
                         result.released.append(task.id)
             absent = {(h, i) for h, i in sink.absent}
@@ -332,6 +363,34 @@ class Dispatcher:
                  len(result.killed), len(result.ended), result.status, result.seconds)
         self.rotate()
         return result
+
+    def _refuse_host_keys(self, inventory: dict[str, Any], sink: EventSink) -> dict[str, str]:
+        """Cordon the nodes whose SSH host key ssh refused, saying why; clear the reason of those reached.
+
+        Without the cordon the node, still heartbeating, would take the same tasks every round
+        until their attempts ran out.
+        """
+        from control.core.db import write_transaction
+        from control.farm.models import Node
+
+        hosts = inventory["all"]["hosts"]
+        refused = {}
+        for host, message in sink.unreachable.items():
+            why = host_key_refusal(host, hosts.get(host, {}), message, self.settings.dispatch_known_hosts)
+            if why:
+                refused[host] = why
+        reached = [h for h in hosts if h not in sink.failed_hosts]
+        # A read first: most rounds have nothing to clear and should not queue for the write lock.
+        stale = [n.name for n in Node.select(Node.name).where(Node.name.in_(reached), Node.dispatch_error != "")
+                 ] if reached else []
+        if refused or stale:
+            with write_transaction():
+                for host, why in refused.items():
+                    log.error("%s", why)
+                    Node.update(cordoned=True, dispatch_error=why).where(Node.name == host).execute()
+                if stale:
+                    Node.update(dispatch_error="").where(Node.name.in_(stale)).execute()
+        return refused
 
     def _known_types(self, tasks: list[Any]) -> list[Any]:
         """Fail tasks whose type's playbook has gone since they were submitted."""
