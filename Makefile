@@ -22,7 +22,7 @@ APT_PACKAGES := postgresql wrk openssh-server openssh-client supervisor docker.i
 help:
 	@echo "make up     - install everything, then run the platform locally"
 	@echo "make test   - install everything, then run the whole test suite"
-	@echo "make lint   - ruff, ansible-lint (production profile), syntax check"
+	@echo "make lint   - ruff, import contracts (lint-imports), ansible-lint (production profile)"
 	@echo "make bench  - run the benchmarks (results go in BENCHMARKS.md by hand)"
 	@echo "make down   - stop what make up started"
 	@echo "make lab    - the multi-host container lab: image, nine hosts, site.yml over SSH"
@@ -59,6 +59,7 @@ test: deps venv collections
 
 lint: venv collections
 	$(VENV)/bin/ruff check control tests bench library
+	$(VENV)/bin/lint-imports --no-cache
 	@if [ -f .ansible-lint ]; then PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint --profile production; fi
 
 bench: bench-api bench-dispatch

@@ -43,6 +43,7 @@ import requests  # noqa: E402
 
 from control.node.agent import register  # noqa: E402
 from control.node.config import load_node_config, write_node_config  # noqa: E402
+from control.node.signing import derive_node_key  # noqa: E402
 from tests.support.pg import free_port  # noqa: E402
 from tests.support.procs import stop_group  # noqa: E402
 
@@ -158,7 +159,7 @@ class Bench:
             base = self.work / "nodes" / f"n{i:03d}"
             config = write_node_config(
                 base / "node.ini", name=f"n{i:03d}", api_url=f"http://127.0.0.1:{self.port}",
-                nodes_secret=NODES_SECRET, concurrency=concurrency, workdir=str(base / "work"),
+                node_key=derive_node_key(NODES_SECRET, f"n{i:03d}"), concurrency=concurrency, workdir=str(base / "work"),
                 ansible_connection="local", ansible_host="127.0.0.1", ansible_user="root", python=sys.executable,
                 queues="bench")
             register(load_node_config(config))

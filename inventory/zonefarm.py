@@ -13,15 +13,20 @@ read is refused. ``url`` may or may not end in ``/api/v1``. ``ZONEFARM_INVENTORY
 Groups: ``queue_<queue>``, ``region_<region>``, ``zonefarm_online``/``zonefarm_lost``,
 ``zonefarm_cordoned``. The token is sent as a Bearer header and never printed: errors
 name the URL and the HTTP status only. Standard library only, so any python3 runs it.
+
+The "is the credential file private" check is the worker side's one
+(``control/node/secretfile.py``), loaded by its path in this checkout rather than imported
+from the ``control`` package: ansible-inventory may run this script with a python that
+does not have the package installed, and the file is standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import importlib.util
 import json
 import os
-import stat
 import sys
 import urllib.error
 import urllib.parse
@@ -33,14 +38,29 @@ TIMEOUT = 30
 DEFAULT_INIS = (Path(__file__).resolve().with_name("zonefarm.ini"), Path("/etc/zonefarm/inventory.ini"))
 
 
+SECRETFILE = Path(__file__).resolve().parents[1] / "control" / "node" / "secretfile.py"
+
+
 class InventoryError(Exception):
     pass
 
 
+def _load_secretfile() -> Any:
+    spec = importlib.util.spec_from_file_location("zonefarm_secretfile", SECRETFILE)
+    assert spec is not None and spec.loader is not None, SECRETFILE
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+secretfile = _load_secretfile()
+
+
 def _from_ini(path: Path) -> dict[str, str]:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise InventoryError(f"{path}: mode {mode:04o} lets others read the token; chmod 600 it")
+    try:
+        secretfile.require_private(path, "the token")
+    except secretfile.InsecureFileError as exc:
+        raise InventoryError(str(exc)) from None
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(path)

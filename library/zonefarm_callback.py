@@ -9,12 +9,13 @@ module: zonefarm_callback
 short_description: Report a zonefarm task event with a signed callback
 description:
   - POSTs C({"event", "attempt", ...}) to C(/api/v1/tasks/<id>/callback), signed with
-    HMAC-SHA256 by the same helper the API checks with (C(module_utils/zonefarm_signing)).
-  - The nodes secret and node name come from the node's INI file, which must be mode
-    0600; the secret is never a module option, so it never reaches Ansible's logs.
+    the node's own key (HMAC-SHA256) by the same helper the API checks with
+    (C(module_utils/zonefarm_signing)).
+  - The node key and node name come from the node's INI file, which must be mode
+    0600; the key is never a module option, so it never reaches Ansible's logs.
 options:
   config_path:
-    description: The node's INI file (section C([node]) with C(name), C(nodes_secret), C(api_url)).
+    description: The node's INI file (section C([node]) with C(name), C(node_key), C(key_generation), C(api_url)).
     type: path
     required: true
   api_url:
@@ -67,30 +68,27 @@ response:
 
 import configparser
 import json
-import os
-import stat
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
-from ansible.module_utils.six.moves.urllib.parse import urlsplit
 from ansible.module_utils.urls import open_url
-from ansible.module_utils.zonefarm_signing import sign_headers
+from ansible.module_utils.zonefarm_secretfile import require_private
+from ansible.module_utils.zonefarm_signing import signed_request
 
 
 def read_node_config(path):
-    """Name, secret and API URL; refuses a file others may read, as the runner does."""
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    if mode & 0o077:
-        raise ValueError(f"{path}: mode {mode:04o} lets others read the nodes secret; chmod 600 it")
+    """Name, key, key generation and API URL; refuses a file others may read, as the runner does."""
+    require_private(path, "the node key")
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(path)
     if not parser.has_section("node"):
         raise ValueError(f"{path}: missing [node] section")
     sec = parser["node"]
-    values = {k: sec.get(k, "").strip() for k in ("name", "nodes_secret", "api_url")}
-    for key in ("name", "nodes_secret"):
+    values = {k: sec.get(k, "").strip() for k in ("name", "node_key", "api_url")}
+    for key in ("name", "node_key"):
         if not values[key]:
             raise ValueError(f"{path}: [node] {key} is required")
+    values["key_generation"] = sec.getint("key_generation", 0)
     return values
 
 
@@ -130,14 +128,12 @@ def main():
         module.fail_json(msg="api_url: not given and not in {}".format(p["config_path"]))
     if module.check_mode:
         module.exit_json(changed=False, status=0)
-    base_path = urlsplit(api_url).path.rstrip("/")
-    path = f"{base_path}/api/v1/tasks/{p['task_id']}/callback"
-    body = build_body(p)
-    headers = sign_headers(node["nodes_secret"], node["name"], "POST", path, body)
-    headers["Content-Type"] = "application/json"
-    url = api_url[: len(api_url) - len(base_path)] + path if base_path else api_url + path
+    # Built (URL, signed path, headers) by the same function the worker's API client uses;
+    # open_url is only the transport, since this may run where requests is not installed.
+    req = signed_request(node["node_key"], node["name"], "POST", api_url,
+                         f"/tasks/{p['task_id']}/callback", build_body(p), generation=node["key_generation"])
     try:
-        resp = open_url(url, data=body, headers=headers, method="POST", timeout=p["timeout"])
+        resp = open_url(req.url, data=req.body, headers=req.headers, method="POST", timeout=p["timeout"])
         status, raw = resp.getcode(), resp.read()
     except HTTPError as exc:
         module.fail_json(msg=f"callback refused: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}",

@@ -16,14 +16,14 @@ description:
     its own session and its pid written to C(runner.pid) in every task directory.
   - An attempt whose C(spec.json) already exists is skipped, so repeating a job never
     runs an attempt twice.
-  - The nodes secret is not an option: the runner reads it from the node's 0600 INI file.
+  - The node key is not an option: the runner reads it from the node's 0600 INI file.
 options:
   workdir:
     description: The node's work directory (task directories live under it).
     type: path
     required: true
   config_path:
-    description: The node's INI file holding the nodes secret (mode 0600).
+    description: The node's INI file holding the node key (mode 0600).
     type: path
     required: true
   python:

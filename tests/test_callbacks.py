@@ -105,15 +105,17 @@ def test_replayed_stale_and_forged_callbacks_are_rejected(api: Api) -> None:
     claim("d1", 1)
     path = f"/tasks/{tid}/callback"
     body = {"event": "finished", "attempt": 1, "exit_code": 0}
-    forged = wk.request("POST", path, body, secret="guessed-secret-guessed-secret")
+    forged = wk.request("POST", path, body, key="guessed-secret-guessed-secret")
     stale = wk.request("POST", path, body, timestamp=int(time.time()) - 3600)
     assert forged.status_code == stale.status_code == 401
-    # The signed string (issue 3) does not cover the node name and every node holds the same
-    # secret, so a relabelled request verifies; it is still refused: not that node's task.
+    # The node name is signed (and part of the key): a relabelled request does not verify.
     impostor = wk.request("POST", path, body, headers={"X-Zonefarm-Node": "wk2"})
-    assert impostor.status_code == 403
+    assert impostor.status_code == 401 and "bad signature" in impostor.json()["error"]["message"]
+    # Another node signing as itself is authenticated, and refused: not its task.
+    other = SignedNode(api, "wk2", NODES_SECRET)
+    assert other.request("POST", path, body).status_code == 403
     # a refused request spends its nonce all the same: sent again, it is a replay
-    again = wk.replay("POST", path)
+    again = other.replay("POST", path)
     assert again.status_code == 401 and "replay" in again.json()["error"]["message"]
     assert show(api, tid)["state"] == "assigned"
     ok = wk.callback(tid, "log", 1, data="once\n")
@@ -202,7 +204,7 @@ def test_nodes_secret_never_appears_in_responses_or_logs(api: Api, caplog: pytes
     claim("d1", 1)
     bodies = [
         wk.callback(tid, "started", 1).text,
-        wk.request("POST", f"/tasks/{tid}/callback", {"event": "progress", "attempt": 1}, secret="x" * 20).text,
+        wk.request("POST", f"/tasks/{tid}/callback", {"event": "progress", "attempt": 1}, key="x" * 20).text,
         wk.replay("POST", f"/tasks/{tid}/callback").text,
         api.get("/nodes", token=api.root).text,
         api.get("/inventory", token=api.root).text,

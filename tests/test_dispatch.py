@@ -23,6 +23,7 @@ import pytest
 
 from control.core.config import Settings
 from control.node.config import write_node_config
+from control.node.signing import derive_node_key
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.apiproc import clean_env
 from tests.support.client import Api
@@ -149,17 +150,21 @@ def test_nodes_secret_never_leaks(farm: Farm) -> None:
     texts = [farm.log(task["id"]), json.dumps(farm.task(task["id"])), json.dumps(farm.events(task["id"])),
              farm.dispatcher_logs()]
     assert "ZONEFARM_TASK_DIR" in texts[0]
+    node_key = derive_node_key(NODES_SECRET, "wk1")
     for text in texts:
-        assert NODES_SECRET not in text
+        assert NODES_SECRET not in text and node_key not in text
     scanned = 0
     for base in (Path(farm.settings.data_dir), work):
         for path in base.rglob("*"):
             if path.is_file():
                 scanned += 1
                 assert NODES_SECRET.encode() not in path.read_bytes(), path
+                assert node_key.encode() not in path.read_bytes(), path
     assert scanned > 5
     config = farm.tmp / "nodes" / "wk1" / "node.ini"
-    assert NODES_SECRET in config.read_text() and (config.stat().st_mode & 0o777) == 0o600
+    # the node holds its own key only, never the zone's nodes secret
+    assert node_key in config.read_text() and NODES_SECRET not in config.read_text()
+    assert (config.stat().st_mode & 0o777) == 0o600
 
 
 def test_unreachable_node_releases_its_tasks(farm: Farm) -> None:
@@ -342,7 +347,8 @@ def test_pipeline_upload_failure_is_retried_then_fails(farm: Farm, sshd: Sshd, t
 
 
 def test_node_agent_cli_registers_and_heartbeats(api: Api, live_server: LiveServer, tmp_path: Path) -> None:
-    config = write_node_config(tmp_path / "node.ini", name="cli1", api_url=live_server.url, nodes_secret=NODES_SECRET,
+    config = write_node_config(tmp_path / "node.ini", name="cli1", api_url=live_server.url,
+                               node_key=derive_node_key(NODES_SECRET, "cli1"),
                                region="eu", queues="default,large", concurrency=3, workdir=str(tmp_path / "work"),
                                labels={"gpu": "no"})
 

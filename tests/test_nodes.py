@@ -55,7 +55,7 @@ def test_node_may_only_speak_for_itself(api: Api, wk1: SignedNode) -> None:
 
 
 def test_forged_stale_replayed_and_unsigned_requests_are_refused(api: Api, wk1: SignedNode) -> None:
-    forged = wk1.request("POST", "/nodes/register", wk1.registration(), secret="not-the-nodes-secret-xx")
+    forged = wk1.request("POST", "/nodes/register", wk1.registration(), key="not-the-nodes-key-xx")
     assert forged.status_code == 401 and "bad signature" in forged.json()["error"]["message"]
     stale = wk1.request("POST", "/nodes/register", wk1.registration(), timestamp=int(time.time()) - 301)
     assert stale.status_code == 401 and "window" in stale.json()["error"]["message"]
@@ -116,8 +116,10 @@ def test_admin_cordon_drain_uncordon_deregister(api: Api, wk1: SignedNode) -> No
     assert api.get("/nodes/wk1", token=api.root).status_code == 404
     assert api.get("/nodes", token=api.root).json()["total"] == 0
     assert api.delete("/nodes/wk1", token=api.root).status_code == 404
-    # registering again brings it back
-    assert wk1.register().status_code == 200
+    # deregistering revoked its key; registering again with the next generation's brings it back
+    revoked = wk1.register()
+    assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]["message"]
+    assert wk1.with_generation(1).register().status_code == 200
     assert api.get("/nodes/wk1", token=api.root).json()["state"] == "online"
 
 

@@ -104,7 +104,7 @@ def recorder() -> Iterator[tuple[Recorder, str]]:
 @pytest.fixture
 def node(tmp_path: Path, recorder: tuple[Recorder, str]) -> Path:
     # task_nice 0: these tests run the runner inside pytest, which must keep its priority
-    return write_node_config(tmp_path / "node.ini", name="wk1", api_url=recorder[1], nodes_secret=SECRET,
+    return write_node_config(tmp_path / "node.ini", name="wk1", api_url=recorder[1], node_key=SECRET,
                              workdir=str(tmp_path / "work"), task_nice=0)
 
 
@@ -215,7 +215,7 @@ def test_runner_and_tasks_run_niced_in_the_runners_session(recorder: tuple[Recor
                                                           tmp_path: Path) -> None:
     """A separate runner process (as zonefarm_launch starts it) at task_nice 7."""
     rec, url = recorder
-    niced = write_node_config(tmp_path / "niced.ini", name="wk1", api_url=url, nodes_secret=SECRET,
+    niced = write_node_config(tmp_path / "niced.ini", name="wk1", api_url=url, node_key=SECRET,
                               workdir=str(tmp_path / "work"), task_nice=7)
     probe = ("import json, os; print(json.dumps({'nice': os.getpriority(os.PRIO_PROCESS, 0), "
              "'pgid': os.getpgid(0), 'pid': os.getpid(), 'sid': os.getsid(0), "
@@ -236,7 +236,7 @@ def test_runner_and_tasks_run_niced_in_the_runners_session(recorder: tuple[Recor
 def test_task_nice_out_of_range_is_refused(tmp_path: Path) -> None:
     from control.node.config import NodeConfigError, load_node_config
 
-    bad = write_node_config(tmp_path / "bad.ini", name="wk1", api_url="http://127.0.0.1:1", nodes_secret=SECRET,
+    bad = write_node_config(tmp_path / "bad.ini", name="wk1", api_url="http://127.0.0.1:1", node_key=SECRET,
                             task_nice=25)
     with pytest.raises(NodeConfigError, match="task_nice must be between 0 and 19, got 25"):
         load_node_config(bad)

@@ -48,7 +48,8 @@ class Settings:
         "Admin credential (Bearer). At least 16 characters. Required by `api`.", secret=True)
     nodes_secret: str = opt(
         "",
-        "Shared key nodes sign callbacks with (HMAC-SHA256). At least 16 characters. Required by `api`.", secret=True)
+        "Secret each node's own key is derived from (HMAC-SHA256, see docs/security.md); it stays on the zone "
+        "and the Ansible controller. At least 16 characters. Required by `api`.", secret=True)
     listen: str = opt(
         "127.0.0.1:8700",
         "host:port the API binds.")
@@ -95,6 +96,9 @@ class Settings:
     callback_skew: int = opt(
         300,
         "Largest allowed clock difference on signed node requests, seconds.")
+    node_key_grace: int = opt(
+        86400,
+        "After a node's key is rotated, how long its previous key still signs (runners started before), seconds.")
     api_url: str = opt(
         "",
         "URL nodes call back to. Empty means https://<listen> with `tls_cert`, else http://<listen>.")

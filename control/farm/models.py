@@ -42,6 +42,12 @@ class Node(BaseModel):
     dispatch_error = peewee.TextField(default="")
     registered_at = peewee.DoubleField(default=now)
     last_seen = peewee.DoubleField(default=now)
+    # The node signs with HMAC(nodes_secret, "node:<name>:<generation>") (control.node.signing):
+    # deregistering bumps the generation (the old key is revoked); a node signing with a newer
+    # one moves it on (rotation), and the one before stays valid until key_previous_until.
+    key_generation = peewee.IntegerField(default=0)
+    key_previous_generation = peewee.IntegerField(null=True)
+    key_previous_until = peewee.DoubleField(default=0)
 
     def serves(self, queue: str) -> bool:
         return queue in (self.queues or [])
@@ -125,4 +131,17 @@ class Nonce(BaseModel):
     ts = peewee.DoubleField(default=now, index=True)
 
 
-FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce]
+class NodeJoinToken(BaseModel):
+    """A single-use, expiring token that enrolls one new node name (``POST /nodes/tokens``).
+
+    Only its SHA-256 digest is stored; ``used_at`` is set by the one enrollment it allows.
+    """
+
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    name = peewee.CharField(max_length=100)
+    created_at = peewee.DoubleField(default=now)
+    expires_at = peewee.DoubleField()
+    used_at = peewee.DoubleField(null=True)
+
+
+FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken]

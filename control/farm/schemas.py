@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from control.core.schemas import Input
 from control.farm.models import TASK_STATES
@@ -19,6 +19,26 @@ NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 ABS_PATH = r"^/[A-Za-z0-9._/+@-]*$"
 USER = r"^[a-z_][a-z0-9_-]{0,31}$"
+# A node's workdir is where the runner writes task specs, pid files and logs (as its user,
+# often root): never a system directory. Refused: "/", any top-level directory itself
+# ("/var", "/home", "/tmp"), and anything in these trees.
+SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev",
+                "/proc", "/sys", "/run", "/var/run", "/var/lock", "/var/spool", "/var/log", "/var/cache",
+                "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd")
+
+
+def check_workdir(path: str) -> str:
+    """Refuse a workdir that is not a normal absolute path, or that is (in) a system directory."""
+    import posixpath
+    if posixpath.normpath(path) != path.rstrip("/") or "//" in path:
+        raise ValueError("must be a normalized absolute path (no '.', '..' or '//')")
+    path = path.rstrip("/") or "/"
+    if path.count("/") < 2:
+        raise ValueError("must not be / or a top-level directory")
+    for tree in SYSTEM_TREES:
+        if path == tree or path.startswith(tree + "/"):
+            raise ValueError(f"must not be in the system directory {tree}")
+    return path
 TaskState = Literal[TASK_STATES]  # type: ignore[valid-type]
 
 
@@ -30,9 +50,10 @@ class NodeRegister(Input):
     ansible_connection: Literal["ssh", "local", "paramiko"] = "ssh"
     python: str = Field(default="/usr/bin/python3", pattern=ABS_PATH, max_length=1024)
     workdir: str = Field(pattern=ABS_PATH, max_length=1024,
-                         description="Where the runner keeps task specs, pids and logs")
+                         description="Where the runner keeps task specs, pids and logs: an absolute path, "
+                                     "not / nor a top-level directory nor in a system tree (/etc, /usr, ...)")
     config_path: str = Field(pattern=ABS_PATH, max_length=1024,
-                             description="The node's INI file (0600) the runner reads the nodes secret from")
+                             description="The node's INI file (0600) the runner reads the node key from")
     region: str = Field(default="default", pattern=LABEL)
     hostname: str = Field(default="", max_length=253)
     pid: int | None = Field(default=None, ge=1)
@@ -41,6 +62,11 @@ class NodeRegister(Input):
     resources: dict[str, int | float] = Field(default_factory=dict,
                                               description="cpu, memory and disk (bytes), and any other")
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        return check_workdir(value)
 
     @model_validator(mode="after")
     def _check(self) -> NodeRegister:
@@ -87,6 +113,34 @@ class NodeOut(BaseModel):
     registered_at: str
     last_seen: str
     last_seen_age: float = Field(description="Seconds since the last heartbeat or registration")
+    key_generation: int = Field(description="Generation of the key the node signs with (bumped when it is "
+                                            "deregistered or rotates its key)")
+
+
+class JoinTokenIn(Input):
+    name: str = Field(pattern=NODE_NAME, description="The one node name the token enrolls")
+    ttl: int = Field(default=3600, ge=60, le=7 * 86400, description="Seconds the token stays usable")
+
+
+class JoinTokenOut(BaseModel):
+    token: str = Field(description="Shown once; give it to the node only (zonefarm node enroll)")
+    name: str
+    expires_at: str
+
+
+class NodeEnroll(Input):
+    token: str = Field(min_length=8, max_length=200, description="A join token from POST /nodes/tokens")
+    registration: NodeRegister
+
+
+class NodeCredential(BaseModel):
+    node_key: str = Field(description="The node's own signing key: write it to its 0600 node.ini only")
+    key_generation: int
+
+
+class NodeEnrolled(BaseModel):
+    node: NodeOut
+    credential: NodeCredential
 
 
 class HeartbeatOut(BaseModel):

@@ -1,8 +1,8 @@
 """Worker side: ``zonefarm node register|heartbeat|agent`` with signed requests.
 
-A worker's timer (or the ``agent`` loop) keeps the node online. Every request is signed
-by ``control.node.signing`` with the nodes secret read from the node's 0600 INI file, so the
-secret is never on a command line or in the environment.
+A worker's timer (or the ``agent`` loop) keeps the node online. Every request goes through
+the worker's API client (``control.node.client``), signed with the key read from the node's
+0600 INI file, so the key is never on a command line or in the environment.
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-import requests
-
-from control.node.config import NodeConfig, NodeConfigError, load_node_config
-from control.node.signing import sign_headers
+from control.node.client import Anonymous, ApiClient, TransportError, node_client
+from control.node.config import NodeConfig, NodeConfigError, load_node_config, read_node_values, write_node_config
+from control.node.secretfile import InsecureFileError, require_private
 
 log = logging.getLogger("zonefarm.node")
 
@@ -48,17 +46,14 @@ def resources(workdir: str) -> dict[str, int]:
 
 
 def signed_post(config: NodeConfig, route: str, body: dict[str, Any], timeout: float = 15) -> dict[str, Any]:
-    raw = json.dumps(body).encode()
-    path = f"{urlsplit(config.api_url).path.rstrip('/')}/api/v1{route}"
-    headers = sign_headers(config.nodes_secret, config.name, "POST", path, raw)
-    headers["Content-Type"] = "application/json"
-    url = config.api_url.rstrip("/") + f"/api/v1{route}"
-    try:
-        resp = requests.post(url, data=raw, headers=headers, timeout=timeout)
-    except requests.RequestException as exc:
-        raise AgentError(f"{route}: {type(exc).__name__}: {exc}") from None
-    if resp.status_code >= 300:
-        raise AgentError(f"{route}: HTTP {resp.status_code}: {resp.text[:300]}")
+    """One signed POST through the worker's API client; AgentError says why it did not land."""
+    with node_client(config, timeout) as client:
+        try:
+            resp = client.post(route, body)
+        except TransportError as exc:
+            raise AgentError(str(exc)) from None
+    if resp.status >= 300:
+        raise AgentError(f"{route}: HTTP {resp.status}: {resp.text[:300]}")
     try:
         return resp.json()
     except ValueError:
@@ -69,6 +64,45 @@ def register(config: NodeConfig) -> dict[str, Any]:
     os.makedirs(config.workdir, mode=0o700, exist_ok=True)
     body = config.registration(os.getpid(), socket.gethostname(), resources(config.workdir))
     return signed_post(config, "/nodes/register", body)
+
+
+def enroll(config_path: str, token: str, timeout: float = 30) -> dict[str, Any]:
+    """Enroll this node with a join token and write the key it answers into the node's INI file.
+
+    For a node the Ansible controller did not derive a key for: the administrator issues
+    a single-use token for its name (``POST /nodes/tokens``), and the node trades it once
+    for its own key. The file is rewritten 0600 with ``node_key`` and ``key_generation``.
+    """
+    config = load_node_config(config_path, require_key=False)
+    os.makedirs(config.workdir, mode=0o700, exist_ok=True)
+    body = {"token": token,
+            "registration": config.registration(os.getpid(), socket.gethostname(), resources(config.workdir))}
+    with ApiClient(config.api_url, Anonymous(), timeout) as client:
+        try:
+            resp = client.post("/nodes/enroll", body)
+        except TransportError as exc:
+            raise AgentError(str(exc)) from None
+    if resp.status != 201:
+        raise AgentError(f"/nodes/enroll: HTTP {resp.status}: {resp.error_message()}")
+    answer = resp.json()
+    credential = answer["credential"]
+    values = read_node_values(config.path)
+    values.update(node_key=credential["node_key"], key_generation=credential["key_generation"])
+    write_node_config(config.path, **values)
+    return answer["node"]
+
+
+def read_join_token(path: str) -> str:
+    """The join token from its file (never argv: a command line is visible to every user)."""
+    try:
+        require_private(path, "the join token")
+        with open(path) as fh:
+            token = fh.read().strip()
+    except (OSError, InsecureFileError) as exc:
+        raise AgentError(f"join token file: {exc}") from None
+    if not token:
+        raise AgentError(f"{path}: empty join token file")
+    return token
 
 
 def heartbeat(config: NodeConfig) -> dict[str, Any]:
@@ -131,6 +165,15 @@ def _config(args: argparse.Namespace) -> NodeConfig:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
+    if args.node_command == "enroll":
+        try:
+            print(json.dumps(enroll(args.node_config, read_join_token(args.join_token_file))))
+        except NodeConfigError as exc:
+            raise SystemExit(f"zonefarm: {exc}") from None
+        except AgentError as exc:
+            print(f"zonefarm node enroll: {exc}", file=sys.stderr)
+            return 1
+        return 0
     config = _config(args)
     try:
         if args.node_command == "register":
@@ -152,10 +195,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="node_command", required=True)
     for name, text in (("register", "register (or re-register) this node"),
                        ("heartbeat", "send one signed heartbeat"),
-                       ("agent", "register, then heartbeat until stopped")):
+                       ("agent", "register, then heartbeat until stopped"),
+                       ("enroll", "trade a join token for this node's key, written to its INI file")):
         q = sub.add_parser(name, help=text)
         q.add_argument("--node-config", "--config", dest="node_config", required=True,
                        help="the node's INI file ([node] section, mode 0600)")
         if name == "agent":
             q.add_argument("--interval", type=float, help="seconds between heartbeats")
+        if name == "enroll":
+            q.add_argument("--join-token-file", required=True,
+                           help="file (0600) holding the join token from POST /api/v1/nodes/tokens")
         q.set_defaults(func=cmd_node)

@@ -1,18 +1,21 @@
-"""The worker-side INI file (section ``[node]``): who this node is and the nodes secret.
+"""The worker-side INI file (section ``[node]``): who this node is and its own key.
 
 Standard library only, because the task runner reads it on its hot path. The file
-holds the nodes secret, so it must be private to its owner (mode 0600 or stricter):
-the agent and the runner refuse a group- or world-readable file rather than use a
-secret others may have read.
+holds the node's key (``node_key``, of generation ``key_generation``: derived from the
+nodes secret by the Ansible controller, or handed out once by ``zonefarm node enroll``),
+so it must be private to its owner (mode 0600 or stricter): the agent and the runner
+refuse a group- or world-readable file rather than use a key others may have read.
+The nodes secret itself never belongs on a node: a file that holds it is refused.
 """
 
 from __future__ import annotations
 
 import configparser
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from control.node.secretfile import InsecureFileError, require_private
 
 SECTION = "node"
 
@@ -26,7 +29,8 @@ class NodeConfig:
     path: str
     api_url: str
     name: str
-    nodes_secret: str = field(repr=False)
+    node_key: str = field(repr=False)
+    key_generation: int = 0
     region: str = "default"
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 1
@@ -49,7 +53,7 @@ class NodeConfig:
     task_nice: int = 10
 
     def registration(self, pid: int, hostname: str, resources: dict[str, int]) -> dict[str, object]:
-        """The body of ``POST /nodes/register``: everything but the secret."""
+        """The body of ``POST /nodes/register``: everything but the key."""
         return {
             "name": self.name, "region": self.region, "hostname": hostname, "pid": pid,
             "queues": list(self.queues), "concurrency": self.concurrency,
@@ -70,16 +74,21 @@ def _nice(value: int) -> int:
     return value
 
 
-def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
+def _generation(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"key_generation must be 0 or more, got {value}")
+    return value
+
+
+def load_node_config(path: str | os.PathLike[str], *, require_key: bool = True) -> NodeConfig:
+    """Read and check a node's INI file; ``require_key=False`` only for enrolling (it has none yet)."""
     p = Path(path).resolve()
     try:
-        st = p.stat()
+        require_private(p, "the node key")
     except FileNotFoundError:
         raise NodeConfigError(f"{p}: no such node config") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise NodeConfigError(
-            f"{p}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the nodes secret; "
-            "chmod 600 it")
+    except InsecureFileError as exc:
+        raise NodeConfigError(str(exc)) from None
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(p)
@@ -88,7 +97,10 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     if not parser.has_section(SECTION):
         raise NodeConfigError(f"{p}: missing [{SECTION}] section")
     sec = parser[SECTION]
-    for key in ("api_url", "name", "nodes_secret"):
+    if "nodes_secret" in sec:
+        raise NodeConfigError(f"{p}: [{SECTION}] nodes_secret does not belong on a node; write its own "
+                              "node_key instead (the worker role derives it, or use zonefarm node enroll)")
+    for key in ("api_url", "name", "node_key") if require_key else ("api_url", "name"):
         if not sec.get(key, "").strip():
             raise NodeConfigError(f"{p}: [{SECTION}] {key} is required")
     known = {f for f in NodeConfig.__dataclass_fields__ if f != "path"}
@@ -102,7 +114,8 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
     try:
         return NodeConfig(
             path=str(p), api_url=sec["api_url"].rstrip("/"), name=sec["name"].strip(),
-            nodes_secret=sec["nodes_secret"].strip(), region=sec.get("region", "default"),
+            node_key=sec.get("node_key", "").strip(), key_generation=_generation(sec.getint("key_generation", 0)),
+            region=sec.get("region", "default"),
             queues=_split(sec.get("queues", "default")) or ("default",),
             concurrency=sec.getint("concurrency", 1),
             workdir=sec.get("workdir", "") or str(p.parent / "work"),
@@ -120,7 +133,10 @@ def load_node_config(path: str | os.PathLike[str]) -> NodeConfig:
 
 
 def write_node_config(path: str | os.PathLike[str], **values: object) -> Path:
-    """Write a ``[node]`` file created 0600 from the start (never readable by others)."""
+    """Write a ``[node]`` file created 0600 from the start (never readable by others).
+
+    Written to a temporary file and renamed over, so a reader never sees half a file.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"[{SECTION}]"]
@@ -130,8 +146,17 @@ def write_node_config(path: str | os.PathLike[str], **values: object) -> Path:
         elif isinstance(value, dict):
             value = ",".join(f"{k}={v}" for k, v in value.items())
         lines.append(f"{key} = {value}")
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = p.with_name(p.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(lines) + "\n")
-    os.chmod(p, 0o600)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, p)
     return p
+
+
+def read_node_values(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``[node]`` section as written, for rewriting it with a key (``zonefarm node enroll``)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path)
+    return dict(parser[SECTION]) if parser.has_section(SECTION) else {}

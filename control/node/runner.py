@@ -3,7 +3,7 @@
 One runner process supervises every task of one launch (a node's batch in a dispatch
 round), one thread per task: a Python process per task would cost ~10 MB and ~30 ms each
 and 1,000 of them at once do not fit on a small worker. The hot path is standard
-library only (http.client, subprocess, control.node.signing) so the first ``started``
+library only (subprocess, and ``control.node.client`` on http.client) so the first ``started``
 callback leaves within ``START_GRACE`` of the launch. A task that ends within that grace
 sends only ``finished`` (the API records its ``running`` event all the same): short tasks
 are common (Z-Node's named functions, broadcasts), and one report instead of two halves
@@ -15,7 +15,7 @@ Per task attempt, under ``<workdir>/tasks/<id>/<attempt>/``:
 ``zonefarm_kill`` before it signals, or by the runner itself on timeout or cancel),
 ``outputs.json`` (optional, written by the task), ``callbacks.log`` (reports that did not land,
 status lines only) and ``done`` (when the runner let go of it;
-the node agent deletes attempts done longer ago than ``task_dirs_keep_days``). The nodes secret is read from the node
+the node agent deletes attempts done longer ago than ``task_dirs_keep_days``). The node key is read from the node
 config file, never from argv or env, and the task's child gets a filtered environment.
 
 The runner enforces the task timeout itself as well as obeying the dispatcher's kills, so
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import http.client
 import json
 import os
 import signal
@@ -36,10 +35,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from control.node.client import TransportError, node_client
 from control.node.config import NodeConfig, NodeConfigError, load_node_config
-from control.node.signing import sign_headers
 
 LOG_CHUNK = 64 * 1024  # characters per log callback
 LOG_INTERVAL = 1.0
@@ -60,23 +58,12 @@ class CallbackFailed(ConnectionError):
 
 
 class Callbacks:
-    """Signed callbacks over one keep-alive connection, retried with a bound."""
+    """Signed callbacks for one task attempt, through the worker's API client, retried with a bound."""
 
     def __init__(self, config: NodeConfig, task_id: int, attempt: int) -> None:
-        url = urlsplit(config.api_url)
-        self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or (443 if url.scheme == "https" else 80)
-        self.https = url.scheme == "https"
-        self.path = f"{url.path.rstrip('/')}/api/v1/tasks/{task_id}/callback"
-        self.config = config
+        self.route = f"/tasks/{task_id}/callback"
         self.attempt = attempt
-        self.conn: http.client.HTTPConnection | None = None
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.conn is None:
-            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            self.conn = cls(self.host, self.port, timeout=30)
-        return self.conn
+        self.client = node_client(config)
 
     def send(self, event: str, *, patience: float | None = None, **data: Any) -> dict[str, Any]:
         """Deliver one report, retrying with backoff until it lands or its patience runs out.
@@ -86,35 +73,28 @@ class Callbacks:
         A lost ``finished`` would let the lease rerun a task that already ran, so it
         outlasts a restart by far; the other reports are superseded by the next one, and the
         caller carries on without them (see ``TaskRun._report``). Each attempt is signed
-        afresh: a retried request is a new nonce, never a replay.
+        afresh by the client: a retried request is a new nonce, never a replay.
         """
-        body = json.dumps({"event": event, "attempt": self.attempt, **data}).encode()
+        payload = {"event": event, "attempt": self.attempt, **data}
         if patience is None:
             patience = FINISHED_PATIENCE if event == "finished" else REPORT_PATIENCE
         deadline = time.monotonic() + patience
         delay = 0.2
         last = ""
         while True:
-            headers = sign_headers(self.config.nodes_secret, self.config.name, "POST",
-                                   self.path, body)
-            headers["Content-Type"] = "application/json"
             try:
-                conn = self._connection()
-                conn.request("POST", self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                payload = resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self.close()
-                last = f"{type(exc).__name__}: {exc}"
+                resp = self.client.post(self.route, payload)
+            except TransportError as exc:
+                last = str(exc)
             else:
                 if resp.status == 403:
-                    raise StaleAttempt(payload.decode(errors="replace")[:200])
+                    raise StaleAttempt(resp.text[:200])
                 if resp.status < 300:
                     try:
-                        return json.loads(payload or b"{}")
+                        return resp.json()
                     except ValueError:
                         return {}
-                last = f"HTTP {resp.status}: {payload.decode(errors='replace')[:200]}"
+                last = f"HTTP {resp.status}: {resp.text[:200]}"
                 if 400 <= resp.status < 500 and resp.status not in (401, 408, 409, 429):
                     break  # our request is wrong; repeating it will not help
             pause = min(delay, deadline - time.monotonic())
@@ -125,9 +105,7 @@ class Callbacks:
         raise CallbackFailed(f"callback {event} failed: {last}")
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.client.close()
 
 
 def _child_env(spec: dict[str, Any], tdir: Path, config: NodeConfig) -> dict[str, str]:

@@ -9,7 +9,8 @@ and nothing else: research data is never deleted by a registry edit. A later sup
 same space removes the marker.
 
 The INI file (section ``[provider]``) names the token *file*, never the token, and the
-agent refuses a token file others can read.
+agent refuses a token file others can read (``control.node.secretfile``). Its HTTP goes
+through the worker side's one API client (``control.node.client``) with bearer auth.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import json
 import logging
 import os
 import signal
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
+from control.node.client import ApiClient, Bearer, Response, TransportError
+from control.node.secretfile import InsecureFileError, require_private
 
 SECTION = "provider"
 REVOKED = ".revoked"
@@ -41,6 +42,10 @@ class ProviderConfigError(ValueError):
 
 class TokenRejected(RuntimeError):
     """The zone answered 401/403: retrying with the same token cannot help."""
+
+
+class FeedError(RuntimeError):
+    """The change feed answered something other than 200: retried with back-off."""
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,18 @@ class ProviderConfig:
     def changes_url(self) -> str:
         return self.api_url + "/api/v1/changes"
 
+    def client(self) -> ApiClient:
+        """The worker side's API client, authenticated with this provider's token."""
+        return ApiClient(self.api_url, Bearer(self.token), self.request_timeout)
+
 
 def _read_token(path: Path) -> str:
     try:
-        st = path.stat()
+        require_private(path, "the provider token")
     except FileNotFoundError:
         raise ProviderConfigError(f"{path}: no such token file") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        raise ProviderConfigError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets others read the provider "
-                                  "token; chmod 600 it")
+    except InsecureFileError as exc:
+        raise ProviderConfigError(str(exc)) from None
     token = path.read_text(encoding="utf-8").strip()
     if not token:
         raise ProviderConfigError(f"{path}: empty token file")
@@ -115,10 +123,9 @@ def load_provider_config(path: str | os.PathLike[str]) -> ProviderConfig:
 class Follower:
     """Applies the feed to the storage directory; one instance per agent process."""
 
-    def __init__(self, config: ProviderConfig, session: requests.Session | None = None) -> None:
+    def __init__(self, config: ProviderConfig, client: ApiClient | None = None) -> None:
         self.config = config
-        self.session = session or requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {config.token}"
+        self.client = client or config.client()
         self.storage = Path(config.storage_path)
         self.state_file = Path(config.state_file)
         self.seq = self._load_seq()
@@ -183,13 +190,13 @@ class Follower:
     def step(self, timeout: int | None = None) -> int:
         """One long-poll; returns how many changes were applied."""
         wait = self.config.poll_timeout if timeout is None else timeout
-        resp = self.session.get(self.config.changes_url, params={"since": self.seq, "timeout": wait},
-                                timeout=wait + self.config.request_timeout)
-        if resp.status_code in (401, 403):
-            raise TokenRejected(f"the zone refused the provider token ({resp.status_code}): "
+        resp = self.client.get("/changes", query={"since": self.seq, "timeout": wait},
+                               timeout=wait + self.config.request_timeout)
+        if resp.status in (401, 403):
+            raise TokenRejected(f"the zone refused the provider token ({resp.status}): "
                                 f"{_error_message(resp)}")
-        if resp.status_code != 200:
-            raise requests.HTTPError(f"GET /changes answered {resp.status_code}: {_error_message(resp)}")
+        if resp.status != 200:
+            raise FeedError(f"GET /changes answered {resp.status}: {_error_message(resp)}")
         body = resp.json()
         changes = body.get("changes", [])
         for change in changes:
@@ -212,17 +219,14 @@ class Follower:
             except TokenRejected as exc:
                 log.error("%s", exc)
                 stop.wait(30.0)
-            except (requests.RequestException, ValueError) as exc:
+            except (TransportError, FeedError, ValueError) as exc:
                 log.warning("change feed unavailable (%s); retrying in %.0f s", exc, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
 
-def _error_message(resp: requests.Response) -> str:
-    try:
-        return str(resp.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return resp.reason or ""
+def _error_message(resp: Response) -> str:
+    return resp.error_message()
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

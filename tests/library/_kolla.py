@@ -1,7 +1,8 @@
 """Kolla-ansible style module tests: load the module file, patch exit_json/fail_json.
 
-``ansible.module_utils.zonefarm_signing`` is the same file as ``control.node.signing`` (a
-symlink in ``module_utils/``), so it is registered under that name before loading.
+``ansible.module_utils.zonefarm_signing`` and ``zonefarm_secretfile`` are the same files as
+``control.node.signing`` and ``control.node.secretfile`` (symlinks in ``module_utils/``), so
+they are registered under those names before loading.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from ansible.module_utils import basic
 
+import control.node.secretfile
 import control.node.signing
 
 LIBRARY = Path(__file__).resolve().parents[2] / "library"
@@ -33,6 +35,7 @@ class ModuleFail(Exception):
 
 def load_module(name: str) -> ModuleType:
     sys.modules.setdefault("ansible.module_utils.zonefarm_signing", control.node.signing)
+    sys.modules.setdefault("ansible.module_utils.zonefarm_secretfile", control.node.secretfile)
     spec = importlib.util.spec_from_file_location(f"zf_library_{name}", LIBRARY / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

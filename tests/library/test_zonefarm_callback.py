@@ -1,4 +1,4 @@
-"""zonefarm_callback: signed with the shared helper, secret from a private file only."""
+"""zonefarm_callback: signed with the shared helper, the node's key from a private file only."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from control.node.signing import verify
+from control.node.signing import HEADER_GENERATION, verify
 from tests.library._kolla import ModuleFail, load_module
 
 callback = load_module("zonefarm_callback")
@@ -31,7 +31,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(json.dumps({"error": {"code": "unauthorized", "message": str(exc)}}).encode())
             return
-        self.received.append({"node": node, "path": self.path, "body": json.loads(body)})
+        self.received.append({"node": node, "path": self.path, "body": json.loads(body),
+                              "generation": self.headers[HEADER_GENERATION]})
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -52,9 +53,9 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def _config(tmp_path: Path, url: str, secret: str = SECRET, mode: int = 0o600) -> str:
+def _config(tmp_path: Path, url: str, secret: str = SECRET, mode: int = 0o600, generation: int = 4) -> str:
     path = tmp_path / "node.ini"
-    path.write_text(f"[node]\nname = wk1\nnodes_secret = {secret}\napi_url = {url}\n")
+    path.write_text(f"[node]\nname = wk1\nnode_key = {secret}\nkey_generation = {generation}\napi_url = {url}\n")
     path.chmod(mode)
     return str(path)
 
@@ -63,7 +64,7 @@ def test_signed_finished_callback(run_module: Any, server: str, tmp_path: Path) 
     result = run_module(callback, {"config_path": _config(tmp_path, server), "task_id": 12, "attempt": 2,
                                    "event": "finished", "exit_code": 0, "outputs": {"n": 1}})
     assert result["status"] == 200 and result["response"] == {"cancel": True}
-    assert _Handler.received == [{"node": "wk1", "path": "/api/v1/tasks/12/callback",
+    assert _Handler.received == [{"node": "wk1", "path": "/api/v1/tasks/12/callback", "generation": "4",
                                   "body": {"event": "finished", "attempt": 2, "exit_code": 0, "outputs": {"n": 1}}}]
     assert SECRET not in json.dumps(result)
 

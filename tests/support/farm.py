@@ -1,8 +1,8 @@
 """A task farm on this machine for end-to-end tests: nodes, ``zonefarm dispatcher`` processes, task helpers.
 
 Several node names map to this machine (``ansible_connection=local``), each with its own
-work dir and 0600 INI file; they register themselves with signed requests
-(``control.node.agent``). The API may be the in-process live server or a ``zonefarm api``
+work dir and 0600 INI file holding its own key (derived from the nodes secret, as the
+worker role does); they register themselves with signed requests (``control.node.agent``). The API may be the in-process live server or a ``zonefarm api``
 process: the farm only needs its URL and a client.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 from control.core.config import Settings
 from control.node.agent import register
 from control.node.config import load_node_config, write_node_config
+from control.node.signing import derive_node_key
 from tests.support.apiproc import clean_env
 from tests.support.client import Api
 
@@ -49,7 +50,8 @@ class Farm:
         values: dict[str, Any] = {"ansible_connection": "local", "ansible_host": "127.0.0.1",
                                   "ansible_user": "root", "python": sys.executable, **extra}
         config = write_node_config(
-            base / "node.ini", name=name, api_url=self.api_url, nodes_secret=self.nodes_secret, region=region,
+            base / "node.ini", name=name, api_url=self.api_url, region=region,
+            node_key=derive_node_key(self.nodes_secret, name), key_generation=0,
             concurrency=concurrency, workdir=str(base / "work"), **values)
         register(load_node_config(config))
         self.nodes[name] = base / "work"

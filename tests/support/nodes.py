@@ -1,4 +1,4 @@
-"""A worker node as the API sees it: signed requests with the nodes secret, for farm tests."""
+"""A worker node as the API sees it: requests signed with its own key, derived from the nodes secret."""
 
 from __future__ import annotations
 
@@ -7,26 +7,38 @@ from typing import Any
 
 import requests
 
-from control.node.signing import sign_headers
+from control.node.signing import derive_node_key, sign_headers
 from control.web.routing import API_PREFIX
 from tests.support.client import Api
 
 
 class SignedNode:
-    """Sends requests signed exactly as the runner and ``library/zonefarm_callback`` do."""
+    """Sends requests signed exactly as the runner and ``library/zonefarm_callback`` do.
 
-    def __init__(self, api: Api, name: str, secret: str) -> None:
+    ``nodes_secret`` is the zone's: the node's key is derived from it the way the worker
+    role does (``derive_node_key``), for ``generation``.
+    """
+
+    def __init__(self, api: Api, name: str, nodes_secret: str, generation: int = 0) -> None:
         self.api = api
         self.name = name
-        self.secret = secret
+        self.nodes_secret = nodes_secret
+        self.generation = generation
+        self.key = derive_node_key(nodes_secret, name, generation)
         self.last_headers: dict[str, str] = {}
         self.last_body = b""
 
-    def request(self, method: str, path: str, body: Any = None, *, secret: str | None = None,
+    def with_generation(self, generation: int) -> SignedNode:
+        """The same node with the key of another generation (as after a rotation)."""
+        return SignedNode(self.api, self.name, self.nodes_secret, generation)
+
+    def request(self, method: str, path: str, body: Any = None, *, key: str | None = None,
                 timestamp: int | None = None, nonce: str | None = None, name: str | None = None,
-                headers: dict[str, str] | None = None) -> requests.Response:
+                generation: int | None = None, headers: dict[str, str] | None = None) -> requests.Response:
+        """``key``/``name``/``generation`` override what is signed with and as (forgeries)."""
         raw = b"" if body is None else json.dumps(body).encode()
-        signed = sign_headers(secret or self.secret, name or self.name, method, API_PREFIX + path, raw,
+        signed = sign_headers(key or self.key, name or self.name, method, API_PREFIX + path, raw,
+                              self.generation if generation is None else generation,
                               timestamp=timestamp, nonce=nonce)
         signed["Content-Type"] = "application/json"
         signed.update(headers or {})

@@ -1,23 +1,41 @@
-"""Worker nodes: signed registration and heartbeats, and the administrator's controls.
+"""Worker nodes: signed registration and heartbeats, enrollment, and the administrator's controls.
 
 A node registers (idempotently: registering again updates it and brings it back
 online) and then heartbeats; a node silent past ``node_lease`` is marked lost by the
-reaper. Cordon stops new work, drain is cordon plus "tell me when it is empty",
-uncordon undoes both, and deregistering (refused while tasks run there) keeps the row
-for the task history but takes it out of every listing, claim and inventory.
+reaper. Every one of these requests is signed with the node's own key
+(``control.web.nodeauth``), so only the node itself can change its registration. A new
+name is enrolled either by a key the Ansible controller derived for it, or by a
+single-use, expiring join token the administrator issues (``POST /nodes/tokens``,
+then ``POST /nodes/enroll``, which hands the node its key once). Cordon stops new work,
+drain is cordon plus "tell me when it is empty", uncordon undoes both, and
+deregistering (refused while tasks run there) keeps the row for the task history but
+takes it out of every listing, claim and inventory, and revokes the node's key.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
-from control.core.errors import ApiError, conflict, forbidden, not_found
+from control.core.errors import ApiError, conflict, forbidden, not_found, unauthorized
 from control.core.models import iso, now
 from control.core.schemas import Page
 from control.farm.claims import active_counts
-from control.farm.models import ACTIVE, Node, Task
-from control.farm.schemas import HeartbeatOut, NodeHeartbeat, NodeOut, NodeRegister
-from control.registry.identity import Principal, require_root, require_user_or_root
+from control.farm.models import ACTIVE, Node, NodeJoinToken, Task
+from control.farm.schemas import (
+    HeartbeatOut,
+    JoinTokenIn,
+    JoinTokenOut,
+    NodeCredential,
+    NodeEnroll,
+    NodeEnrolled,
+    NodeHeartbeat,
+    NodeOut,
+    NodeRegister,
+)
+from control.node.signing import derive_node_key
+from control.registry.identity import Principal, digest, require_root, require_user_or_root
+from control.web.nodeauth import signed_generation
 from control.web.routing import Context, Query, Reply, route
 
 TAG = "nodes"
@@ -34,7 +52,8 @@ def node_out(node: Node, running: int) -> NodeOut:
         labels=node.labels or {}, ansible_host=node.ansible_host, ansible_port=node.ansible_port,
         ansible_user=node.ansible_user, ansible_connection=node.ansible_connection,
         python=node.python, workdir=node.workdir, registered_at=iso(node.registered_at),
-        last_seen=iso(node.last_seen), last_seen_age=round(max(now() - node.last_seen, 0.0), 3))
+        last_seen=iso(node.last_seen), last_seen_age=round(max(now() - node.last_seen, 0.0), 3),
+        key_generation=node.key_generation)
 
 
 def _one_out(node: Node) -> NodeOut:
@@ -64,8 +83,59 @@ def register_node(ctx: Context) -> Reply:
     Node.update(registered_at=t).where(Node.name == req.name, Node.state == "deregistered").execute()
     if Node.update(**values, state="online", last_seen=t).where(Node.name == req.name).execute():
         return Reply(200, _one_out(Node.get(Node.name == req.name)))
-    node = Node.create(**values, state="online", registered_at=t, last_seen=t)
+    # A new name: the signature was checked with the key derived for it (nodeauth), which
+    # only the zone and the controller can make: that is its enrollment.
+    node = Node.create(**values, state="online", registered_at=t, last_seen=t,
+                       key_generation=signed_generation(ctx.headers))
     return Reply(201, _one_out(node), {"Location": f"/api/v1/nodes/{node.name}"})
+
+
+@route("POST", "/nodes/tokens", summary="Issue a single-use join token that enrolls one new node name "
+                                        "(administrator)",
+       tag=TAG, body=JoinTokenIn, responses={201: JoinTokenOut})
+def issue_join_token(ctx: Context) -> Reply:
+    require_root(ctx.principal)
+    req: JoinTokenIn = ctx.body
+    if Node.select().where(Node.name == req.name, Node.state != "deregistered").exists():
+        raise conflict(f"node {req.name} is registered; it re-registers with its own key")
+    plain = "zfj_" + secrets.token_urlsafe(32)
+    expires = now() + req.ttl
+    NodeJoinToken.create(token_hash=digest(plain), name=req.name, expires_at=expires)
+    return Reply(201, JoinTokenOut(token=plain, name=req.name, expires_at=iso(expires)))
+
+
+@route("POST", "/nodes/enroll", summary="Enroll a new node with a join token; answers the node's own key, once",
+       tag=TAG, body=NodeEnroll, auth="none", responses={201: NodeEnrolled})
+def enroll_node(ctx: Context) -> Reply:
+    """The token is spent by the same transaction that enrolls: a refusal leaves it unused."""
+    req: NodeEnroll = ctx.body
+    reg = req.registration
+    t = now()
+    # Write first (SQLite takes its write lock before any read): spend the token if it is live.
+    spent = (NodeJoinToken.update(used_at=t)
+             .where(NodeJoinToken.token_hash == digest(req.token), NodeJoinToken.used_at.is_null(),
+                    NodeJoinToken.expires_at > t).execute())
+    if not spent:
+        raise unauthorized("join token refused: unknown, expired or already used")
+    token = NodeJoinToken.get(NodeJoinToken.token_hash == digest(req.token))
+    if token.name != reg.name:
+        raise forbidden(f"this join token enrolls {token.name!r}, not {reg.name!r}")
+    existing = Node.get_or_none(Node.name == reg.name)
+    if existing is not None and existing.state != "deregistered":
+        raise conflict(f"node {reg.name} is registered; it re-registers with its own key")
+    generation = existing.key_generation if existing is not None else 0
+    values = {**reg.model_dump(), "state": "online", "registered_at": t, "last_seen": t,
+              "cordoned": False, "draining": False, "key_generation": generation,
+              "key_previous_generation": None, "key_previous_until": 0}
+    if existing is not None:
+        Node.update(**values).where(Node.id == existing.id).execute()
+        node = Node.get_by_id(existing.id)
+    else:
+        node = Node.create(**values)
+    key = derive_node_key(ctx.settings.nodes_secret, reg.name, generation)
+    return Reply(201, NodeEnrolled(node=_one_out(node), credential=NodeCredential(node_key=key,
+                                                                                  key_generation=generation)),
+                 {"Location": f"/api/v1/nodes/{node.name}"})
 
 
 @route("POST", "/nodes/{name}/heartbeat", summary="Keep a node online (signed by the node)", tag=TAG,
@@ -165,7 +235,10 @@ def deregister_node(ctx: Context, name: str) -> None:
     running = active_counts([node.id]).get(node.id, 0)
     if running:
         raise conflict(f"node {name} still runs {running} task(s); drain it first")
-    changed = (Node.update(state="deregistered", cordoned=False, draining=False)
+    # The key generation moves on: the node's key (and any previous one) stops signing.
+    changed = (Node.update(state="deregistered", cordoned=False, draining=False,
+                           key_generation=Node.key_generation + 1, key_previous_generation=None,
+                           key_previous_until=0)
                .where(Node.id == node.id, Node.state != "deregistered").execute())
     if not changed:
         raise ApiError(404, f"node {name} not found")
