@@ -8,6 +8,7 @@ refused, and the API will not serve plain HTTP on a non-loopback address unless 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import ssl
 import stat
@@ -23,8 +24,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from control.core.config import ConfigError, Settings, is_loopback, load_settings
+from control.node.agent import register
+from control.node.client import Anonymous, ApiClient, TransportError
+from control.node.config import load_node_config, write_node_config
+from control.node.signing import derive_node_key
+from control.provider.agent import load_provider_config
 from tests.conftest import NODES_SECRET, ROOT_SECRET
-from tests.support.apiproc import ZONEFARM, ApiProcess, api_env
+from tests.support.apiproc import ZONEFARM, ApiProcess, api_env, clean_env
 from tests.support.pg import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,9 +136,10 @@ def site_ca() -> trustme.CA:
     return trustme.CA(organization_name="zonefarm test site CA")
 
 
-@pytest.fixture
-def https_api(tmp_path: Path, site_ca: trustme.CA) -> Iterator[ApiProcess]:
-    """`zonefarm api` serving HTTPS on loopback with a certificate the site CA issued."""
+@pytest.fixture(scope="module")
+def https_api(tmp_path_factory: pytest.TempPathFactory, site_ca: trustme.CA) -> Iterator[ApiProcess]:
+    """`zonefarm api` serving HTTPS on loopback with a certificate the site CA issued (one per module)."""
+    tmp_path = tmp_path_factory.mktemp("https-api")
     cert = site_ca.issue_cert("127.0.0.1", "localhost")
     cert_file, key_file, ca_file = tmp_path / "zone.crt", tmp_path / "zone.key", tmp_path / "ca.pem"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
@@ -153,6 +160,18 @@ def https_api(tmp_path: Path, site_ca: trustme.CA) -> Iterator[ApiProcess]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A CA file that did not sign the zone's certificate."""
+    path = tmp_path_factory.mktemp("other-ca") / "ca.pem"
+    trustme.CA(organization_name="someone else").cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def _base(api: ApiProcess) -> str:
+    return f"https://127.0.0.1:{api.port}"
+
+
 def test_https_with_the_site_ca(https_api: ApiProcess) -> None:
     assert https_api.url.startswith("https://")
     auth = {"Authorization": f"Bearer {ROOT_SECRET}"}
@@ -165,11 +184,9 @@ def test_https_with_the_site_ca(https_api: ApiProcess) -> None:
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
 
 
-def test_a_client_trusting_another_ca_is_refused(https_api: ApiProcess, tmp_path: Path) -> None:
-    other = tmp_path / "other-ca.pem"
-    trustme.CA(organization_name="someone else").cert_pem.write_to_path(str(other))
+def test_a_client_trusting_another_ca_is_refused(https_api: ApiProcess, other_ca: str) -> None:
     with pytest.raises(requests.exceptions.SSLError, match="CERTIFICATE_VERIFY_FAILED"):
-        requests.get(https_api.url + "/healthz", timeout=10, verify=str(other))
+        requests.get(https_api.url + "/healthz", timeout=10, verify=other_ca)
     with pytest.raises(requests.exceptions.SSLError):  # nor do the system's CAs know the site CA
         requests.get(https_api.url + "/healthz", timeout=10)
 
@@ -182,11 +199,106 @@ def test_plain_http_to_the_https_port_gets_nothing(https_api: ApiProcess) -> Non
     assert resp.status_code == 400 and "ok" not in resp.text  # a TLS server's answer, never the API's
 
 
+# --- every client verifies: the worker side's client, the Ansible modules, the inventory -----
+
+def test_worker_side_client_verifies_against_its_ca_file(https_api: ApiProcess, other_ca: str) -> None:
+    with ApiClient(_base(https_api), Anonymous(), 10, ca_file=https_api.ca_file or "") as client:
+        assert client.get("/healthz").json()["status"] == "ok"
+    for ca_file in (other_ca, ""):  # another CA, and the system's CAs, which do not know the site CA
+        with ApiClient(_base(https_api), Anonymous(), 10, ca_file=ca_file) as client, \
+                pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.get("/healthz")
+
+
+def test_a_node_registers_over_https_with_ca_file_from_node_ini(https_api: ApiProcess, other_ca: str,
+                                                                tmp_path: Path) -> None:
+    values = {"name": "tls1", "api_url": _base(https_api), "node_key": derive_node_key(NODES_SECRET, "tls1"),
+              "workdir": str(tmp_path / "work"), "ansible_connection": "local"}
+    good = write_node_config(tmp_path / "good.ini", **values, ca_file=https_api.ca_file)
+    answer = register(load_node_config(good))
+    assert answer["name"] == "tls1" and answer["state"] == "online"
+    wrong = write_node_config(tmp_path / "wrong.ini", **values, ca_file=other_ca)
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        register(load_node_config(wrong))
+
+
+def test_provider_config_carries_ca_file(https_api: ApiProcess, other_ca: str, tmp_path: Path) -> None:
+    token = tmp_path / "provider.token"
+    token.write_text("not-checked-by-healthz")
+    token.chmod(0o600)
+    for ca_file, ok in ((https_api.ca_file, True), (other_ca, False)):
+        ini = tmp_path / "provider.ini"
+        ini.write_text(f"[provider]\napi_url = {_base(https_api)}\nprovider_id = 1\ntoken_file = {token}\n"
+                       f"storage_path = {tmp_path}\nca_file = {ca_file}\n")
+        config = load_provider_config(ini)
+        assert config.ca_file == ca_file
+        with config.client() as client:
+            if ok:
+                assert client.get("/healthz").status == 200
+            else:
+                with pytest.raises(TransportError, match="CERTIFICATE_VERIFY_FAILED"):
+                    client.get("/healthz")
+
+
+def _run_module(name: str, args: dict[str, object]) -> dict[str, object]:
+    """Run a library/ module's main() as Ansible would, returning exit_json's or fail_json's result."""
+    from unittest import mock
+
+    from ansible.module_utils import basic
+    from ansible.module_utils.testing import patch_module_args
+
+    from tests.library._kolla import ModuleExit, ModuleFail, _exit, _fail, load_module
+
+    module = load_module(name)
+    with patch_module_args(args), mock.patch.object(basic.AnsibleModule, "exit_json", _exit), \
+            mock.patch.object(basic.AnsibleModule, "fail_json", _fail):
+        try:
+            module.main()
+        except (ModuleExit, ModuleFail) as done:
+            return {"failed": isinstance(done, ModuleFail), **done.result}
+    raise AssertionError(f"{name} returned without exit_json or fail_json")
+
+
+def test_provider_module_verifies_against_ca_file(https_api: ApiProcess, other_ca: str, tmp_path: Path) -> None:
+    args = {"api_url": _base(https_api), "api_token": ROOT_SECRET, "name": "tlsprov", "domain": "tls.example.org",
+            "admin_email": "ops@example.org", "token_path": str(tmp_path / "provider.token"), "retries": 1}
+    done = _run_module("zonefarm_provider", {**args, "ca_file": https_api.ca_file})
+    assert not done["failed"] and done["changed"] and done["provider_id"], done
+    refused = _run_module("zonefarm_provider", {**args, "ca_file": other_ca})
+    assert refused["failed"] and "CERTIFICATE_VERIFY_FAILED" in str(refused["msg"]), refused
+
+
+def test_callback_module_verifies_against_the_node_ini_ca_file(https_api: ApiProcess, other_ca: str,
+                                                               tmp_path: Path) -> None:
+    values = {"name": "tls2", "api_url": _base(https_api), "node_key": derive_node_key(NODES_SECRET, "tls2"),
+              "workdir": str(tmp_path / "work"), "ansible_connection": "local"}
+    config = write_node_config(tmp_path / "node.ini", **values, ca_file=https_api.ca_file)
+    register(load_node_config(config))
+    args = {"config_path": str(config), "task_id": 999999, "attempt": 1, "event": "started"}
+    reached = _run_module("zonefarm_callback", args)
+    # through TLS to the API, which has no such task: its answer, not a transport error
+    assert reached["failed"] and "HTTP 404" in str(reached["msg"]), reached
+    refused = _run_module("zonefarm_callback", {**args, "ca_file": other_ca})
+    assert refused["failed"] and "CERTIFICATE_VERIFY_FAILED" in str(refused["msg"]), refused
+
+
+def test_inventory_script_verifies_against_zonefarm_ca_file(https_api: ApiProcess, other_ca: str) -> None:
+    env = {**clean_env(), "ZONEFARM_URL": https_api.url, "ZONEFARM_TOKEN": ROOT_SECRET}
+    script = [sys.executable, str(ROOT / "inventory" / "zonefarm.py"), "--list"]
+    ok = subprocess.run(script, env={**env, "ZONEFARM_CA_FILE": https_api.ca_file or ""}, capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "_meta" in json.loads(ok.stdout)
+    refused = subprocess.run(script, env={**env, "ZONEFARM_CA_FILE": other_ca}, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+    assert ROOT_SECRET not in refused.stderr + refused.stdout
+
+
 # --- the roles: site CA, the zone's certificate, the plain-HTTP refusal ------------------------
 
 def _role_play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
     """The common role's CA tasks and the zone role's TLS tasks against this machine, all in tmp_path."""
-    import json
     import os
 
     play = [{"name": "TLS", "hosts": "localhost", "gather_facts": False, "vars": {
