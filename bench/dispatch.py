@@ -159,7 +159,8 @@ class Bench:
             base = self.work / "nodes" / f"n{i:03d}"
             config = write_node_config(
                 base / "node.ini", name=f"n{i:03d}", api_url=f"http://127.0.0.1:{self.port}",
-                node_key=derive_node_key(NODES_SECRET, f"n{i:03d}"), concurrency=concurrency, workdir=str(base / "work"),
+                node_key=derive_node_key(NODES_SECRET, f"n{i:03d}"), concurrency=concurrency,
+                workdir=str(base / "work"),
                 ansible_connection="local", ansible_host="127.0.0.1", ansible_user="root", python=sys.executable,
                 queues="bench")
             register(load_node_config(config))

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+from control.node.signing import derive_node_key
 from tests.support.pg import PgCluster
 from tests.support.procs import background
 from tests.support.waiting import wait_for
@@ -202,6 +203,10 @@ def test_local_deploy_secrets_private(deployed: Deployed) -> None:
         assert mode == 0o600, f"{name} is {oct(mode)}"
     ini = (deployed.root / "etc" / "zonefarm.ini").read_text()
     assert f"root_secret = {deployed.secrets['zonefarm_root_secret']}" in ini
+    # The worker gets its own key, derived on the controller; the nodes secret stays on the zone.
+    node_ini = (deployed.root / "etc" / "node.ini").read_text()
+    assert deployed.secrets["zonefarm_nodes_secret"] not in node_ini
+    assert f"node_key = {derive_node_key(deployed.secrets['zonefarm_nodes_secret'], 'localhost')}" in node_ini
 
 
 def test_local_deploy_services_running(deployed: Deployed) -> None:

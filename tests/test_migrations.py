@@ -204,3 +204,25 @@ def test_status_rejects_a_bad_database_url(tmp_path: Path) -> None:
     assert done.returncode != 0 and "unsupported database URL scheme" in done.stderr
     assert "Traceback" not in done.stderr
 
+
+
+def test_upgrade_adds_node_key_columns_and_join_tokens_and_keeps_nodes(empty_db_url: str) -> None:
+    """A site at schema 3 (one shared nodes secret) upgrades: its nodes start at key generation 0."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url,
+             *[f"ALTER TABLE node DROP COLUMN {c}" for c in ("key_generation", "key_previous_generation",
+                                                             "key_previous_until")],
+             "DROP TABLE node_join_token",
+             "DELETE FROM schema_version WHERE version >= 4",
+             "INSERT INTO node (name, ansible_host, ansible_port, ansible_user, ansible_connection, python, "
+             "config_path, region, hostname, queues, concurrency, resources, labels, workdir, state, cordoned, "
+             "draining, registered_at, last_seen) VALUES ('wk-old', '10.0.0.1', 22, 'root', 'ssh', "
+             "'/usr/bin/python3', '/etc/zonefarm/node.ini', 'default', 'wk-old', '[\"default\"]', 1, '{}', '{}', "
+             "'/var/lib/zonefarm/work', 'online', false, false, 1.0, 2.0)")
+    assert "m0004_node_keys" in _zonefarm(empty_db_url, "db", "status")["pending"]
+    assert "m0004_node_keys" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    rows = _rows(empty_db_url, "SELECT name, ansible_host, key_generation, key_previous_generation, "
+                               "key_previous_until FROM node")
+    assert rows == [("wk-old", "10.0.0.1", 0, None, 0.0)]
+    assert _rows(empty_db_url, "SELECT count(*) FROM node_join_token") == [(0,)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []

@@ -1,7 +1,7 @@
 """Per-node credentials: each node's key generation, and single-use join tokens.
 
 Additive: three columns on ``node`` (existing nodes start at generation 0, the key the
-worker role derives by default) and the ``nodejointoken`` table. On a fresh database
+worker role derives by default) and the ``node_join_token`` table. On a fresh database
 migration 0002 built them from the current models already.
 """
 

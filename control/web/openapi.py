@@ -110,8 +110,10 @@ def build_document() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer",
                            "description": "Root secret, user token or provider token"},
                 "nodeSignature": {"type": "apiKey", "in": "header", "name": "X-Zonefarm-Signature",
-                                  "description": "HMAC-SHA256 with the nodes secret over "
-                                                 "timestamp, nonce, method, path and body digest"},
+                                  "description": "HMAC-SHA256 with the node's own key (X-Zonefarm-Node, "
+                                                 "X-Zonefarm-Key-Generation) over timestamp, nonce, node, "
+                                                 "key generation, method, path and body digest "
+                                                 "(docs/security.md)"},
             },
         },
     }

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from control.node.signing import sign_headers
+from control.node.signing import derive_node_key, sign_headers
 from tests.lab import deploy
 from tests.lab.inventory import API_PORT, NODE_LEASE, TASK_LEASE, lab_secrets, write_inventory
 from tests.lab.lab import Lab
@@ -211,7 +211,8 @@ def late_callback(api: Api, node: str, task_id: int, attempt: int) -> requests.R
     """What the cut-off worker's runner sends when it gets through: its own attempt's `finished`."""
     path = f"/api/v1/tasks/{task_id}/callback"
     body = json.dumps({"event": "finished", "attempt": attempt, "exit_code": 0, "outputs": {}}).encode()
-    headers = {**sign_headers(api.secrets["nodes_secret"], node, "POST", path, body),
+    key = derive_node_key(api.secrets["nodes_secret"], node)  # the key the worker role wrote for it
+    headers = {**sign_headers(key, node, "POST", path, body),
                "Content-Type": "application/json"}
     return requests.post(f"http://{api.lab.hosts['zone1'].ip}:{API_PORT}{path}", data=body,
                          headers=headers, timeout=10)

@@ -2,8 +2,9 @@
 
 Several node names map to this machine (``ansible_connection=local``), each with its own
 work dir and 0600 INI file holding its own key (derived from the nodes secret, as the
-worker role does); they register themselves with signed requests (``control.node.agent``). The API may be the in-process live server or a ``zonefarm api``
-process: the farm only needs its URL and a client.
+worker role does); they register themselves with signed requests (``control.node.agent``).
+The API may be the in-process live server or a ``zonefarm api`` process: the farm only
+needs its URL and a client.
 """
 
 from __future__ import annotations
