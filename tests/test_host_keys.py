@@ -9,6 +9,7 @@ runs over SSH and the reason is cleared. SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -137,3 +138,62 @@ def test_changed_host_key_cordons_the_node_and_requeues_its_task(farm: Farm, ssh
     while _node(farm, "wk1")["dispatch_error"]:
         assert time.monotonic() < deadline, farm.dispatcher_logs()[-3000:]
         time.sleep(0.2)
+
+
+def _play(tmp_path: Path, sshd: Sshd, known_hosts: Path, plays: list[dict[str, Any]]) -> str:
+    """Run plays with a cluster manager on this machine (local) and a worker behind the private sshd."""
+    import json
+    import os
+
+    controller_known = tmp_path / "controller_known_hosts"
+    controller_known.write_text(_key_line(sshd, sshd.base / "host_key.pub"))
+    common = {"common_done": True, "common_user": "root", "common_group": "root",
+              "common_config_dir": str(tmp_path / "etc"), "ansible_python_interpreter": sys.executable}
+    inventory = {"all": {"vars": common, "children": {
+        "cluster_manager": {"hosts": {"cmx": {"ansible_connection": "local"}}},
+        "worker": {"hosts": {"wkx": {
+            "ansible_host": "127.0.0.1", "ansible_port": sshd.port, "ansible_user": "root",
+            "worker_ansible_port": sshd.port, "worker_dispatcher_known_hosts": str(known_hosts),
+            "ansible_ssh_private_key_file": str(sshd.base / "client_key"),
+            "ansible_ssh_args": f"-o ControlMaster=no -o StrictHostKeyChecking=yes "
+                                f"-o UserKnownHostsFile={controller_known}"}}}}}}
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+    (tmp_path / "play.yml").write_text(json.dumps(plays))
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts")}
+    proc = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i",
+                           str(tmp_path / "inventory.json"), str(tmp_path / "play.yml")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_roles_write_the_workers_own_host_keys_for_the_dispatcher(sshd: Sshd, tmp_path: Path) -> None:
+    """cluster_manager reads each worker's /etc/ssh/ssh_host_*_key.pub over the controller's checked
+    SSH connection; the worker role adds its own (site.yml --limit): same file, nothing changes."""
+    known_hosts = tmp_path / "etc" / "dispatcher_known_hosts"
+    cm_play = {"name": "cm", "hosts": "cluster_manager", "gather_facts": False, "tasks": [{
+        "name": "known_hosts", "ansible.builtin.include_role": {"name": "cluster_manager",
+                                                                "tasks_from": "known_hosts.yml"}}]}
+    worker_play = {"name": "worker", "hosts": "worker", "gather_facts": False, "tasks": [{
+        "name": "host keys", "ansible.builtin.include_role": {"name": "worker", "tasks_from": "host_keys.yml"}}]}
+    # the worker's keys as the worker reads them (the private sshd runs on this machine)
+    expected = {" ".join(p.read_text().split()[:2]) for p in Path("/etc/ssh").glob("ssh_host_*_key.pub")}
+    assert expected
+
+    def entries() -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for line in known_hosts.read_text().splitlines():
+            if line and not line.startswith("#"):
+                host, keytype, key = line.split()[:3]
+                found.setdefault(host, set()).add(f"{keytype} {key}")
+        return found
+
+    _play(tmp_path, sshd, known_hosts, [cm_play])
+    assert entries() == {f"[127.0.0.1]:{sshd.port}": expected}
+    out = _play(tmp_path, sshd, known_hosts, [cm_play, worker_play])
+    assert re.search(r"cmx\s+:.*changed=0", out) and re.search(r"wkx\s+:.*changed=0", out), out
+    known_hosts.write_text("# empty\n")  # a cluster manager that missed the worker: the worker role adds it
+    _play(tmp_path, sshd, known_hosts, [worker_play])
+    assert entries() == {f"[127.0.0.1]:{sshd.port}": expected}

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.lab import deploy
-from tests.lab.inventory import API_PORT, lab_secrets, write_inventory
+from tests.lab.inventory import api_base, ca_file, lab_secrets, write_inventory
 from tests.lab.lab import Lab
 from tests.support.procs import background
 from tests.support.waiting import wait_for
@@ -38,8 +38,9 @@ class Api:
     """The zone's REST API as root; every call fails the test with the JSON error it got."""
 
     def __init__(self, lab: Lab) -> None:
-        self.base = f"http://{lab.hosts['zone1'].ip}:{API_PORT}/api/v1"
+        self.base = api_base(lab)
         self.session = requests.Session()
+        self.session.verify = str(ca_file(lab))
         self.session.headers["Authorization"] = f"Bearer {lab_secrets(lab)['root_secret']}"
 
     def call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)) -> Any:
@@ -129,7 +130,7 @@ def api(lab: Lab, inventory: Path) -> Api:
         assert run.ok, run.first_failure()
     client = Api(lab)
     try:
-        up = requests.get(client.base + "/healthz", timeout=5).ok
+        up = ca_file(lab).exists() and client.session.get(client.base + "/healthz", timeout=5).ok
     except requests.RequestException:
         up = False
     if not up or "wk3:" not in (inventory / "hosts.yml").read_text():
