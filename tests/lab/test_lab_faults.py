@@ -36,7 +36,8 @@ class Api:
         self.secrets = lab_secrets(lab)
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self.secrets['root_secret']}"
-        self.session.verify = str(ca_file(lab))
+        # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify.
+        self.verify = str(ca_file(lab))
 
     @property
     def base(self) -> str:
@@ -46,7 +47,7 @@ class Api:
         deadline = time.monotonic() + patience
         while True:
             try:
-                resp = self.session.request(method, self.base + path, timeout=10, **kw)
+                resp = self.session.request(method, self.base + path, timeout=10, verify=self.verify, **kw)
                 if resp.status_code < 500:
                     return resp
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"

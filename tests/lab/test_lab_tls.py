@@ -35,11 +35,12 @@ class Api:
     def __init__(self, lab: Lab) -> None:
         self.base = api_base(lab)
         self.session = requests.Session()
-        self.session.verify = str(ca_file(lab))
+        # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify.
+        self.verify = str(ca_file(lab))
         self.session.headers["Authorization"] = f"Bearer {lab_secrets(lab)['root_secret']}"
 
     def call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201)) -> Any:
-        resp = self.session.request(method, self.base + path, json=body, timeout=15)
+        resp = self.session.request(method, self.base + path, json=body, timeout=15, verify=self.verify)
         assert resp.status_code in expect, f"{method} {path} -> {resp.status_code} {resp.text}"
         return resp.json() if resp.content else None
 
