@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from control.core.config import Settings
-from control.farm.dispatcher.loop import ansible_env, host_key_refusal
+from control.farm.dispatcher.job import ansible_env, host_key_refusal
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
