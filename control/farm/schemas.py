@@ -96,6 +96,8 @@ class NodeOut(BaseModel):
     cordoned: bool
     draining: bool
     drained: bool = Field(description="Draining and nothing left running")
+    dispatch_error: str = Field(description="Why the dispatcher cordoned the node instead of reaching it "
+                                            "(e.g. its SSH host key changed); empty once a round reaches it")
     region: str
     hostname: str
     pid: int | None

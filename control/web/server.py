@@ -95,6 +95,9 @@ def gunicorn_options(settings: Settings, *, workers: int | None = None,
         "loglevel": "warning",
         "proc_name": "zonefarm-api",
         "limit_request_line": 8190,
+        # TLS in gunicorn itself: no proxy to deploy, and the key stays readable by the service only.
+        "certfile": settings.tls_cert or None,
+        "keyfile": settings.tls_key or None,
     }
 
 
@@ -107,6 +110,7 @@ def load_api(settings: Settings) -> Any:
 
 def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
     settings.require_secrets()
+    settings.require_transport()
     options = gunicorn_options(settings, workers=workers, threads=threads)
     # the long-poll cap is half the threads a worker has: the ones given here, if any
     settings = dataclasses.replace(settings, api_workers=options["workers"], api_threads=options["threads"])
