@@ -6,6 +6,7 @@ and call a service in ``control.registry`` or ``control.farm``."""
 from control.web.routes import health
 from control.web import openapi
 from control.web.routes import tokens, users, groups, spaces, providers, support, changes
-from control.web.routes import nodes, tasks, inventory
+from control.web.routes import nodes, tasks, grants, inventory
 
-RESOURCES = (health, openapi, tokens, users, groups, spaces, providers, support, changes, nodes, tasks, inventory)
+RESOURCES = (health, openapi, tokens, users, groups, spaces, providers, support, changes, nodes, tasks, grants,
+             inventory)
