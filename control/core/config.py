@@ -95,6 +95,22 @@ class Settings:
         "pack",
         "Where claimed tasks go: `pack` fills a node to its concurrency before the next (fewest hosts per "
         "Ansible round), `spread` picks the node with the most free slots.")
+    container_images: str = opt(
+        "",
+        "Images a `container` task may run: exact names or globs (`*`, `?`, `[...]`), separated by commas or "
+        "spaces, matched against the image exactly as submitted (`busybox:*` allows every busybox tag). "
+        "Empty means no image is allowed.")
+    user_max_queued: int = opt(
+        1000,
+        "Tasks one user may have waiting (queued or lost; a broadcast counts one per node). A submission over "
+        "it gets 429 with Retry-After. 0 means no limit; root has none.")
+    user_max_running: int = opt(
+        100,
+        "Tasks one user may have assigned or running when submitting more: over it, new submissions get 429 "
+        "with Retry-After until some finish. 0 means no limit; root has none.")
+    user_limit_retry_after: int = opt(
+        30,
+        "Seconds the 429 of a user over `user_max_queued` or `user_max_running` asks to wait (Retry-After).")
     artifacts_keep: int = opt(
         20,
         "Finished job directories the dispatcher keeps; older ones are deleted.")
@@ -113,6 +129,11 @@ class Settings:
     @property
     def database_url(self) -> str:
         return self.database or f"sqlite:///{Path(self.data_dir) / 'zonefarm.db'}"
+
+    @property
+    def container_image_patterns(self) -> tuple[str, ...]:
+        """``container_images`` as a tuple of names and globs."""
+        return tuple(p for p in self.container_images.replace(",", " ").split() if p)
 
     @property
     def callback_url(self) -> str:
@@ -177,6 +198,9 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
             values[name] = _coerce(name, f.type, raw, f"ZONEFARM_{name.upper()}")
     if values.get("dispatch_placement", "pack") not in PLACEMENTS:
         raise ConfigError(f"dispatch_placement must be {' or '.join(PLACEMENTS)}, got {values['dispatch_placement']!r}")
+    for name in ("user_max_queued", "user_max_running", "user_limit_retry_after"):
+        if values.get(name, 0) < 0:
+            raise ConfigError(f"{name} must be 0 or more, got {values[name]}")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

@@ -6,6 +6,9 @@ Roles rank owner > admin > member (``control.registry.membership.RANK``). The ru
 * **admin**: also rename it, add or remove plain members and groups, manage support;
 * **owner**: also delete it and grant, change or take away admin and owner roles.
 
+Writing data into a space (``WRITE_DATA``: a task's uploads) takes the member role or
+above. Who may submit which tasks (grants) is ``control.farm.policy``.
+
 Root may do everything. A stranger gets 403 for reads and writes alike (after a 404
 for an unknown id). Any member may leave by itself, but the last owner may not. A
 group joins a space (or nests in a group) only by the hand of one of its own members.
@@ -30,6 +33,9 @@ from control.registry.membership import RANK
 from control.registry.models import Group, GroupUser, Provider, Space, SpaceUser, User
 
 READ = "member"
+# Writing data into a space (a task's pipeline upload) takes this role there. Every role
+# writes today (the registry has no read-only role); a viewer role would rank below it.
+WRITE_DATA = "member"
 
 
 def fetch(model: type[peewee.Model], ident: int) -> peewee.Model:

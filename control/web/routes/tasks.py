@@ -10,6 +10,7 @@ they belong to; only the submitter or the administrator cancels.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import peewee
@@ -17,7 +18,7 @@ import peewee
 from control.core.errors import conflict, forbidden, invalid, not_found
 from control.core.models import iso, now
 from control.core.schemas import Page
-from control.farm import catalogue, states
+from control.farm import catalogue, policy, states
 from control.farm.explain import explain
 from control.farm.models import ACTIVE, TASK_STATES, TERMINAL, Node, Task, TaskEvent, TaskLog
 from control.farm.schemas import (
@@ -36,7 +37,6 @@ from control.farm.schemas import (
 )
 from control.registry import membership
 from control.registry.identity import Principal, require_user_or_root
-from control.registry.models import Space
 from control.web.routing import Context, Query, Reply, route
 
 TAG = "tasks"
@@ -90,15 +90,6 @@ def _can_cancel(principal: Principal, task: Task) -> None:
         raise forbidden("only the submitter or the administrator may cancel a task")
 
 
-def _check_space(principal: Principal, space_id: int) -> None:
-    if Space.get_or_none(Space.id == space_id) is None:
-        raise invalid(f"space: space {space_id} not found")
-    if principal.is_root:
-        return
-    if membership.space_role(principal.user.id, space_id) is None:
-        raise forbidden(f"not a member of space {space_id}")
-
-
 def _broadcast_nodes(kind: str, value: str | None, queue: str | None) -> list[Node]:
     query = Node.select().where(Node.state == "online", Node.cordoned == False)  # noqa: E712
     if kind == "region":
@@ -116,7 +107,8 @@ def list_task_types(ctx: Context) -> list[TaskTypeOut]:
     return [TaskTypeOut(name=n, params_schema=catalogue.schema(n)) for n in catalogue.names()]
 
 
-@route("POST", "/tasks", summary="Submit a task (per node, per region, broadcast, or any node of a queue)",
+@route("POST", "/tasks", summary="Submit a task (per node, per region, broadcast, or any node of a queue); "
+                                 "needs a grant (GET /grants) unless root",
        tag=TAG, body=TaskCreate, responses={201: TaskDetail})
 def create_task(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
@@ -128,9 +120,10 @@ def create_task(ctx: Context) -> Reply:
         raise invalid(f"name: unknown task type {req.name!r} (known: {known})") from None
     if problems:
         raise invalid("; ".join(problems))
-    if req.space is not None:
-        _check_space(ctx.principal, req.space)
-    elif catalogue.needs_space(req.name):
+    image = catalogue.image_problem(req.name, req.params, ctx.settings.container_image_patterns)
+    if image is not None:
+        raise invalid(image)
+    if req.space is None and catalogue.needs_space(req.name):
         raise invalid(f"space: task type {req.name!r} uploads its outputs to a space's storage; give a space")
     kind, value = "any", None
     if req.target is not None:
@@ -140,17 +133,23 @@ def create_task(ctx: Context) -> Reply:
             kind, value = "region", req.target.region
         else:
             kind = "all"
-    owner = ctx.principal.user.id if ctx.principal.user is not None else None
-    common = dict(name=req.name, params=req.params, queue=req.queue or "default", space_id=req.space,
-                  owner=owner, priority=req.priority, timeout=req.timeout, max_attempts=req.max_attempts)
-    who = ctx.principal.describe()
-    t = now()
+    sub = policy.Submission(task_type=req.name, queue=req.queue, target_kind=kind, target_value=value,
+                            space=req.space)
+    nodes: list[Node] = []
     if kind in ("region", "all"):
         nodes = _broadcast_nodes(kind, value, req.queue)
         if not nodes:
             where = f"in region {value!r}" if kind == "region" else "in the farm"
             serving = f" serving queue {req.queue!r}" if req.queue else ""
             raise invalid(f"target: no online, uncordoned node{serving} {where}")
+        sub = dataclasses.replace(sub, count=len(nodes))
+    policy.check_submission(ctx.principal, ctx.settings, sub)
+    owner = ctx.principal.user.id if ctx.principal.user is not None else None
+    common = dict(name=req.name, params=req.params, queue=req.queue or "default", space_id=req.space,
+                  owner=owner, priority=req.priority, timeout=req.timeout, max_attempts=req.max_attempts)
+    who = ctx.principal.describe()
+    t = now()
+    if kind in ("region", "all"):
         parent = Task.create(**common, target_kind=kind, target_value=value, created_at=t)
         TaskEvent.create(task=parent, ts=t, to_state="queued",
                          reason=f"submitted by {who}: broadcast to {len(nodes)} node(s)",
