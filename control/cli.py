@@ -12,7 +12,7 @@ import json
 import sys
 
 from control.core.config import Settings, load_settings, settings_table
-from control.farm.dispatcher import loop as dispatcher
+from control.farm import dispatcher
 from control.node import agent as node_agent
 from control.node import runner
 from control.provider import agent as provider_agent
