@@ -20,6 +20,7 @@ later), so they cannot disagree. In order:
 2. **Space** (403). A task whose type writes into its space (``x-zonefarm-needs-space``:
    the pipeline's uploads) needs ``control.registry.access.WRITE_DATA`` there; any other
    task given a space needs to be a member (it is then visible to the space's members).
+   The rule is the registry's (``access.submit_into_space``).
 3. **Fair use** (429 with ``Retry-After``). A user may have at most ``user_max_queued``
    tasks waiting and submits nothing more while ``user_max_running`` of its tasks are
    assigned or running. One user's burst then cannot fill the queue for everyone.
@@ -32,12 +33,12 @@ from dataclasses import dataclass
 
 from control.core.config import Settings
 from control.core.db import is_postgres
-from control.core.errors import ApiError, forbidden, invalid
+from control.core.errors import ApiError, forbidden
 from control.farm import catalogue
 from control.farm.models import ACTIVE, ANY, GRANT_TARGETS, Grant, Node, Task
 from control.registry import access, membership
 from control.registry.identity import Principal
-from control.registry.models import Space, User
+from control.registry.models import User
 
 GRANTS_PATH = "/api/v1/grants"
 WAITING = ("queued", "lost")
@@ -120,23 +121,11 @@ def require_grant(principal: Principal, sub: Submission) -> None:
 
 
 def require_space(principal: Principal, sub: Submission) -> None:
-    """422 for an unknown space; 403 unless the caller may put this task in it."""
+    """422 for an unknown space; 403 unless the caller may put this task in it (``access.submit_into_space``)."""
     if sub.space is None:
         return
-    if Space.get_or_none(Space.id == sub.space) is None:
-        raise invalid(f"space: space {sub.space} not found")
-    if principal.is_root:
-        return
-    role = membership.space_role(principal.user.id, sub.space)
-    writes = catalogue.needs_space(sub.task_type)
-    need = access.WRITE_DATA if writes else access.READ
-    if role is not None and membership.RANK[role] >= membership.RANK[need]:
-        return
-    has = f"caller is {role}" if role is not None else "caller is not a member"
-    if writes:
-        raise forbidden(f"space: task type {sub.task_type!r} writes its outputs into space {sub.space}, which "
-                        f"takes write permission there (the {need} role or above; {has})")
-    raise forbidden(f"space: not a member of space {sub.space} ({has})")
+    writer = f"task type {sub.task_type!r}" if catalogue.needs_space(sub.task_type) else None
+    access.submit_into_space(principal, sub.space, writer)
 
 
 def _too_many(settings: Settings, message: str) -> ApiError:
