@@ -165,7 +165,8 @@ class Grant(BaseModel):
 
     class Meta:
         table_name = "task_grant"  # GRANT is a reserved word in SQL
-        indexes = ((("task_type", "queue"), False),)
+        # One grant per holder, type and queue (NULLs differ, so each index binds one kind of holder).
+        indexes = ((("user", "task_type", "queue"), True), (("group", "task_type", "queue"), True))
 
 
 FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant]
