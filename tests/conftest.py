@@ -32,6 +32,8 @@ from tests.support.server import LiveServer  # noqa: E402
 
 ROOT_SECRET = "root-secret-for-tests-0123456789"
 NODES_SECRET = "nodes-secret-for-tests-abcdefghij"
+# Images container tasks may name in API tests (the container_images setting; empty allows none).
+TEST_IMAGES = "busybox busybox:* zonefarm-test/*"
 _counter = itertools.count()
 
 
@@ -86,7 +88,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10)
+                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
+                    container_images=TEST_IMAGES)
 
 
 @pytest.fixture

@@ -115,7 +115,10 @@ def cli(live_server: LiveServer, tmp_path: Path) -> Cli:
 
 @pytest.fixture
 def alice(api: Api) -> dict[str, Any]:
-    return api.make_user("alice", PASSWORD)
+    """A user who may submit (a grant for every type and queue: submitting is a grant)."""
+    user = api.make_user("alice", PASSWORD)
+    api.grant(user=user["id"])
+    return user
 
 
 def _json(result: Result) -> Any:

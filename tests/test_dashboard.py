@@ -135,7 +135,8 @@ def watch_states(page: Any, until: str, timeout: float = 60) -> list[str]:
 def test_dashboard_in_a_browser(farm: Farm, live_server: LiveServer, api: Api, browser: Any,
                                 contexts: list[Any]) -> None:
     base = live_server.url
-    api.make_user("alice", full_name="Alice Liddell", email="alice@example.org")
+    alice = api.make_user("alice", full_name="Alice Liddell", email="alice@example.org")
+    api.grant(user=alice["id"])  # submitting is a grant
     api.make_user("bob")
     farm.add_node("wk1", region="eu", concurrency=2)
 

@@ -30,7 +30,7 @@ def site(live_server: LiveServer) -> str:
 
 
 def visitor(site: str, api: Api, username: str) -> Visitor:
-    api.make_user(username)
+    api.grant(user=api.make_user(username)["id"])  # submitting is a grant
     v = Visitor(site)
     v.login(username)
     return v
@@ -342,8 +342,8 @@ def test_root_token_route(api: Api) -> None:
 
 
 def test_task_list_owner_and_time_filters(api: Api) -> None:
-    alice, alice_token = api.user_with_token("alice")
-    bob, bob_token = api.user_with_token("bob")
+    alice, alice_token = api.submitter("alice")
+    bob, bob_token = api.submitter("bob")
     first = submit(api, alice_token)
     submit(api, bob_token)
     with connection():  # an old task: a day ago
@@ -363,8 +363,8 @@ def test_task_list_owner_and_time_filters(api: Api) -> None:
 
 
 def test_task_counts_route(api: Api) -> None:
-    alice, alice_token = api.user_with_token("alice")
-    _, bob_token = api.user_with_token("bob")
+    alice, alice_token = api.submitter("alice")
+    _, bob_token = api.submitter("bob")
     for queue in ("a", "a", "b"):
         submit(api, alice_token, queue=queue)
     cancelled = submit(api, bob_token, queue="a")
@@ -380,7 +380,7 @@ def test_task_counts_route(api: Api) -> None:
 
 
 def test_queues_route(api: Api) -> None:
-    _, token = api.user_with_token("alice")
+    _, token = api.submitter("alice")
     wk1 = SignedNode(api, "wk1", NODES_SECRET)
     wk1.register(queues=["default", "gpu"])
     wk2 = SignedNode(api, "wk2", NODES_SECRET)

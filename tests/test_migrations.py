@@ -267,3 +267,18 @@ def test_upgrade_adds_token_scope_and_login_failures_and_keeps_tokens(empty_db_u
     assert _rows(empty_db_url, "SELECT kind, scope, last_used_at FROM token") == [("user", "write", None)]
     assert _rows(empty_db_url, "SELECT count(*) FROM login_failure") == [(0,)]
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_the_grants_table_and_keeps_users(empty_db_url: str) -> None:
+    """A site from before grants upgrades with its users kept and no grant: only root submits until root grants."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url, "DROP TABLE task_grant", "DELETE FROM schema_version WHERE version >= 10",
+             "INSERT INTO \"user\" (username, full_name, email, password_hash, active, created_at, updated_at) "
+             "VALUES ('alice', '', '', '', true, 1.0, 2.0)")
+    assert "m0010_grants" in _zonefarm(empty_db_url, "db", "status")["pending"]
+    assert "m0010_grants" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    assert _rows(empty_db_url, "SELECT count(*) FROM task_grant") == [(0,)]
+    assert _rows(empty_db_url, "SELECT username FROM \"user\"") == [("alice",)]
+    columns = {c[0] for c in _schema(empty_db_url)["task_grant"]["columns"]}
+    assert {"user_id", "group_id", "task_type", "queue", "targets"} <= columns
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []

@@ -144,6 +144,22 @@ class Settings:
         "known_hosts file the dispatcher checks the workers' SSH host keys against (the cluster_manager "
         "role writes it from keys read on the workers). Empty means the account's `~/.ssh/known_hosts`. "
         "Checking is always on: a node whose key does not match is cordoned and its tasks go back to the queue.")
+    container_images: str = opt(
+        "",
+        "Images a `container` task may run: exact names or globs (`*`, `?`, `[...]`), separated by commas or "
+        "spaces, matched against the image exactly as submitted (`busybox:*` allows every busybox tag). "
+        "Empty means no image is allowed.")
+    user_max_queued: int = opt(
+        1000,
+        "Tasks one user may have waiting (queued or lost; a broadcast counts one per node). A submission over "
+        "it gets 429 with Retry-After. 0 means no limit; root has none.")
+    user_max_running: int = opt(
+        100,
+        "Tasks one user may have assigned or running when submitting more: over it, new submissions get 429 "
+        "with Retry-After until some finish. 0 means no limit; root has none.")
+    user_limit_retry_after: int = opt(
+        30,
+        "Seconds the 429 of a user over `user_max_queued` or `user_max_running` asks to wait (Retry-After).")
     artifacts_keep: int = opt(
         20,
         "Finished job directories the dispatcher keeps; older ones are deleted.")
@@ -166,6 +182,11 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def container_image_patterns(self) -> tuple[str, ...]:
+        """``container_images`` as a tuple of names and globs."""
+        return tuple(p for p in self.container_images.replace(",", " ").split() if p)
 
     @property
     def callback_url(self) -> str:
@@ -285,6 +306,9 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
             raise ConfigError(f"{name} must be at least 1, got {values[name]}")
     if values.get("changes_max_polls", 0) < 0:
         raise ConfigError(f"changes_max_polls must not be negative, got {values['changes_max_polls']}")
+    for name in ("user_max_queued", "user_max_running", "user_limit_retry_after"):
+        if values.get(name, 0) < 0:
+            raise ConfigError(f"{name} must be 0 or more, got {values[name]}")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import peewee
 
 from control.core.models import BaseModel, JSONField, now
+from control.registry.models import Group, User
 
 NODE_STATES = ("online", "lost", "deregistered")
 ACTIVE = ("assigned", "running")
@@ -16,6 +17,9 @@ TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 TASK_STATES = ("queued", "assigned", "running", "lost", *TERMINAL)
 TARGET_KINDS = ("any", "node", "region", "all")
 BROADCAST_KINDS = ("region", "all")
+# What a grant lets its holder target, narrowest first; each covers the ones before it.
+GRANT_TARGETS = ("single", "region", "all")
+ANY = "*"  # a grant's task type or queue: every one
 
 
 class Node(BaseModel):
@@ -144,4 +148,28 @@ class NodeJoinToken(BaseModel):
     used_at = peewee.DoubleField(null=True)
 
 
-FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken]
+class Grant(BaseModel):
+    """The right to submit tasks of a type on a queue, held by a user or by a group.
+
+    Exactly one of ``user`` and ``group`` is set; a group's grant reaches every effective
+    member (nested groups included, ``control.registry.membership``). ``task_type`` and
+    ``queue`` are a name or ``*``. ``targets`` is how far a submission may reach: ``single``
+    (one run on one node: any node serving the queue, or a named one), ``region`` (also a
+    broadcast to a region) or ``all`` (also a broadcast to every node). Deleting the user
+    or group deletes its grants. The check is ``control.farm.policy``.
+    """
+
+    user = peewee.ForeignKeyField(User, null=True, on_delete="CASCADE", backref="grants")
+    group = peewee.ForeignKeyField(Group, null=True, on_delete="CASCADE", backref="grants")
+    task_type = peewee.CharField(max_length=64, default=ANY)
+    queue = peewee.CharField(max_length=100, default=ANY)
+    targets = peewee.CharField(max_length=10, default="single")
+    created_at = peewee.DoubleField(default=now)
+
+    class Meta:
+        table_name = "task_grant"  # GRANT is a reserved word in SQL
+        # One grant per holder, type and queue (NULLs differ, so each index binds one kind of holder).
+        indexes = ((("user", "task_type", "queue"), True), (("group", "task_type", "queue"), True))
+
+
+FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant]

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from control.core.schemas import MAX_ID, Input
-from control.farm.models import TASK_STATES
+from control.farm.models import ANY, GRANT_TARGETS, TASK_STATES
 from control.registry.schemas import HOST
 
 NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -176,6 +176,39 @@ class TaskCreate(Input):
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
     timeout: int = Field(default=3600, ge=1, le=30 * 86400, description="Seconds, per attempt, from start")
     max_attempts: int = Field(default=3, ge=1, le=100)
+
+
+GRANT_TYPE = r"^(\*|[a-z][a-z0-9_]{0,63})$"
+GRANT_QUEUE = r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,99})$"
+GrantTargets = Literal[GRANT_TARGETS]  # type: ignore[valid-type]
+
+
+class GrantCreate(Input):
+    user: int | None = Field(default=None, ge=1, description="The user it is granted to (or give group)")
+    group: int | None = Field(default=None, ge=1, description="The group it is granted to: every effective "
+                                                              "member, nested groups included (or give user)")
+    task_type: str = Field(default=ANY, pattern=GRANT_TYPE, description="A task type, or * for every one")
+    queue: str = Field(default=ANY, pattern=GRANT_QUEUE, description="A queue, or * for every one")
+    targets: GrantTargets = Field(default="single", description=(
+        "How far a submission may reach: single (one run, on any node of the queue or a named node), "
+        "region (also a broadcast to a region), all (also a broadcast to every node)"))
+
+    @model_validator(mode="after")
+    def _one_holder(self) -> GrantCreate:
+        if (self.user is None) == (self.group is None):
+            raise ValueError('give exactly one of "user" and "group"')
+        return self
+
+
+class GrantOut(BaseModel):
+    id: int
+    user: int | None
+    group: int | None
+    holder: str = Field(description="Who holds it, e.g. 'user alice' or 'group climate-team'")
+    task_type: str
+    queue: str
+    targets: GrantTargets
+    created_at: str
 
 
 class TargetOut(BaseModel):

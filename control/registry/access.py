@@ -9,6 +9,9 @@ holds for both groups and spaces:
   (support tokens) and revoke support;
 * **owner**: also delete it and grant, change or take away admin and owner roles.
 
+Writing data into a space (``WRITE_DATA``: a task's uploads) takes the member role or
+above. Who may submit which tasks (grants) is ``control.farm.policy``.
+
 Root may do everything. A stranger gets 403 for reads and writes alike (after a 404
 for an unknown id). Any member may leave by itself, but the last owner may not. A
 group joins a space (or nests in a group) only by the hand of one of its own members.
@@ -46,6 +49,9 @@ from control.registry.membership import RANK
 from control.registry.models import Group, GroupUser, Provider, Space, SpaceUser, User
 
 READ = "member"
+# Writing data into a space (a task's pipeline upload) takes this role there. Every role
+# writes today (the registry has no read-only role); a viewer role would rank below it.
+WRITE_DATA = "member"
 
 
 def fetch(model: type[peewee.Model], ident: int) -> peewee.Model:
@@ -269,12 +275,23 @@ def cancel_owned(principal: Principal, owner_id: int | None, space_id: int | Non
         raise forbidden(f"only the submitter or the administrator may cancel a {what}")
 
 
-def submit_into_space(principal: Principal, space_id: int) -> None:
-    """Putting a resource into a space takes membership of it; the space is a body field (422)."""
+def submit_into_space(principal: Principal, space_id: int, writer: str | None = None) -> None:
+    """Putting a resource into a space takes membership of it; the space is a body field (422).
+
+    ``writer`` names a resource that writes data into the space (a task type with uploads,
+    e.g. "task type 'pipeline'"): that takes ``WRITE_DATA`` there, and the 403 says so.
+    """
     require_user_or_root(principal)
     if Space.get_or_none(Space.id == space_id) is None:
         raise invalid(f"space: space {space_id} not found")
     if principal.is_root:
         return
-    if membership.space_role(principal.user.id, space_id) is None:
-        raise forbidden(f"not a member of space {space_id}")
+    role = membership.space_role(principal.user.id, space_id)
+    need = WRITE_DATA if writer is not None else READ
+    if role is not None and RANK[role] >= RANK[need]:
+        return
+    has = f"caller is {role}" if role is not None else "caller is not a member"
+    if writer is not None:
+        raise forbidden(f"space: {writer} writes its outputs into space {space_id}, which takes write "
+                        f"permission there (the {need} role or above; {has})")
+    raise forbidden(f"not a member of space {space_id}")

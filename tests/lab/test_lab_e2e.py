@@ -35,14 +35,23 @@ MARKS = "/var/tmp/zonefarm-e2e"
 
 
 class Api:
-    """The zone's REST API as root; every call fails the test with the JSON error it got."""
+    """The zone's REST API as root (or as a user: ``as_user``); every call fails the test with the
+    JSON error it got."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, token: str | None = None) -> None:
+        self.lab = lab
         self.base = api_base(lab)
         self.session = requests.Session()
         # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify.
         self.verify = str(ca_file(lab))
-        self.session.headers["Authorization"] = f"Bearer {lab_secrets(lab)['root_secret']}"
+        self.session.headers["Authorization"] = f"Bearer {token or lab_secrets(lab)['root_secret']}"
+
+    def as_user(self, username: str, password: str) -> Api:
+        """The same API with a user's token (OAuth2 password grant)."""
+        resp = requests.post(self.base + "/auth/token", data={"grant_type": "password", "username": username,
+                                                              "password": password}, timeout=15, verify=self.verify)
+        assert resp.status_code == 200, resp.text
+        return Api(self.lab, resp.json()["access_token"])
 
     def call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)) -> Any:
         resp = self.session.request(method, self.base + path, json=body, timeout=15, verify=self.verify)
@@ -144,8 +153,9 @@ def api(lab: Lab, inventory: Path) -> Api:
 def space(api: Api, lab: Lab) -> dict[str, Any]:
     """A space with a user owner and a member group, supported by both providers."""
     suffix = secrets.token_hex(3)
-    alice = api.post("/users", {"username": f"alice{suffix}", "password": secrets.token_urlsafe(12)})
-    bob = api.post("/users", {"username": f"bob{suffix}", "password": secrets.token_urlsafe(12)})
+    passwords = {f"alice{suffix}": secrets.token_urlsafe(12), f"bob{suffix}": secrets.token_urlsafe(12)}
+    alice, bob = (api.post("/users", {"username": name, "password": password})
+                  for name, password in passwords.items())
     group = api.post("/groups", {"name": f"e2e-team-{suffix}", "owner": alice["id"]})
     api.put(f"/groups/{group['id']}/users/{bob['id']}", {"role": "member"})
     created = api.post("/spaces", {"name": f"e2e-space-{suffix}", "owner": alice["id"]})
@@ -161,7 +171,7 @@ def space(api: Api, lab: Lab) -> dict[str, Any]:
                              json={"token": ticket["token"], "size": 2**30},
                              headers={"Authorization": f"Bearer {token.strip()}"})
         assert resp.status_code == 201, f"{name} redeeming: {resp.status_code} {resp.text}"
-    return {**created, "users": (alice, bob), "group": group, "providers": providers}
+    return {**created, "users": (alice, bob), "group": group, "providers": providers, "passwords": passwords}
 
 
 def test_space_membership_and_support_reach_the_providers_storage(api: Api, lab: Lab,
@@ -211,11 +221,19 @@ def test_broadcast_runs_once_on_every_worker(api: Api, lab: Lab) -> None:
 
 def test_pipeline_outputs_land_in_the_space_directory_on_a_provider(api: Api, lab: Lab,
                                                                      space: dict[str, Any]) -> None:
+    """Submitted by bob, an ordinary user: refused until root grants his group the pipeline type."""
     token = secrets.token_hex(8)
     params = {"prepare": [["mkdir", "-p", "out"]],
               "generate": [["sh", "-c", f"echo {token} > out/result.txt && hostname > out/host.txt"]],
               "outputs": ["out/result.txt", "out/host.txt"]}
-    task = api.task({"name": "pipeline", "params": params, "space": space["id"], "target": {"node": "wk1"}})
+    body = {"name": "pipeline", "params": params, "space": space["id"], "target": {"node": "wk1"}}
+    _, bob = space["users"]
+    as_bob = api.as_user(bob["username"], space["passwords"][bob["username"]])
+    refused = as_bob.call("POST", "/tasks", {"timeout": 120, "max_attempts": 1, **body}, expect=(403,))
+    assert "no grant to run task type 'pipeline' on node 'wk1'" in refused["error"]["message"], refused
+    api.post("/grants", {"group": space["group"]["id"], "task_type": "pipeline", "queue": "*"})
+    task = as_bob.task(body)
+    assert task["owner"] == bob["id"]
     done = api.finished(task["id"], timeout=180)
     assert (done["state"], done["node"]) == ("succeeded", "wk1"), (done, api.log(task["id"]))
     landed = {}

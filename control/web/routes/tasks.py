@@ -35,7 +35,7 @@ from control.farm.schemas import (
     TaskTypeOut,
 )
 from control.registry import membership
-from control.registry.access import cancel_owned, see_owned, submit_into_space
+from control.registry.access import cancel_owned, see_owned
 from control.registry.identity import require_user_or_root
 from control.web.routing import Context, Query, Reply, route
 
@@ -78,13 +78,12 @@ def list_task_types(ctx: Context) -> list[TaskTypeOut]:
     return [TaskTypeOut(name=n, params_schema=catalogue.schema(n)) for n in catalogue.names()]
 
 
-@route("POST", "/tasks", summary="Submit a task (per node, per region, broadcast, or any node of a queue)",
+@route("POST", "/tasks", summary="Submit a task (per node, per region, broadcast, or any node of a queue); "
+                                 "needs a grant (GET /grants) unless root",
        tag=TAG, body=TaskCreate, responses={201: TaskDetail})
 def create_task(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
-    principal = ctx.principal
-    created = submit.submit(ctx.body, owner=principal.user.id if principal.user is not None else None,
-                            who=principal.describe(), check_space=lambda space: submit_into_space(principal, space))
+    created = submit.submit(ctx.body, principal=ctx.principal, settings=ctx.settings)
     return Reply(201, lambda: detail(get_task(created)), {"Location": f"/api/v1/tasks/{created}"})
 
 
