@@ -169,7 +169,7 @@ def space(api: Api, lab: Lab) -> dict[str, Any]:
         assert code == 0, f"{name}: {token}"
         resp = requests.post(f"{api.base}/providers/{providers[name]['id']}/supports", timeout=15,
                              json={"token": ticket["token"], "size": 2**30},
-                             headers={"Authorization": f"Bearer {token.strip()}"})
+                             headers={"Authorization": f"Bearer {token.strip()}"}, verify=api.verify)
         assert resp.status_code == 201, f"{name} redeeming: {resp.status_code} {resp.text}"
     return {**created, "users": (alice, bob), "group": group, "providers": providers, "passwords": passwords}
 
