@@ -1,5 +1,5 @@
 """The WSGI application: the REST API under /api/v1 (routes from the route table, JSON errors),
-the dashboard at /, one JSON access log."""
+the dashboard at /, ``GET /metrics`` (``control.web.metrics``), one JSON access log."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from control.core.config import Settings
 from control.core.db import init_database
 from control.core.errors import error_body
 from control.web.dashboard import build_dashboard
+from control.web.metrics import MetricsApp
 from control.web.routes import RESOURCES  # noqa: F401  (declares every route)
 from control.web.routing import install
 
@@ -88,4 +89,4 @@ def build_app(settings: Settings, *, init_db: bool = True) -> Callable[..., Iter
     app = bottle.Bottle(catchall=True)
     app.default_error_handler = _json_error  # type: ignore[method-assign]
     install(app, settings)
-    return AccessLog(Site(app, build_dashboard(app, settings)))
+    return AccessLog(MetricsApp(Site(app, build_dashboard(app, settings)), settings))

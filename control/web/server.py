@@ -12,6 +12,7 @@ import logging.handlers
 import queue
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -102,5 +103,8 @@ def load_api(settings: Settings) -> Any:
 
 def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
     settings.require_secrets()
+    # Before the fork: every worker writes its request histograms there (control.web.metrics).
+    from control.web.metrics import prepare_multiprocess_dir
+    prepare_multiprocess_dir(str(Path(settings.data_dir) / "metrics"))
     options = gunicorn_options(settings, workers=workers, threads=threads)
     Gunicorn(options, lambda: load_api(settings)).run()

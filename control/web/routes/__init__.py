@@ -10,3 +10,4 @@ from control.web.routes import nodes, tasks, inventory
 
 RESOURCES = (health, openapi, tokens, users, groups, spaces, providers, support, changes, nodes, tasks, inventory)
 from control.web.routes import queues, roottoken  # noqa: E402,F401  (the dashboard's extra routes)
+from control.web.routes import audit  # noqa: E402,F401
