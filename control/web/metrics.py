@@ -183,15 +183,12 @@ def prepare_multiprocess_dir(path: str) -> None:
 
 
 class MetricsApp:
-    """WSGI: ``/metrics`` here, everything else to the wrapped application."""
+    """WSGI for ``/metrics`` (``control.web.app.Site`` sends that path here)."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], settings: Settings) -> None:
-        self.app = app
+    def __init__(self, settings: Settings) -> None:
         self.token = settings.metrics_token
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/metrics":
-            return self.app(environ, start_response)
         if not self.token:
             return _error(start_response, 404, "no route /metrics (metrics_token is not set)")
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
