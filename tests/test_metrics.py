@@ -131,6 +131,13 @@ def test_every_documented_series_exists_after_a_few_tasks(farm: Farm, api: Api, 
     assert not any(re.search(r"/tasks/\d", r) for r, _ in routes)  # templates, not ids
     del waiting
 
+    # the audit trail names who moved the task: root submitted, the dispatcher claimed, the node ran
+    trail = api.get("/audit", token=api.root, params={"kind": "task_event", "entity_id": ok["id"]}).json()
+    actors = {i["action"]: i["actor"] for i in trail["items"]}
+    assert actors["-->queued"] == "root"
+    assert actors["queued->assigned"] == "dispatcher:d1"
+    assert actors["running->succeeded"] in ("node:wk1", "node:wk2")
+
 
 def test_grafana_dashboard_and_scrape_example_name_real_series() -> None:
     dash = json.loads((DOCS / "grafana-dashboard.json").read_text())
