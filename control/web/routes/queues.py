@@ -14,7 +14,7 @@ from control.core.models import iso
 from control.core.schemas import Page
 from control.farm.queues import QueueStats, queue_stats
 from control.registry.identity import require_user_or_root
-from control.web.listing import page_list
+from control.web.listing import page_rows
 from control.web.routing import Context, paginated_query, route
 
 
@@ -40,4 +40,4 @@ def queue_out(entry: QueueStats) -> QueueOut:
        tag="tasks", query=paginated_query(), responses={200: Page[QueueOut]})
 def list_queues(ctx: Context) -> dict[str, Any]:
     require_user_or_root(ctx.principal)
-    return page_list([queue_out(q) for q in queue_stats()], ctx, lambda q: q.name)
+    return page_rows(queue_stats(), ctx, lambda q: q.name, queue_out)

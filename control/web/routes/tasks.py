@@ -14,7 +14,7 @@ from typing import Any
 import peewee
 from pydantic import BaseModel, Field
 
-from control.core.errors import conflict, forbidden, invalid, not_found
+from control.core.errors import conflict, invalid, not_found
 from control.core.models import iso
 from control.core.schemas import Page
 from control.farm import callbacks, catalogue, states, submit
@@ -35,8 +35,8 @@ from control.farm.schemas import (
     TaskTypeOut,
 )
 from control.registry import membership
-from control.registry.identity import Principal, require_user_or_root
-from control.registry.models import Space
+from control.registry.access import cancel_owned, see_owned, submit_into_space
+from control.registry.identity import require_user_or_root
 from control.web.routing import Context, Query, Reply, route
 
 TAG = "tasks"
@@ -71,33 +71,6 @@ def get_task(task_id: int) -> Task:
     return task
 
 
-def _can_see(principal: Principal, task: Task) -> None:
-    require_user_or_root(principal)
-    if principal.is_root:
-        return
-    uid = principal.user.id
-    if task.owner == uid:
-        return
-    if task.space_id is not None and membership.space_role(uid, task.space_id) is not None:
-        return
-    raise forbidden("only the submitter, members of the task's space and the administrator may see it")
-
-
-def _can_cancel(principal: Principal, task: Task) -> None:
-    _can_see(principal, task)
-    if not principal.is_root and task.owner != principal.user.id:
-        raise forbidden("only the submitter or the administrator may cancel a task")
-
-
-def _check_space(principal: Principal, space_id: int) -> None:
-    if Space.get_or_none(Space.id == space_id) is None:
-        raise invalid(f"space: space {space_id} not found")
-    if principal.is_root:
-        return
-    if membership.space_role(principal.user.id, space_id) is None:
-        raise forbidden(f"not a member of space {space_id}")
-
-
 @route("GET", "/task-types", summary="The task-type catalogue and each type's params schema", tag=TAG,
        responses={200: TaskTypeList})
 def list_task_types(ctx: Context) -> list[TaskTypeOut]:
@@ -111,7 +84,7 @@ def create_task(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
     principal = ctx.principal
     created = submit.submit(ctx.body, owner=principal.user.id if principal.user is not None else None,
-                            who=principal.describe(), check_space=lambda space: _check_space(principal, space))
+                            who=principal.describe(), check_space=lambda space: submit_into_space(principal, space))
     return Reply(201, lambda: detail(get_task(created)), {"Location": f"/api/v1/tasks/{created}"})
 
 
@@ -200,7 +173,7 @@ def count_tasks(ctx: Context) -> TaskCounts:
        responses={200: TaskDetail})
 def show_task(ctx: Context, id: int) -> TaskDetail:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     return detail(task)
 
 
@@ -208,7 +181,7 @@ def show_task(ctx: Context, id: int) -> TaskDetail:
        responses={200: EventList})
 def task_events(ctx: Context, id: int) -> list[EventOut]:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     return [EventOut(ts=iso(e.ts), from_state=e.from_state, to_state=e.to_state, reason=e.reason, data=e.data)
             for e in TaskEvent.select().where(TaskEvent.task == id).order_by(TaskEvent.id)]
 
@@ -218,7 +191,7 @@ def task_events(ctx: Context, id: int) -> list[EventOut]:
        responses={200: LogOut})
 def task_log(ctx: Context, id: int) -> LogOut:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     offset = ctx.query["offset"]
     first = (TaskLog.select(TaskLog.start).where(TaskLog.task == id, TaskLog.start <= offset)
              .order_by(TaskLog.start.desc()).first())
@@ -246,7 +219,7 @@ def task_log(ctx: Context, id: int) -> LogOut:
 def cancel_task(ctx: Context, id: int) -> TaskDetail:
     states.lock_task(id)
     task = get_task(id)
-    _can_cancel(ctx.principal, task)
+    cancel_owned(ctx.principal, task.owner, task.space_id, "task")
     if not states.cancel(id, ctx.principal.describe()):
         raise conflict(f"task {id} has already ended ({task.state})")
     return detail(get_task(id))
