@@ -122,7 +122,7 @@ class Settings:
         "resuming from before them gets 410 and resynchronises from 0.")
     retention_tokens_days: float = opt(
         7.0,
-        "Expired tokens and node join tokens are deleted this many days after they expired.")
+        "Expired tokens, node join tokens, invites and support tokens are deleted this many days after they expired.")
     prune_interval: float = opt(
         3600.0,
         "Seconds between two runs of the pruner (one dispatcher at a time runs it).")

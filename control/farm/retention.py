@@ -4,7 +4,7 @@
 * the logs of finished tasks earlier, if ``retention_logs_days`` is shorter;
 * change-feed entries older than ``retention_feed_days``, never the newest one (it is
   the feed's head, and SQLite would hand its number out again);
-* tokens and node join tokens expired more than ``retention_tokens_days`` ago;
+* tokens, node join tokens, invites and support tokens expired more than ``retention_tokens_days`` ago;
 * nonces of signed node requests older than twice the allowed clock skew.
 
 It runs in the dispatcher loop every ``prune_interval`` seconds. Each dispatcher tries; the
@@ -29,7 +29,7 @@ from control.core.db import write_transaction
 from control.core.models import now
 from control.farm.models import BROADCAST_KINDS, TERMINAL, Housekeeping, NodeJoinToken, Nonce, Task, TaskEvent, TaskLog
 from control.farm.telemetry import OUTCOME_PREFIX
-from control.registry.models import Change, Token
+from control.registry.models import Change, Invite, SupportToken, Token
 
 log = logging.getLogger("zonefarm.retention")
 
@@ -133,6 +133,8 @@ def prune(settings: Settings, t: float | None = None) -> Pruned:
         pruned.add("tokens", Token.delete().where(Token.expires_at.is_null(False),
                                                   Token.expires_at < token_cutoff).execute())
         pruned.add("join_tokens", NodeJoinToken.delete().where(NodeJoinToken.expires_at < token_cutoff).execute())
+        pruned.add("invites", Invite.delete().where(Invite.expires_at < token_cutoff).execute())
+        pruned.add("support_tokens", SupportToken.delete().where(SupportToken.expires_at < token_cutoff).execute())
         pruned.add("nonces", Nonce.delete().where(Nonce.ts < t - 2 * settings.callback_skew).execute())
     done = {k: n for k, n in pruned.counts.items() if n}
     if done:
