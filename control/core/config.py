@@ -166,6 +166,27 @@ class Settings:
     log_level: str = opt(
         "INFO",
         "Python log level.")
+    metrics_token: str = opt(
+        "",
+        "Bearer token `GET /metrics` requires (Prometheus' `authorization` credentials). Empty means "
+        "the endpoint is off (404). See docs/metrics.md.", secret=True)
+    retention_tasks_days: float = opt(
+        30.0,
+        "Finished tasks, with their events and logs, are deleted this many days after they finished.")
+    retention_logs_days: float = opt(
+        30.0,
+        "Logs of finished tasks are deleted this many days after the task finished (at most "
+        "`retention_tasks_days`).")
+    retention_feed_days: float = opt(
+        90.0,
+        "Change-feed entries older than this many days are deleted (never the newest); a provider "
+        "resuming from before them gets 410 and resynchronises from 0.")
+    retention_tokens_days: float = opt(
+        7.0,
+        "Expired tokens, node join tokens, invites and support tokens are deleted this many days after they expired.")
+    prune_interval: float = opt(
+        3600.0,
+        "Seconds between two runs of the pruner (one dispatcher at a time runs it).")
 
     @property
     def host(self) -> str:

@@ -112,6 +112,11 @@ class TaskEvent(BaseModel):
     to_state = peewee.CharField(max_length=16)
     reason = peewee.TextField(default="")
     data = JSONField(null=True)
+    # Who moved the task (control.core.actor): user:<id>, node:<name>, dispatcher:<id>...
+    actor = peewee.CharField(max_length=200, default="system")
+
+    class Meta:
+        indexes = ((("ts",), False), (("actor", "ts"), False))
 
 
 class TaskLog(BaseModel):
@@ -172,4 +177,32 @@ class Grant(BaseModel):
         indexes = ((("user", "task_type", "queue"), True), (("group", "task_type", "queue"), True))
 
 
-FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant]
+class DispatcherHealth(BaseModel):
+    """Each dispatcher's rounds, written after every round and read by ``GET /metrics``.
+
+    Histograms are kept as cumulative bucket counts (``buckets``: upper bound -> count), so
+    any API worker can expose them from the database without talking to the dispatcher.
+    """
+
+    ident = peewee.CharField(max_length=200, unique=True)
+    started_at = peewee.DoubleField(default=now)
+    last_round_at = peewee.DoubleField(default=now)
+    rounds = peewee.BigIntegerField(default=0)
+    errors = peewee.BigIntegerField(default=0)
+    duration = JSONField(default=dict)  # {"buckets": {le: n}, "sum": s, "count": n}
+    hosts = JSONField(default=dict)
+
+
+class Housekeeping(BaseModel):
+    """Named markers of background jobs: when the pruner last ran, how far the feed is pruned.
+
+    The pruner claims its turn with a guarded UPDATE of ``last_run`` (one row, both
+    databases), so two dispatchers never prune at the same time.
+    """
+
+    name = peewee.CharField(max_length=250, unique=True)
+    last_run = peewee.DoubleField(default=0)
+    value = peewee.BigIntegerField(default=0)
+
+
+FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping]

@@ -203,6 +203,14 @@ class Follower:
         if resp.status in (401, 403):
             raise TokenRejected(f"the zone refused the provider token ({resp.status}): "
                                 f"{_error_message(resp)}")
+        if resp.status == 410:
+            # The zone pruned changes we have not seen (retention_feed_days): replay what it
+            # keeps from the start; applying the feed is idempotent.
+            log.warning("the zone no longer keeps the changes after %s (%s); resynchronising from 0",
+                        self.seq, _error_message(resp))
+            self.seq = 0
+            self._save_seq()
+            return 0
         if resp.status != 200:
             raise FeedError(f"GET /changes answered {resp.status}: {_error_message(resp)}")
         body = resp.json()

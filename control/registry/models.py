@@ -91,6 +91,10 @@ class Provider(BaseModel):
     support_limit = peewee.BigIntegerField(null=True)
     created_at = peewee.DoubleField(default=now)
     updated_at = peewee.DoubleField(default=now)
+    # The last ``since`` the provider polled ``GET /changes`` with: everything up to it is
+    # applied on its side, so the feed head minus it is the provider's lag (GET /metrics).
+    feed_acked_seq = peewee.IntegerField(null=True)
+    feed_polled_at = peewee.DoubleField(null=True)
 
 
 class Support(BaseModel):
@@ -184,6 +188,8 @@ class Change(BaseModel):
     provider_id = peewee.IntegerField(null=True, index=True)
     group_id = peewee.IntegerField(null=True, index=True)
     user_id = peewee.IntegerField(null=True, index=True)
+    # Who made the change (control.core.actor): root, user:<id>, provider:<id>, node:<name>...
+    actor = peewee.CharField(max_length=200, default="system", index=True)
 
 
 REGISTRY_MODELS = [User, SshKey, Group, GroupUser, GroupChild, Space, SpaceUser,

@@ -17,6 +17,7 @@ import logging.handlers
 import queue
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -111,6 +112,9 @@ def load_api(settings: Settings) -> Any:
 def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
     settings.require_secrets()
     settings.require_transport()
+    # Before the fork: every worker writes its request histograms there (control.web.metrics).
+    from control.web.metrics import prepare_multiprocess_dir
+    prepare_multiprocess_dir(str(Path(settings.data_dir) / "metrics"))
     options = gunicorn_options(settings, workers=workers, threads=threads)
     # the long-poll cap is half the threads a worker has: the ones given here, if any
     settings = dataclasses.replace(settings, api_workers=options["workers"], api_threads=options["threads"])

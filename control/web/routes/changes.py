@@ -25,8 +25,9 @@ from __future__ import annotations
 import time
 
 from control.core.db import connection, database
-from control.core.errors import conflict, forbidden
+from control.core.errors import ApiError, conflict, forbidden
 from control.core.models import iso
+from control.farm.retention import feed_pruned_seq
 from control.registry import feed
 from control.registry.access import audience
 from control.registry.identity import Principal
@@ -62,6 +63,15 @@ def _not_ahead(since: int) -> None:
                        "the zone's database was replaced, resynchronise from 0")
 
 
+def _not_pruned(since: int) -> None:
+    """Changes after ``since`` were deleted by the pruner (retention_feed_days): reading on
+    would silently skip them, so the reader must resynchronise from 0."""
+    pruned = feed_pruned_seq()
+    if 0 < since < pruned:
+        raise ApiError(410, f"since: changes up to {pruned} are no longer kept (retention_feed_days); "
+                       "resynchronise from 0")
+
+
 @route("GET", "/changes", summary="Changes after `since` in the caller's region; long-polls "
        "up to `timeout` seconds (capped by changes_max_wait) when there are none", tag="changes",
        query={"since": Query(int, 0, "Resume after this change number (last_seq)", 0, None),
@@ -75,6 +85,9 @@ def list_changes(ctx: Context) -> ChangesOut:
     if ctx.principal.kind not in ("root", "provider", "user"):
         raise forbidden(f"a {ctx.principal.kind} token may not read the change feed")
     _not_ahead(since)
+    _not_pruned(since)
+    if ctx.principal.provider is not None:
+        feed.acknowledge(ctx.principal.provider.id, since)
     changes, resume = _round(ctx.principal, since, limit)
     deadline = time.monotonic() + min(ctx.query["timeout"], ctx.settings.changes_max_wait)
     if not changes and time.monotonic() < deadline:
