@@ -20,13 +20,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 
 from control.client import credentials
-from control.client.commands import TASK_STATES, parse_params, parse_size
+from control.client.commands import TASK_STATES, parse_duration, parse_params, parse_size
 from control.client.watch import exit_status
 from control.core.config import Settings
 from control.web.app import build_app
@@ -35,6 +37,7 @@ from tests.support.apiproc import ApiProcess, api_env, clean_env
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
 from tests.support.pg import free_port
+from tests.support.registry import provider
 from tests.support.server import LiveServer
 
 LEASE = 4
@@ -142,6 +145,16 @@ def test_sizes() -> None:
     assert parse_size(None, None, "10GiB") == 10 * 2**30  # type: ignore[arg-type]
     assert parse_size(None, None, "1.5MiB") == int(1.5 * 2**20)  # type: ignore[arg-type]
     assert parse_size(None, None, "512 kb") == 512_000  # type: ignore[arg-type]
+
+
+def test_durations() -> None:
+    assert parse_duration(None, None, "3600") == 3600  # type: ignore[arg-type]
+    assert parse_duration(None, None, "90m") == 5400  # type: ignore[arg-type]
+    assert parse_duration(None, None, "1d12h") == 36 * 3600  # type: ignore[arg-type]
+    assert parse_duration(None, None, "2w") == 14 * 86400  # type: ignore[arg-type]
+    for bad in ("", "h", "12x", "1h1d", "-5"):
+        with pytest.raises(click.BadParameter):
+            parse_duration(None, None, bad)  # type: ignore[arg-type]
 
 
 def test_exit_status_of_a_finished_task() -> None:
@@ -492,10 +505,12 @@ def test_nodes_spaces_and_changes(cli: Cli, farm: Farm, alice: dict[str, Any], a
     assert created["name"] == "climate"
     spaces = _json(cli("space", "ls", "--json"))
     assert [(s["name"], s["role"]) for s in spaces["items"]] == [("climate", "owner")]
-    prov = api.post("/providers", token=ROOT_SECRET,
-                    json={"name": "prov1", "domain": "prov1.example.org", "admin_email": "ops@example.org"})
-    assert prov.status_code == 201, prov.text
-    sup = _json(cli("space", "support", "climate", "prov1", "--size", "2GiB", "--json"))
+    provider(api, "prov1")
+    ticket = cli("space", "support-token", "climate", "--size", "2GiB")
+    assert ticket.rc == 0, ticket
+    # the administrator may redeem a support token on the provider's behalf
+    sup = _json(cli("space", "support", "climate", "--token-stdin", "--provider", "prov1", "--json",
+                    stdin=ticket.out, **root))
     assert sup["size"] == 2 * 2**30 and sup["provider_name"] == "prov1"
     listed = _json(cli("space", "support", "climate", "--json"))
     assert [s["provider_name"] for s in listed["items"]] == ["prov1"]
@@ -519,3 +534,121 @@ def test_nodes_spaces_and_changes(cli: Cli, farm: Farm, alice: dict[str, Any], a
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _user_cli(cli: Cli, tmp_path: Path, name: str, api: Api) -> Cli:
+    """Another user at another machine: an account and a login of its own."""
+    api.make_user(name, PASSWORD)
+    (tmp_path / name).mkdir()
+    other = Cli(tmp_path / name, cli.url)
+    assert other.login(name).rc == 0
+    return other
+
+
+def test_invite_and_join(cli: Cli, alice: dict[str, Any], api: Api, tmp_path: Path) -> None:
+    assert cli.login().rc == 0
+    assert cli("space", "create", "climate").rc == 0
+    bob = _user_cli(cli, tmp_path, "bob", api)
+    carol = _user_cli(cli, tmp_path, "carol", api)
+    assert _json(bob("space", "ls", "--json"))["items"] == []
+
+    issued = cli("space", "invite", "climate", "--role", "member", "--uses", "1", "--ttl", "2h")
+    assert issued.rc == 0, issued
+    token = issued.out.strip()
+    assert token and issued.out == token + "\n"  # only the token on stdout: it can be piped
+    assert "shown only now" in issued.err and "zonefarm space join" in issued.err
+
+    joined = bob("space", "join", stdin=token + "\n")
+    assert joined.rc == 0, joined
+    assert "you joined space" in joined.out and "climate as member" in joined.out
+    assert [(s["name"], s["role"]) for s in _json(bob("space", "ls", "--json"))["items"]] == [("climate", "member")]
+    assert "climate" in bob("space", "ls").out
+
+    used = carol("space", "join", "--token-stdin", stdin=token)
+    assert used.rc == 3, used
+    assert "this space invite has been used 1 of 1 times (HTTP 410)" in used.err
+    assert token not in used.out + used.err
+    assert _json(carol("space", "ls", "--json"))["items"] == []
+
+    invites = _json(cli("space", "invites", "climate", "--json"))["items"]
+    assert [(i["role"], i["uses"], i["max_uses"], i["state"]) for i in invites] == [("member", 1, 1, "used")]
+    shown = cli("space", "invites", "climate")
+    assert "used" in shown.out and token not in shown.out
+    assert 7100 < _expires_in(invites[0]) <= 7200
+
+    # a revoked invite is refused too; a member is no admin and cannot list them
+    spare = _json(cli("space", "invite", "climate", "--uses", "5", "--json"))
+    assert cli("space", "invites", "climate", "--revoke", str(spare["invite"]["id"])).rc == 0
+    revoked = carol("space", "join", stdin=spare["token"])
+    assert revoked.rc == 3 and "was revoked" in revoked.err
+    assert bob("space", "invites", "climate").rc == 3
+    assert bob("space", "invite", "climate").rc == 3
+
+    # groups: carol joins alice's group as admin, then brings a group of her own into the space
+    assert cli("group", "create", "lab").rc == 0
+    admin_invite = cli("group", "invite", "lab", "--role", "admin").out.strip()
+    assert carol("group", "join", stdin=admin_invite).rc == 0
+    assert [(g["name"], g["role"]) for g in _json(carol("group", "ls", "--json"))["items"]] == [("lab", "admin")]
+    assert _json(carol("group", "invites", "lab", "--json"))["items"][0]["state"] == "used"
+    assert carol("group", "create", "team").rc == 0
+    for_group = cli("space", "invite", "climate", "--for", "group", "--role", "admin").out.strip()
+    as_user = carol("space", "join", stdin=for_group)  # meant for a group: a user alone is refused
+    assert as_user.rc == 3
+    as_group = carol("space", "join", "--as-group", "team", stdin=for_group)
+    assert as_group.rc == 0, as_group
+    assert "joined space" in as_group.out and "as admin" in as_group.out
+    space_id = _json(cli("space", "ls", "--json"))["items"][0]["id"]
+    groups = api.get(f"/spaces/{space_id}/groups", token=cli.stored().token).json()["items"]
+    assert [(g["name"], g["role"]) for g in groups] == [("team", "admin")]
+    assert ("climate", "admin") in [(s["name"], s["role"]) for s in _json(carol("space", "ls", "--json"))["items"]]
+
+
+def _expires_in(item: dict[str, Any]) -> float:
+    return datetime.fromisoformat(item["expires_at"]).timestamp() - time.time()
+
+
+def test_support_takes_a_token_the_provider_redeems(cli: Cli, alice: dict[str, Any], api: Api) -> None:
+    prov, prov_token = provider(api, "prov1")
+    as_provider = {"ZONEFARM_URL": cli.url, "ZONEFARM_TOKEN": prov_token}
+    assert cli.login().rc == 0
+    assert cli("space", "create", "climate").rc == 0
+
+    direct = cli("space", "support", "climate", "prov1", "--size", "2GiB")  # the old way: no consent
+    assert direct.rc == 3, direct
+    assert "only the administrator or the provider itself" in direct.err
+    assert "zonefarm space support-token climate --provider prov1" in direct.err
+    assert "zonefarm space support climate --token-stdin --provider prov1" in direct.err
+    assert _json(cli("space", "support", "climate", "--json"))["items"] == []
+
+    issued = cli("space", "support-token", "climate", "--provider", "prov1", "--size", "1GiB", "--ttl", "1d")
+    assert issued.rc == 0, issued
+    token = issued.out.strip()
+    assert token and issued.out == token + "\n"
+    assert "shown only now" in issued.err
+
+    redeemed = cli("space", "support", "climate", "--token-stdin", "--provider", "prov1", "--size", "2GiB",
+                   "--json", stdin=token + "\n", **as_provider)
+    sup = _json(redeemed)
+    assert (sup["space_name"], sup["provider_id"], sup["size"]) == ("climate", prov["id"], 2 * 2**30)
+    assert [(s["provider_name"], s["size"]) for s in _json(cli("space", "support", "climate", "--json"))["items"]] \
+        == [("prov1", 2 * 2**30)]
+    again = cli("space", "support", "climate", "--token-stdin", "--provider", "prov1", stdin=token, **as_provider)
+    assert again.rc == 3 and "already redeemed" in again.err and token not in again.err
+    tokens = _json(cli("space", "support-tokens", "climate", "--json"))["items"]
+    assert [(t["state"], t["used_by"], t["size"]) for t in tokens] == [("used", prov["id"], 2**30)]
+    assert 86300 < _expires_in(tokens[0]) <= 86400
+
+    # resizing is the provider's call
+    resized = _json(cli("space", "support", "climate", "prov1", "--size", "3GiB", "--json", **as_provider))
+    assert resized["size"] == 3 * 2**30
+
+    # a token for another space than the one named: the support is made, and the command says so
+    assert cli("space", "create", "oceans").rc == 0
+    other = cli("space", "support-token", "oceans", "--size", "1GiB").out.strip()
+    mixed = cli("space", "support", "climate", "--token-stdin", "--provider", "prov1", stdin=other, **as_provider)
+    assert mixed.rc == 1 and "was for space" in mixed.err and "oceans" in mixed.err
+    assert [s["size"] for s in _json(cli("space", "support", "oceans", "--json"))["items"]] == [2**30]
+
+    assert cli("space", "support", "climate", "prov1", "--revoke").rc == 0
+    assert _json(cli("space", "support", "climate", "--json"))["items"] == []
+

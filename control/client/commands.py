@@ -1,11 +1,12 @@
-"""The user-facing ``zonefarm`` commands: login, tasks, nodes, spaces and the change feed.
+"""The user-facing ``zonefarm`` commands: login, tasks, nodes, spaces, groups and the change feed.
 
 They talk to the API over HTTP only (``control.client.api``), so they run on any
 machine that can reach the zone, with nothing of the server installed but this package.
 ``control.cli`` hands these commands to ``cli`` below and everything else (``api``,
 ``dispatcher``, ``node agent`` ...) to its argparse parser.
 
-Exit codes: 0 ok, 1 the task failed (``task logs -f``: the task's own exit code), 2 a
+Exit codes: 0 ok, 1 the task failed (``task logs -f``: the task's own exit code; ``space
+support --token-stdin``: the token was for another space than the one named), 2 a
 usage error (including "not logged in"), 3 the API refused or could not be reached;
 the API's message goes to stderr. Every read command takes ``--json`` and then prints
 the API's JSON unchanged (one object per line for the following forms).
@@ -111,6 +112,21 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return int(float(number) * (1024 if binary else 1000) ** power)
 
 
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
+_DURATION_UNITS = (7 * 86400, 86400, 3600, 60, 1)
+
+
+def parse_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    """Seconds: ``3600``, ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` or a run of them (``1d12h``)."""
+    if value is None:
+        return None
+    m = _DURATION.match(value.strip().lower().replace(" ", ""))
+    if m is None or not any(m.groups()):
+        raise click.BadParameter(f"{value!r}: expected seconds, or a duration such as 90m, 12h, 7d, 1d12h",
+                                 ctx, param)
+    return sum(int(n) * unit for n, unit in zip(m.groups(), _DURATION_UNITS, strict=True) if n)
+
+
 def _exit(code: int) -> None:
     click.get_current_context().exit(code)
 
@@ -135,14 +151,25 @@ def cli(ctx: click.Context, ca_file: str | None) -> None:
 # ---------------------------------------------------------------------------- login
 
 
-def _read_password(prompt: str) -> str:
-    """Hidden prompt on a terminal; otherwise the first line of stdin (scripts, tests)."""
-    if sys.stdin is not None and sys.stdin.isatty():
-        return click.prompt(prompt, hide_input=True, err=True)
-    line = sys.stdin.readline() if sys.stdin is not None else ""
-    if not line:
-        raise click.UsageError("no password: stdin is empty")
-    return line.rstrip("\r\n")
+def _read_secret(prompt: str, *, from_stdin: bool = False, token: bool = False) -> str:
+    """Hidden prompt on a terminal; otherwise (or with ``from_stdin``) the first line of stdin.
+
+    Secrets never come from the command line, where ``ps`` and the shell's history show
+    them. A token has no blanks, so the ones a copy and paste adds are dropped; a password
+    is taken as typed.
+    """
+    if not from_stdin and sys.stdin is not None and sys.stdin.isatty():
+        secret = click.prompt(prompt, hide_input=True, err=True)
+    else:
+        line = sys.stdin.readline() if sys.stdin is not None else ""
+        secret = line.rstrip("\r\n")
+        if not line:
+            raise click.UsageError(f"no {prompt.lower()}: stdin is empty")
+    if token:
+        secret = secret.strip()
+        if not secret:
+            raise click.UsageError(f"no {prompt.lower()}: the line is empty")
+    return secret
 
 
 @cli.command()
@@ -163,7 +190,7 @@ def login(obj: Ctx, url: str, username: str | None) -> None:
         username = click.prompt("Username", err=True) if sys.stdin.isatty() else sys.stdin.readline().strip()
         if not username:
             raise click.UsageError("no username: give --username")
-    password = _read_password("Password")
+    password = _read_secret("Password")
     resp = send(new_session(obj.ca_file), "POST", base + "/auth/token",
                 data={"grant_type": "password", "username": username, "password": password})
     if resp.status_code != 200:
@@ -580,7 +607,7 @@ def node_drain(obj: Ctx, name: str, wait: bool, as_json: bool) -> None:
 
 @cli.group()
 def space() -> None:
-    """Spaces: list, create, and the providers supporting them."""
+    """Spaces: list, create, invite and join, and the providers supporting them."""
 
 
 @space.command("ls")
@@ -613,21 +640,48 @@ def space_create(obj: Ctx, name: str, as_json: bool) -> None:
     emit_json(s) if as_json else click.echo(clean(f"space {s['id']} {s['name']} created"))
 
 
+def _support_hint(space_ref: str, provider_ref: str) -> str:
+    return (f"support takes the provider's consent: ask for it with `zonefarm space support-token "
+            f"{space_ref} --provider {provider_ref} --size SIZE` and hand the token to the provider, who "
+            f"redeems it with `zonefarm space support {space_ref} --token-stdin --provider {provider_ref}`; "
+            "--size on an existing support resizes it, which only the provider (or the administrator) does")
+
+
+def _matches(ref: str, ident: int, name: str) -> bool:
+    return int(ref) == ident if ref.isdigit() else ref == name
+
+
 @space.command("support")
 @click.argument("space_ref", metavar="SPACE")
 @click.argument("provider_ref", metavar="[PROVIDER]", required=False)
+@click.option("--provider", "provider_opt", metavar="PROVIDER",
+              help="The provider (id or name); the same as the PROVIDER argument.")
+@click.option("--token-stdin", is_flag=True,
+              help="Redeem the support token read from stdin's first line (the provider, or the "
+                   "administrator for it): PROVIDER supports the space the token names.")
 @click.option("--size", "size_bytes", callback=parse_size, metavar="SIZE",
-              help="Support (or resize it) with this many bytes: 1073741824, 10G (10^9), 10GiB (2^30).")
-@click.option("--revoke", is_flag=True, help="Revoke PROVIDER's support of SPACE.")
+              help="Bytes granted: 1073741824, 10G (10^9), 10GiB (2^30). With --token-stdin, the size "
+                   "granted (default: what the token asks for); without, resize an existing support.")
+@click.option("--revoke", is_flag=True, help="Revoke PROVIDER's support of SPACE (space admin, or the provider).")
 @json_option
 @pass_ctx
-def space_support(obj: Ctx, space_ref: str, provider_ref: str | None, size_bytes: int | None, revoke: bool,
-                  as_json: bool) -> None:
-    """List the providers supporting SPACE, or make PROVIDER support it (--size) or stop (--revoke).
+def space_support(obj: Ctx, space_ref: str, provider_ref: str | None, provider_opt: str | None,
+                  token_stdin: bool, size_bytes: int | None, revoke: bool, as_json: bool) -> None:
+    """List the providers supporting SPACE; redeem a support token (--token-stdin); resize or revoke a support.
 
-    SPACE and PROVIDER are ids or exact names.
+    Support takes the provider's consent: a space admin asks for it with `zonefarm space
+    support-token`, the provider redeems that token here with --token-stdin (so it never
+    shows in `ps`). SPACE and PROVIDER are ids or exact names.
     """
+    if provider_ref and provider_opt and provider_ref != provider_opt:
+        raise click.UsageError("give PROVIDER once: as the argument or as --provider")
+    provider_ref = provider_ref or provider_opt
     client = obj.client
+    if token_stdin:
+        if revoke or provider_ref is None:
+            raise click.UsageError("--token-stdin redeems a support token: give --provider, and no --revoke")
+        _redeem_support(client, space_ref, provider_ref, size_bytes, as_json)
+        return
     if provider_ref is None:
         if size_bytes is not None or revoke:
             raise click.UsageError("--size and --revoke need a PROVIDER")
@@ -641,7 +695,8 @@ def space_support(obj: Ctx, space_ref: str, provider_ref: str | None, size_bytes
                for s in page["items"]])
         return
     if (size_bytes is None) == (not revoke):
-        raise click.UsageError("give --size SIZE or --revoke")
+        raise click.UsageError("give --size SIZE (the provider resizing), --revoke, or --token-stdin "
+                               "(the provider redeeming a support token)")
     space_id = _resolve(client, "/spaces", space_ref, "space")
     provider_id = _resolve(client, "/providers", provider_ref, "provider")
     if revoke:
@@ -651,11 +706,298 @@ def space_support(obj: Ctx, space_ref: str, provider_ref: str | None, size_bytes
         else:
             click.echo(f"provider {provider_id} no longer supports space {space_id}")
         return
-    s = client.put(f"/spaces/{space_id}/providers/{provider_id}", json={"size": size_bytes})
+    try:
+        s = client.put(f"/providers/{provider_id}/spaces/{space_id}", json={"size": size_bytes})
+    except ApiFailure as exc:
+        if exc.status in (403, 404):  # a space admin trying the old way, or no support yet
+            raise ApiFailure(f"{exc.message}; {_support_hint(space_ref, provider_ref)}", exc.status) from None
+        raise
     if as_json:
         emit_json(s)
     else:
         click.echo(clean(f"provider {s['provider_name']} supports space {s['space_name']} with {size(s['size'])}"))
+
+
+def _redeem_support(client: Client, space_ref: str, provider_ref: str, size_bytes: int | None,
+                    as_json: bool) -> None:
+    """``POST /providers/{id}/supports``; the token says which space, SPACE is checked against it.
+
+    The check can only come after: a provider cannot see a space it does not support yet,
+    and nothing reads a support token's space without redeeming it.
+    """
+    provider_id = _resolve(client, "/providers", provider_ref, "provider")
+    body: dict[str, Any] = {"token": _read_secret("Support token", from_stdin=True, token=True)}
+    if size_bytes is not None:
+        body["size"] = size_bytes
+    s = client.post(f"/providers/{provider_id}/supports", json=body)
+    if as_json:
+        emit_json(s)
+    else:
+        click.echo(clean(f"provider {s['provider_name']} supports space {s['space_name']} with {size(s['size'])}"))
+    if not _matches(space_ref, s["space_id"], s["space_name"]):
+        note(clean(f"warning: the token was for space {s['space_id']} {s['space_name']}, not {space_ref}; "
+                   f"that support is in place (revoke it with `zonefarm space support {s['space_id']} "
+                   f"{provider_id} --revoke`)"))
+        _exit(1)
+
+
+@space.command("support-token")
+@click.argument("space_ref", metavar="SPACE")
+@click.option("--provider", "provider_ref", metavar="PROVIDER",
+              help="Only this provider (id or name) may redeem it; default: any.")
+@click.option("--size", "size_bytes", callback=parse_size, metavar="SIZE",
+              help="Bytes asked for (the provider grants what it decides): 1073741824, 10G, 10GiB.")
+@click.option("--ttl", callback=parse_duration, metavar="DURATION",
+              help="Lifetime: 3600 (seconds), 90m, 12h, 7d, 1d12h (default 7 days).")
+@json_option
+@pass_ctx
+def space_support_token(obj: Ctx, space_ref: str, provider_ref: str | None, size_bytes: int | None,
+                        ttl: int | None, as_json: bool) -> None:
+    """Ask a provider to support SPACE (space admin): print a support token for it to redeem.
+
+    The token is shown once and is the only thing on stdout, so it can be piped or saved;
+    the provider runs `zonefarm space support SPACE --token-stdin --provider PROVIDER`.
+    """
+    client = obj.client
+    space_id = _resolve(client, "/spaces", space_ref, "space")
+    body: dict[str, Any] = {}
+    if provider_ref is not None:
+        body["provider"] = _resolve(client, "/providers", provider_ref, "provider")
+    for key, value in (("size", size_bytes), ("expires_in", ttl)):
+        if value is not None:
+            body[key] = value
+    issued = client.post(f"/spaces/{space_id}/support_tokens", json=body)
+    if as_json:
+        emit_json(issued)
+        return
+    click.echo(issued["token"])
+    row = issued["support_token"]
+    asked = f"{size(row['size'])} asked" if row["size"] else "no size asked"
+    who = f"provider {row['provider_id']}" if row["provider_id"] else "any provider"
+    note(clean(f"support token {row['id']} for space {space_id}: {who}, {asked}, expires "
+               f"{short_time(row['expires_at'])} UTC; shown only now. The provider redeems it with "
+               f"`zonefarm space support {space_id} --token-stdin --provider {row['provider_id'] or 'ID'}`"))
+
+
+@space.command("support-tokens")
+@click.argument("space_ref", metavar="SPACE")
+@click.option("--revoke", type=click.IntRange(1), metavar="ID", help="Revoke this support token.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@json_option
+@pass_ctx
+def space_support_tokens(obj: Ctx, space_ref: str, revoke: int | None, limit: int, offset: int,
+                         as_json: bool) -> None:
+    """List the support tokens issued for SPACE and their state (never the tokens), or revoke one."""
+    client = obj.client
+    space_id = _resolve(client, "/spaces", space_ref, "space")
+    if revoke is not None:
+        client.delete(f"/spaces/{space_id}/support_tokens/{revoke}")
+        if as_json:
+            emit_json({"space_id": space_id, "support_token": revoke, "revoked": True})
+        else:
+            click.echo(f"support token {revoke} of space {space_id} revoked")
+        return
+    page = client.get(f"/spaces/{space_id}/support_tokens", params={"limit": limit, "offset": offset})
+    if as_json:
+        emit_json(page)
+        return
+    table(("ID", "PROVIDER", "SIZE", "STATE", "USED BY", "EXPIRES", "CREATED"),
+          [(t["id"], t["provider_id"] or "any", size(t["size"]), t["state"], t["used_by"],
+            short_time(t["expires_at"]), short_time(t["created_at"])) for t in page["items"]])
+    _more(page)
+
+
+# ---------------------------------------------------------------------------- invites (spaces and groups)
+
+ROLES = ("member", "admin", "owner")
+
+
+def _invite_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed((
+            click.option("--role", type=click.Choice(ROLES), default="member", show_default=True,
+                         help="The role the newcomer gets (admin and owner: only an owner invites them; "
+                              "a group nested in a group gets no role)."),
+            click.option("--uses", type=click.IntRange(1, 10_000), default=1, show_default=True,
+                         help="How many times the token can be redeemed."),
+            click.option("--ttl", callback=parse_duration, metavar="DURATION",
+                         help="Lifetime: 3600 (seconds), 90m, 12h, 7d, 1d12h (default 7 days)."),
+            click.option("--for", "subject", type=click.Choice(("user", "group")), default="user",
+                         show_default=True,
+                         help="Who redeems it: a user for itself, or a user for a group it administers "
+                              "(join --as-group)."),
+            json_option)):
+        f = option(f)
+    return f
+
+
+def _issue_invite(obj: Ctx, kind: str, ref: str, role: str, uses: int, ttl: int | None, subject: str,
+                  as_json: bool) -> None:
+    """The token alone on stdout (shown once), the rest on stderr: `... invite X > token` keeps it clean."""
+    what = kind[:-1]
+    client = obj.client
+    ident = _resolve(client, f"/{kind}", ref, what)
+    body: dict[str, Any] = {"role": role, "uses": uses, "subject": subject}
+    if ttl is not None:
+        body["expires_in"] = ttl
+    issued = client.post(f"/{kind}/{ident}/invites", json=body)
+    if as_json:
+        emit_json(issued)
+        return
+    click.echo(issued["token"])
+    inv = issued["invite"]
+    join = f"zonefarm {what} join" + (" --as-group GROUP" if inv["subject"] == "group" else "")
+    note(clean(f"invite {inv['id']} to {what} {ident}: {inv['role']}, for a {inv['subject']}, "
+               f"{inv['max_uses']} use(s), expires {short_time(inv['expires_at'])} UTC; shown only now. "
+               f"The newcomer runs `{join}` with the token on stdin"))
+
+
+def _join(obj: Ctx, kind: str, as_group: str | None, token_stdin: bool, as_json: bool) -> None:
+    client = obj.client
+    body: dict[str, Any] = {}
+    if as_group is not None:
+        body["group"] = _resolve(client, "/groups", as_group, "group")
+    body["token"] = _read_secret("Invite token", from_stdin=token_stdin, token=True)
+    joined = client.post(f"/{kind}/join", json=body)
+    if as_json:
+        emit_json(joined)
+        return
+    who = "you" if joined["member"] == "user" else f"group {joined['member_id']}"
+    role = f" as {joined['role']}" if joined["role"] else " as a child group"
+    click.echo(clean(f"{who} joined {joined['target']} {joined['target_id']} {joined['target_name']}{role}"))
+
+
+def _invites(obj: Ctx, kind: str, ref: str, revoke: int | None, limit: int, offset: int, as_json: bool) -> None:
+    what = kind[:-1]
+    client = obj.client
+    ident = _resolve(client, f"/{kind}", ref, what)
+    if revoke is not None:
+        client.delete(f"/{kind}/{ident}/invites/{revoke}")
+        if as_json:
+            emit_json({f"{what}_id": ident, "invite": revoke, "revoked": True})
+        else:
+            click.echo(f"invite {revoke} to {what} {ident} revoked")
+        return
+    page = client.get(f"/{kind}/{ident}/invites", params={"limit": limit, "offset": offset})
+    if as_json:
+        emit_json(page)
+        return
+    table(("ID", "ROLE", "FOR", "USES", "STATE", "EXPIRES", "CREATED"),
+          [(i["id"], i["role"], i["subject"], f"{i['uses']}/{i['max_uses']}", i["state"],
+            short_time(i["expires_at"]), short_time(i["created_at"])) for i in page["items"]])
+    _more(page)
+
+
+def _join_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = json_option(f)
+    f = click.option("--token-stdin", is_flag=True,
+                     help="Read the token from stdin's first line even on a terminal (it is read from "
+                          "stdin anyway when stdin is not one; on a terminal it is prompted for).")(f)
+    return click.option("--as-group", metavar="GROUP",
+                        help="Join as this group (id or name), which you administer; the invite must be "
+                             "one for a group.")(f)
+
+
+def _list_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = json_option(f)
+    f = click.option("--offset", type=click.IntRange(0), default=0)(f)
+    f = click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)(f)
+    return click.option("--revoke", type=click.IntRange(1), metavar="ID", help="Revoke this invite.")(f)
+
+
+@space.command("invite")
+@click.argument("space_ref", metavar="SPACE")
+@_invite_options
+@pass_ctx
+def space_invite(obj: Ctx, space_ref: str, role: str, uses: int, ttl: int | None, subject: str,
+                 as_json: bool) -> None:
+    """Invite someone to SPACE (admin): print an invite token, shown once, for `zonefarm space join`."""
+    _issue_invite(obj, "spaces", space_ref, role, uses, ttl, subject, as_json)
+
+
+@space.command("join")
+@_join_options
+@pass_ctx
+def space_join(obj: Ctx, as_group: str | None, token_stdin: bool, as_json: bool) -> None:
+    """Join the space an invite token names (the token on stdin, so it never shows in `ps`)."""
+    _join(obj, "spaces", as_group, token_stdin, as_json)
+
+
+@space.command("invites")
+@click.argument("space_ref", metavar="SPACE")
+@_list_options
+@pass_ctx
+def space_invites(obj: Ctx, space_ref: str, revoke: int | None, limit: int, offset: int, as_json: bool) -> None:
+    """List SPACE's invites and their state (admin; never the tokens), or revoke one."""
+    _invites(obj, "spaces", space_ref, revoke, limit, offset, as_json)
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+@cli.group()
+def group() -> None:
+    """Groups: list, create, invite and join."""
+
+
+@group.command("ls")
+@click.option("--name", help="Case-insensitive substring of the name.")
+@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@json_option
+@pass_ctx
+def group_ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List the groups you can see, with your role in each."""
+    query: dict[str, Any] = {"limit": limit, "offset": offset}
+    if name:
+        query["name"] = name
+    page = obj.client.get("/groups", params=query)
+    if as_json:
+        emit_json(page)
+        return
+    table(("ID", "NAME", "ROLE", "CREATED"),
+          [(g["id"], g["name"], g["role"], short_time(g["created_at"])) for g in page["items"]])
+    _more(page)
+
+
+@group.command("create")
+@click.argument("name")
+@json_option
+@pass_ctx
+def group_create(obj: Ctx, name: str, as_json: bool) -> None:
+    """Create a group; you become its owner."""
+    g = obj.client.post("/groups", json={"name": name})
+    emit_json(g) if as_json else click.echo(clean(f"group {g['id']} {g['name']} created"))
+
+
+@group.command("invite")
+@click.argument("group_ref", metavar="GROUP")
+@_invite_options
+@pass_ctx
+def group_invite(obj: Ctx, group_ref: str, role: str, uses: int, ttl: int | None, subject: str,
+                 as_json: bool) -> None:
+    """Invite someone to GROUP (admin): print an invite token, shown once, for `zonefarm group join`.
+
+    An invite --for group nests the joining group as a child (role member).
+    """
+    _issue_invite(obj, "groups", group_ref, role, uses, ttl, subject, as_json)
+
+
+@group.command("join")
+@_join_options
+@pass_ctx
+def group_join(obj: Ctx, as_group: str | None, token_stdin: bool, as_json: bool) -> None:
+    """Join the group an invite token names (the token on stdin, so it never shows in `ps`)."""
+    _join(obj, "groups", as_group, token_stdin, as_json)
+
+
+@group.command("invites")
+@click.argument("group_ref", metavar="GROUP")
+@_list_options
+@pass_ctx
+def group_invites(obj: Ctx, group_ref: str, revoke: int | None, limit: int, offset: int, as_json: bool) -> None:
+    """List GROUP's invites and their state (admin; never the tokens), or revoke one."""
+    _invites(obj, "groups", group_ref, revoke, limit, offset, as_json)
 
 
 # ---------------------------------------------------------------------------- changes
