@@ -25,7 +25,7 @@ from tests.support.apiproc import ApiProcess, api_env
 from tests.support.client import Api
 from tests.support.nodes import SignedNode
 from tests.support.pg import free_port
-from tests.support.registry import MIB, error, provider, space
+from tests.support.registry import MIB, error, provider, space, support_token
 from tests.support.server import LiveServer
 from tests.support.waiting import wait_for
 
@@ -180,17 +180,18 @@ def test_query_integers_are_bounded_and_strict(api: Api, path: str, params: dict
 def test_body_integers_are_bounded(api: Api) -> None:
     _, token = api.user_with_token("bounded")
     s = space(api, token, "s")
-    p, _ = provider(api, "p")
-    assert "size" in error(api.put(f"/spaces/{s['id']}/providers/{p['id']}", token=token,
-                                   json={"size": 2**70}), 422)
+    p, ptoken = provider(api, "p")
+    ticket = support_token(api, token, s["id"])
+    assert "size" in error(api.post(f"/providers/{p['id']}/supports", token=ptoken,
+                                    json={"token": ticket, "size": 2**70}), 422)
     assert "owner" in error(api.post("/groups", token=api.root, json={"name": "g", "owner": HUGE}), 422)
     assert "space" in error(api.post("/tasks", token=token, json={"name": "shell", "space": BIG}), 422)
     assert "sftp_port" in error(api.post("/providers", token=api.root, json={
         "name": "q", "domain": "q.example.org", "admin_email": "a@q.example.org", "sftp_port": HUGE}), 422)
     # whole numbers written as floats are integers, as JSON Schema counts them; others are not
-    ok = api.put(f"/spaces/{s['id']}/providers/{p['id']}", token=token, json={"size": float(10 * MIB)})
-    assert ok.status_code in (200, 201) and ok.json()["size"] == 10 * MIB
-    assert "size" in error(api.put(f"/spaces/{s['id']}/providers/{p['id']}", token=token,
+    ok = api.post(f"/providers/{p['id']}/supports", token=ptoken, json={"token": ticket, "size": float(10 * MIB)})
+    assert ok.status_code == 201 and ok.json()["size"] == 10 * MIB
+    assert "size" in error(api.put(f"/spaces/{s['id']}/providers/{p['id']}", token=ptoken,
                                    json={"size": 10 * MIB + 0.5}), 422)
     # and a boolean is a boolean
     assert "active" in error(api.post("/users", token=api.root, json={

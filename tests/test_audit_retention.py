@@ -23,7 +23,7 @@ DAY = 86400.0
 
 def test_actors_are_recorded_and_root_reads_the_audit(api: Api) -> None:
     alice = api.make_user("alice")
-    bob, token = api.user_with_token("bob")
+    bob, token = api.submitter("bob")
     group = registry.group(api, token, "g-bob")
     task = api.post("/tasks", token=token, json={"name": "shell", "params": {"argv": ["true"]}}).json()
 
