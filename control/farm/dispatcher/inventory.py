@@ -3,9 +3,11 @@
 A round's job covers every node that has something to do: the tasks claimed for it
 (hostvar ``zonefarm_batch``, group ``zonefarm_type_<name>``) and the kills the reaper
 handed out (hostvar ``zonefarm_kills``, group ``zonefarm_kill``). A host's variables are
-the farm's one :func:`control.farm.hostvars.hostvars` plus what only a job needs: where
-the node's INI file is (the runner reads the nodes secret from it; the secret itself is
-never in the inventory) and the round's work.
+how Ansible reaches it (:func:`control.farm.hostvars.connection`, the same as
+``GET /inventory``'s) plus what only a job needs: the node's work dir, where its INI
+file is (the runner reads the node's key from it; the key itself is never in the
+inventory) and the round's work. Only values held to strict patterns: nothing a node
+sends as free text (labels) reaches a job.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from control.core.paths import share_dir
 from control.farm.catalogue import playbook
-from control.farm.hostvars import hostvars
+from control.farm.hostvars import connection
 from control.farm.models import Node, Task
 from control.registry.membership import upload_targets
 
@@ -42,9 +44,9 @@ def upload_target(space_id: int | None, cache: dict[int, Upload | None]) -> Uplo
 
 
 def job_hostvars(node: Node) -> dict[str, Any]:
-    """A host of the job: the node's hostvars, where its INI file is, and empty work lists."""
-    return {**hostvars(node), "zonefarm_config_path": node.config_path, "zonefarm_batch": [],
-            "zonefarm_kills": []}
+    """A host of the job: how to reach the node, its work dir and INI file, and empty work lists."""
+    return {**connection(node), "zonefarm_workdir": node.workdir, "zonefarm_config_path": node.config_path,
+            "zonefarm_batch": [], "zonefarm_kills": []}
 
 
 def build_inventory(tasks: list[Task], kills: list[Task], lease: int) -> tuple[dict[str, Any], list[Path]]:
