@@ -18,6 +18,8 @@ from control.core.config import Settings
 from control.core.db import connection, database, init_database, is_postgres
 from control.farm import states
 from control.farm.claims import claim
+from control.farm.eligibility import Want, active_counts, assess
+from control.farm.explain import explain
 from control.farm.models import Node, Task, TaskEvent
 from control.farm.reaper import reap
 
@@ -272,3 +274,35 @@ def test_two_dispatcher_processes_never_claim_the_same_task(db: str) -> None:
     if is_postgres():
         # SKIP LOCKED lets both work at once; SQLite's single writer may let one take all.
         assert results[0] and results[1], "both dispatchers should have claimed work"
+
+
+def test_claim_fan_out_and_explain_share_one_rule(db: str) -> None:
+    """Each node but one refuses for its own reason; the claim takes that one, explain names the rest."""
+    node("cordoned", cordoned=True)
+    node("draining", cordoned=True, draining=True)
+    node("lost", state="lost", last_seen=time.time() - 600)
+    node("other-queue", queues=("gpu",))
+    node("busy", concurrency=1)
+    node("free", concurrency=1)
+    node("gone", state="deregistered")
+    filler = task(target_kind="node", target_value="busy")
+    assert [t.id for t in claim("d1", 10)] == [filler]
+    waiting = task()
+    with connection():
+        nodes = list(Node.select().order_by(Node.name))
+        found = assess(Task.get_by_id(waiting), nodes, active_counts())
+        assert [n.name for n in found.fits] == ["free"]
+        assert {name: r.code for name, r in found.rejected.items()} == {
+            "busy": "node_busy", "cordoned": "node_cordoned", "draining": "node_draining",
+            "gone": "node_deregistered", "lost": "node_lost", "other-queue": "queue_not_served"}
+        # a broadcast's fan-out leaves capacity out: the busy node still gets a child
+        fan_out = assess(Want("all", None, "default"), nodes, None)
+        assert [n.name for n in fan_out.fits] == ["busy", "free"]
+    (claimed,) = claim("d1", 10)
+    assert claimed.id == waiting and claimed.node.name == "free"
+    blocked = task()
+    with connection():
+        why = explain(Task.get_by_id(blocked))
+    assert [b["code"] for b in why["blockers"]] == ["no_node_available"]
+    assert why["why"].startswith("none of the 5 node(s) serving queue 'default' can take it: "
+                                 "2 busy, 1 cordoned, 1 draining, 1 lost")

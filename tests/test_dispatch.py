@@ -319,9 +319,11 @@ def _space_with_storage(farm: Farm, sshd: Sshd, storage: Path) -> int:
     user, token = api.user_with_token("alice")
     space = api.post("/spaces", token=token, json={"name": "climate"})
     assert space.status_code == 201, space.text
-    support = api.put(f"/spaces/{space.json()['id']}/providers/{provider.json()['provider']['id']}", token=token,
-                      json={"size": 10 * 1024 * 1024})
-    assert support.status_code in (200, 201), support.text
+    ticket = api.post(f"/spaces/{space.json()['id']}/support_tokens", token=token, json={})
+    assert ticket.status_code == 201, ticket.text
+    support = api.post(f"/providers/{provider.json()['provider']['id']}/supports", token=provider.json()["token"],
+                       json={"token": ticket.json()["token"], "size": 10 * 1024 * 1024})
+    assert support.status_code == 201, support.text
     return int(space.json()["id"])
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from control.core.db import connection
+from control.farm.dispatcher.inventory import job_hostvars
+from control.farm.models import Node
 from tests.conftest import NODES_SECRET, ROOT
 from tests.support.client import Api
 from tests.support.nodes import SignedNode
@@ -51,6 +54,22 @@ def test_inventory_groups_and_hostvars(farm: Api) -> None:
     assert farm.get("/inventory", token=token).status_code == 200
     assert farm.delete("/nodes/us1", token=farm.root).status_code == 204
     assert "us1" not in farm.get("/inventory", token=farm.root).json()["_meta"]["hostvars"]
+
+
+def test_dispatcher_jobs_use_the_same_hostvars(farm: Api) -> None:
+    """One hostvars function: a job's host carries GET /inventory's variables plus its work, and a
+    node without a registered interpreter gets the dispatcher's ``auto_silent`` in both."""
+    with connection():
+        Node.update(python="").where(Node.name == "us1").execute()
+        nodes = {n.name: n for n in Node.select()}
+    served = farm.get("/inventory", token=farm.root).json()["_meta"]["hostvars"]
+    for name in ("eu1", "us1"):
+        job = job_hostvars(nodes[name])
+        assert job.pop("zonefarm_config_path") == f"/tmp/zf-{name}/node.ini"
+        assert job.pop("zonefarm_batch") == [] and job.pop("zonefarm_kills") == []
+        assert job == served[name]
+    assert served["us1"]["ansible_python_interpreter"] == "auto_silent"
+    assert served["eu1"]["ansible_python_interpreter"] == "/usr/bin/python3"
 
 
 def test_ansible_inventory_reads_the_dynamic_inventory(farm: Api) -> None:

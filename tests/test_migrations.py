@@ -128,6 +128,31 @@ def test_upgrade_of_an_older_database_adds_provider_columns_and_keeps_rows(empty
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
 
 
+def test_upgrade_of_a_schema_3_database_keeps_its_supports(empty_db_url: str) -> None:
+    """A site from before invites and support tokens (schema 3) keeps every support; the
+    migration only adds two tables and one column, and a second run changes nothing."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url,
+             "DROP TABLE invite", "DROP TABLE support_token",
+             "ALTER TABLE provider DROP COLUMN support_limit",
+             "DELETE FROM schema_version WHERE version = 6",
+             "INSERT INTO provider (name, domain, admin_email, sftp_port, created_at, updated_at) "
+             "VALUES ('prov-old', 'old.example.org', 'ops@example.org', 22, 1.0, 2.0)",
+             "INSERT INTO space (name, created_at, updated_at) VALUES ('old-space', 1.0, 1.0)",
+             "INSERT INTO support (space_id, provider_id, size, created_at, updated_at) "
+             "SELECT s.id, p.id, 1073741824, 3.0, 4.0 FROM space s, provider p")
+    assert _zonefarm(empty_db_url, "db", "status")["pending"] == ["m0006_invites_support_tokens"]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == ["m0006_invites_support_tokens"]
+    assert _rows(empty_db_url, "SELECT p.name, p.support_limit, s.name, x.size, x.created_at FROM support x "
+                               "JOIN provider p ON p.id = x.provider_id JOIN space s ON s.id = x.space_id") == [
+        ("prov-old", None, "old-space", 1073741824, 3.0)]
+    schema = _schema(empty_db_url)
+    assert {"invite", "support_token"} <= set(schema)
+    assert _rows(empty_db_url, "SELECT count(*) FROM invite") == [(0,)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+    assert _schema(empty_db_url) == schema
+
+
 @pytest.fixture
 def extra_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
     """Ships a migration from a later release (adds ``user.locale`` with a default); returns its version."""

@@ -200,7 +200,7 @@ def test_document_is_valid_openapi_3() -> None:
 def test_bottle_mounts_exactly_the_route_table(tmp_path: Any) -> None:
     """Nothing reaches the server except through the table the document is built from."""
     settings = Settings(database=f"sqlite:///{tmp_path / 'z.db'}", root_secret="r" * 16, nodes_secret="n" * 16)
-    bottle_app = build_app(settings, init_db=False).app
+    bottle_app = build_app(settings, init_db=False).app.api  # the REST half; the dashboard is the other
     mounted = sorted((r.method, r.rule) for r in bottle_app.routes)
     assert mounted == sorted((s.method, s.bottle_path()) for s in ROUTES)
 

@@ -64,6 +64,10 @@ class Settings:
     token_ttl: int = opt(
         3600,
         "Lifetime of user access tokens, seconds.")
+    invite_max_ttl: int = opt(
+        30 * 86400,
+        "Longest lifetime of an invite or support token, seconds. They last 7 days unless the issuer "
+        "asks otherwise (or this is shorter).")
     db_pool_size: int = opt(
         16,
         "Pooled connections per process (PostgreSQL and SQLite).")

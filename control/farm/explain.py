@@ -3,6 +3,9 @@
 Zimfarm's users asked for this more than anything: a task that sits in the queue
 should say whether no node serves its queue, every such node is busy, cordoned or lost,
 its target node is unknown, or it simply waits behind others for the next round.
+
+The per-node reasons come from ``control.farm.eligibility``, the rule the claim itself
+applies, so what this says cannot drift from what the dispatcher does.
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ from typing import Any
 
 import peewee
 
-from control.core.models import now
-from control.farm.claims import active_counts
+from control.farm.eligibility import MISMATCHES, active_counts, assess
 from control.farm.models import Node, Task
 
 
@@ -34,56 +36,41 @@ def _ahead(task: Task) -> int:
     return query.count()
 
 
-def _node_state(node: Node, active: int) -> tuple[str, str] | None:
-    if node.state == "deregistered":
-        return "node_deregistered", f"node {node.name} is deregistered"
-    if node.state == "lost":
-        ago = int(now() - node.last_seen)
-        return "node_lost", f"node {node.name} is lost (last seen {ago}s ago)"
-    if node.draining:
-        return "node_draining", f"node {node.name} is draining"
-    if node.cordoned:
-        return "node_cordoned", f"node {node.name} is cordoned"
-    if active >= node.concurrency:
-        return "node_busy", f"node {node.name} is busy ({active} of {node.concurrency} slots used)"
-    return None
-
-
 def _targeted(task: Task) -> list[dict[str, str]]:
     node = Node.get_or_none(Node.name == task.target_value)
     if node is None:
         return [_blocker("target_node_unknown", f"no node named {task.target_value!r} is registered")]
-    active = active_counts([node.id]).get(node.id, 0)
-    state = _node_state(node, active)
-    if state is not None:
-        return [_blocker("target_" + state[0], state[1])]
-    return []
+    found = assess(task, [node], active_counts([node.id]))
+    return [_blocker("target_" + r.code, r.message) for r in found.rejected.values()]
 
 
 def _untargeted(task: Task) -> list[dict[str, str]]:
-    nodes = [n for n in Node.select().where(Node.state != "deregistered") if task.queue in (n.queues or [])]
-    if not nodes:
-        served = sorted({q for n in Node.select(Node.queues).where(Node.state != "deregistered")
-                         for q in (n.queues or [])})
+    nodes = list(Node.select().where(Node.state != "deregistered"))
+    active = active_counts([n.id for n in nodes]) if nodes else {}
+    found = assess(task, nodes, active)
+    if found.fits:
+        return []
+    # nodes that do not serve the queue are no blockers; the others each say why not
+    reasons: dict[str, list[Node]] = {}
+    for node in nodes:
+        reason = found.rejected[node.name]
+        if reason.code not in MISMATCHES:
+            reasons.setdefault(reason.code, []).append(node)
+    serving = [n for group in reasons.values() for n in group]
+    if not serving:
+        served = sorted({q for n in nodes for q in (n.queues or [])})
         listed = ", ".join(served) if served else "none"
         return [_blocker("no_node_serves_queue",
                          f"no node serves queue {task.queue!r} (queues served: {listed})")]
-    active = active_counts([n.id for n in nodes])
-    reasons: dict[str, list[str]] = {}
-    for node in nodes:
-        state = _node_state(node, active.get(node.id, 0))
-        if state is None:
-            return []
-        reasons.setdefault(state[0], []).append(node.name)
-    total = len(nodes)
+    total = len(serving)
     if set(reasons) == {"node_lost"}:
         return [_blocker("all_lost", f"all {total} node(s) serving queue {task.queue!r} are lost: "
-                                     f"{', '.join(reasons['node_lost'])}")]
+                                     f"{', '.join(n.name for n in reasons['node_lost'])}")]
     if set(reasons) <= {"node_cordoned", "node_draining"}:
         return [_blocker("all_cordoned", f"all {total} node(s) serving queue {task.queue!r} are cordoned")]
     if set(reasons) == {"node_busy"}:
-        used = sum(active.get(n.id, 0) for n in nodes)
-        slots = sum(n.concurrency for n in nodes)
+        used = sum(active.get(n.id, 0) for n in serving)
+        slots = sum(n.concurrency for n in serving)
         return [_blocker("all_busy", f"all {total} node(s) serving queue {task.queue!r} are busy "
                                      f"({used} of {slots} slots used)")]
     parts = [f"{len(v)} {k.removeprefix('node_')}" for k, v in sorted(reasons.items())]

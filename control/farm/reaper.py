@@ -19,7 +19,7 @@ import logging
 from control.core.config import Settings
 from control.core.db import connection
 from control.core.models import now
-from control.farm import states
+from control.farm import nodes, states
 from control.farm.models import ACTIVE, Node, Task
 
 log = logging.getLogger("zonefarm.reaper")
@@ -29,11 +29,8 @@ def lost_nodes(settings: Settings, t: float) -> list[str]:
     """Mark silent nodes lost and lose their active tasks; returns the node names."""
     cutoff = t - settings.node_lease
     names = []
-    for node in Node.select(Node.id, Node.name).where(Node.state == "online", Node.last_seen < cutoff):
-        changed = (Node.update(state="lost")
-                   .where(Node.id == node.id, Node.state == "online", Node.last_seen < cutoff)
-                   .execute())
-        if not changed:
+    for node in nodes.silent(cutoff):
+        if not nodes.mark_lost(node, cutoff):
             continue
         names.append(node.name)
         log.warning("node %s lost: silent for more than %ss", node.name, settings.node_lease)
@@ -65,14 +62,11 @@ def kill_list(settings: Settings, t: float) -> list[Task]:
              .order_by(Task.id))
     out = []
     for task in query:
-        previous = Task.kill_sent_at.is_null() if task.kill_sent_at is None \
-            else (Task.kill_sent_at == task.kill_sent_at)
-        if not Task.update(kill_sent_at=t).where(Task.id == task.id, previous).execute():
+        kill_reason = "cancelled" if task.cancel_requested else "timed_out"
+        if not states.send_kill(task, t, kill_reason):
             continue  # another dispatcher took this kill
         task.kill_sent_at = t
-        task.kill_reason = "cancelled" if task.cancel_requested else "timed_out"
-        states.record(task.id, task.state, f"kill sent to node {task.node.name} ({task.kill_reason})",
-                      {"kill_reason": task.kill_reason})
+        task.kill_reason = kill_reason
         out.append(task)
     return out
 

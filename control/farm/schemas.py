@@ -7,6 +7,8 @@ into a dispatcher's job.
 
 from __future__ import annotations
 
+import posixpath
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
@@ -29,7 +31,6 @@ SYSTEM_TREES = ("/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/l
 
 def check_workdir(path: str) -> str:
     """Refuse a workdir that is not a normal absolute path, or that is (in) a system directory."""
-    import posixpath
     if posixpath.normpath(path) != path.rstrip("/") or "//" in path:
         raise ValueError("must be a normalized absolute path (no '.', '..' or '//')")
     path = path.rstrip("/") or "/"
@@ -70,7 +71,6 @@ class NodeRegister(Input):
 
     @model_validator(mode="after")
     def _check(self) -> NodeRegister:
-        import re
         for q in self.queues:
             if not re.match(LABEL, q):
                 raise ValueError(f"queues: {q!r} is not a valid queue name")

@@ -1,4 +1,5 @@
-"""The task state machine. Every change is one guarded UPDATE plus one TaskEvent.
+"""The task state machine, and the only writer of task rows. Every change is one guarded
+UPDATE plus one TaskEvent.
 
 ``queued -> assigned -> running -> succeeded | failed | cancelled | timed_out``; ``lost``
 goes back to ``queued`` while attempts remain, else ``failed``. A transition reads the
@@ -8,6 +9,10 @@ matches, so a task never has two terminal states and no completion is counted tw
 
 A broadcast parent is never run itself: its state summarises its children and is
 recomputed, under a lock on the parent row, whenever a child moves.
+
+Writes that are not state changes live here too (a new task and its first event, a
+claim's lease renewed, progress, a cancel request, a kill handed out), each guarded by
+the state it expects, so one module says everything that can happen to a task row.
 """
 
 from __future__ import annotations
@@ -184,3 +189,121 @@ def summarise(parent_id: int) -> None:
 def record(task_id: int, state: str, reason: str, data: dict[str, Any] | None = None) -> None:
     """An event that is not a state change (a cancel request, a kill sent)."""
     TaskEvent.create(task=task_id, from_state=state, to_state=state, reason=reason, data=data)
+
+
+def enqueue(fields: dict[str, Any], reason: str, data: dict[str, Any] | None = None, *,
+            t: float | None = None) -> Task:
+    """A new ``queued`` task and its first event, created at ``t`` (a broadcast's rows share one)."""
+    t = now() if t is None else t
+    task = Task.create(**fields, state="queued", created_at=t)
+    TaskEvent.create(task=task, ts=t, to_state="queued", reason=reason, data=data)
+    return task
+
+
+def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> list[Task]:
+    """``queued -> assigned`` for a claim: node id -> task ids; returns the tasks it moved.
+
+    One UPDATE per node, guarded by ``state = 'queued'``; the attempt counter goes up and
+    the lease starts. The tasks come back with ``node`` loaded, best first.
+    """
+    t = now()
+    for nid, ids in picks.items():
+        (Task.update(state="assigned", node=nid, attempt=Task.attempt + 1,
+                     claimed_by=dispatcher_id, assigned_at=t, started_at=None,
+                     finished_at=None, lease_expires_at=t + lease, kill_sent_at=None,
+                     progress=0)
+         .where(Task.id.in_(ids), Task.state == "queued")
+         .execute())
+    all_ids = [i for ids in picks.values() for i in ids]
+    claimed = list(Task.select(Task, Node).join(Node)
+                   .where(Task.id.in_(all_ids), Task.state == "assigned",
+                          Task.claimed_by == dispatcher_id, Task.assigned_at == t)
+                   .order_by(Task.priority.desc(), Task.created_at, Task.id))
+    events: list[dict[str, Any]] = [
+        {"task": task.id, "ts": t, "from_state": "queued", "to_state": "assigned",
+         "reason": f"claimed by {dispatcher_id} for node {task.node.name}",
+         "data": {"node": task.node.name, "attempt": task.attempt}}
+        for task in claimed]
+    for i in range(0, len(events), 200):
+        TaskEvent.insert_many(events[i:i + 200]).execute()
+    for parent_id in sorted({task.parent_id for task in claimed if task.parent_id}):
+        summarise(parent_id)
+    return claimed
+
+
+def extend_claims(dispatcher_id: str, task_ids: list[int], lease: float) -> int:
+    """Renew the lease of this dispatcher's claims still ``assigned``; how many were renewed."""
+    return (Task.update(lease_expires_at=now() + lease)
+            .where(Task.id.in_(task_ids), Task.state == "assigned", Task.claimed_by == dispatcher_id)
+            .execute())
+
+
+def renew(task_id: int, attempt: int, lease_expires_at: float, progress: float | None = None) -> bool:
+    """A live attempt's report: move its lease on (and its progress), if it is still the current one."""
+    values: dict[Any, Any] = {Task.lease_expires_at: lease_expires_at}
+    if progress is not None:
+        values[Task.progress] = progress
+    return bool(Task.update(values)
+                .where(Task.id == task_id, Task.state.in_(ACTIVE), Task.attempt == attempt)
+                .execute())
+
+
+def request_cancel(task_id: int, who: str) -> bool:
+    """Flag an active task for the reaper to kill; the event is written once, by the first request."""
+    state = Task.select(Task.state).where(Task.id == task_id).scalar()
+    changed = (Task.update(cancel_requested=True)
+               .where(Task.id == task_id, Task.state.in_(ACTIVE), Task.cancel_requested == False)  # noqa: E712
+               .execute())
+    if changed:
+        record(task_id, state, f"cancel requested by {who}", {"cancel_requested": True})
+    return bool(changed)
+
+
+def _cancel_one(task: Task, who: str) -> bool:
+    """Cancel a queued or lost task now; flag an active one for the reaper to kill."""
+    if task.state in ("queued", "lost"):
+        return transition(task.id, "cancelled", f"cancelled by {who}", expect=("queued", "lost"))
+    if task.state in ACTIVE:
+        request_cancel(task.id, who)
+        return True
+    return False
+
+
+def cancel(task_id: int, who: str) -> bool:
+    """A user's cancel: the task, or every child of a broadcast still going.
+
+    Returns False when there was nothing left to cancel (the task, or every child, had ended).
+    """
+    with write_transaction():
+        lock_task(task_id)
+        task = Task.get_or_none(Task.id == task_id)
+        if task is None:
+            return False
+        if task.is_broadcast:
+            children = list(Task.select().where(Task.parent == task_id, Task.state.not_in(TERMINAL))
+                            .order_by(Task.id))
+            if not children:
+                return False
+            for child in children:
+                _cancel_one(child, who)
+            summarise(task_id)
+            return True
+        if task.state in TERMINAL:
+            return False
+        _cancel_one(task, who)
+        return True
+
+
+def send_kill(task: Task, t: float, kill_reason: str) -> bool:
+    """Hand out one kill of ``task`` (loaded with its node) at ``t``, with its event.
+
+    Guarded on the ``kill_sent_at`` read with ``task``: False when another dispatcher
+    took this kill since.
+    """
+    previous = Task.kill_sent_at.is_null() if task.kill_sent_at is None \
+        else (Task.kill_sent_at == task.kill_sent_at)
+    if not Task.update(kill_sent_at=t).where(Task.id == task.id, previous).execute():
+        return False
+    record(task.id, task.state, f"kill sent to node {task.node.name} ({kill_reason})",
+           {"kill_reason": kill_reason})
+    return True

@@ -5,7 +5,7 @@ commit in order and a reader resuming from N can never skip a number that commit
 later. SQLite already has a single writer.
 
 Who sees what is decided by the change's scope columns against the reader's
-*audience* (computed from the registry as it is now, see ``control.web.routes.changes``):
+*audience* (computed from the registry as it is now, see ``control.registry.access.audience``):
 
 * a change scoped to a provider (``provider_id`` set: the provider itself and the
   supports it holds, including their revocation) is seen by that provider only, and

@@ -1,7 +1,8 @@
 """Who is calling: the root secret, a user token or a provider token (Bearer).
 
 Tokens are random strings stored only as SHA-256 digests; the lookup is by digest,
-and the root secret is compared in constant time.
+and the root secret is compared in constant time. Invite and support tokens are made
+and found the same way (``new_secret``, ``find_secret``): one scheme for every secret.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import peewee
 
-from control.core.errors import forbidden, unauthorized
+from control.core.errors import ApiError, forbidden, invalid, unauthorized
 from control.core.models import now
 from control.registry.models import Provider, Token, User
 
@@ -44,13 +45,54 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_secret(kind: str) -> tuple[str, str]:
+    """A fresh secret and its digest. The plaintext goes to the caller once and is never
+    stored; its prefix (``zfu_``, ``zfp_``, ``zfi_``, ``zfs_``) tells what it is for."""
+    plain = f"zf{kind[0]}_" + secrets.token_urlsafe(32)
+    return plain, digest(plain)
+
+
+SECRET_TTL = 7 * 86400  # invites and support tokens, unless the issuer asks otherwise
+
+
+def secret_lifetime(expires_in: int | None, max_ttl: int) -> int:
+    """Seconds a new invite or support token lives: 7 days (or the maximum when shorter)."""
+    if expires_in is None:
+        return min(SECRET_TTL, max_ttl)
+    if expires_in > max_ttl:
+        raise invalid(f"expires_in: at most {max_ttl} seconds (the invite_max_ttl setting)")
+    return expires_in
+
+
+def gone(message: str) -> ApiError:
+    """A token that existed but can no longer be used: 410, so a client tells it from a typo."""
+    return ApiError(410, message, "gone")
+
+
+def find_secret(model: type[peewee.Model], plain: str) -> peewee.Model | None:
+    """The row holding this secret's digest (an indexed lookup; no plaintext is stored)."""
+    return model.get_or_none(model.token_hash == digest(plain))
+
+
 def new_token(kind: str, *, user: User | None = None, provider: Provider | None = None,
               ttl: int | None = None) -> tuple[str, Token]:
     """Create a token; the plaintext is returned once and never stored."""
-    plain = f"zf{kind[0]}_" + secrets.token_urlsafe(32)
-    row = Token.create(token_hash=digest(plain), kind=kind, user=user, provider=provider,
+    plain, hashed = new_secret(kind)
+    row = Token.create(token_hash=hashed, kind=kind, user=user, provider=provider,
                        expires_at=(now() + ttl) if ttl else None)
     return plain, row
+
+
+def revoke_tokens(*, token_id: int | None = None, provider: Provider | None = None) -> None:
+    """Revoke one token by id, or every token of a provider (its rotation)."""
+    query = Token.update(revoked=True)
+    if token_id is not None:
+        query = query.where(Token.id == token_id)
+    elif provider is not None:
+        query = query.where(Token.provider == provider.id, Token.kind == "provider")
+    else:
+        raise ValueError("revoke_tokens needs a token id or a provider")
+    query.execute()
 
 
 def bearer(header: str | None) -> str | None:
@@ -84,6 +126,8 @@ def authenticate(header: str | None, root_secret: str) -> Principal:
         return Principal("user", user=user, token_id=row.id)
     if row.kind == "provider":
         return Principal("provider", provider=row.provider, token_id=row.id)
+    if row.kind == "root":  # issued for the root secret by POST /auth/root-token
+        return Principal("root", token_id=row.id)
     raise unauthorized("invalid token")
 
 

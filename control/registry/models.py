@@ -87,6 +87,8 @@ class Provider(BaseModel):
     sftp_port = peewee.IntegerField(default=22)
     sftp_user = peewee.CharField(max_length=64, null=True)
     storage_path = peewee.CharField(max_length=1024, null=True)
+    # The total bytes the provider grants to all the spaces it supports; None: no limit.
+    support_limit = peewee.BigIntegerField(null=True)
     created_at = peewee.DoubleField(default=now)
     updated_at = peewee.DoubleField(default=now)
 
@@ -114,6 +116,42 @@ class Token(BaseModel):
     revoked = peewee.BooleanField(default=False)
 
 
+class Invite(BaseModel):
+    """An invitation to join a space or a group (exactly one is set), redeemed by a user
+    for itself or for a group it administers (``subject``). Like bearer tokens, only the
+    SHA-256 digest of the secret is stored."""
+
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    space = peewee.ForeignKeyField(Space, null=True, on_delete="CASCADE")
+    group = peewee.ForeignKeyField(Group, null=True, on_delete="CASCADE")
+    subject = peewee.CharField(max_length=10)  # "user" | "group"
+    role = peewee.CharField(max_length=10, default="member")
+    max_uses = peewee.IntegerField(default=1)
+    uses = peewee.IntegerField(default=0)
+    expires_at = peewee.DoubleField()
+    revoked = peewee.BooleanField(default=False)
+    created_by = peewee.IntegerField(null=True)  # user id; None for the administrator
+    created_at = peewee.DoubleField(default=now)
+
+
+class SupportToken(BaseModel):
+    """A space admin's request for storage: a provider redeems it with the size it grants.
+
+    ``provider`` None means any provider may redeem it. Single use; stored as a digest.
+    """
+
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    space = peewee.ForeignKeyField(Space, on_delete="CASCADE")
+    provider = peewee.ForeignKeyField(Provider, null=True, on_delete="CASCADE")
+    size = peewee.BigIntegerField(null=True)  # bytes asked for; the provider decides
+    expires_at = peewee.DoubleField()
+    revoked = peewee.BooleanField(default=False)
+    used_at = peewee.DoubleField(null=True)
+    used_by = peewee.IntegerField(null=True)  # the provider that redeemed it
+    created_by = peewee.IntegerField(null=True)
+    created_at = peewee.DoubleField(default=now)
+
+
 class Change(BaseModel):
     """One numbered entry of the change feed; the scope columns drive provider filtering."""
 
@@ -130,4 +168,4 @@ class Change(BaseModel):
 
 
 REGISTRY_MODELS = [User, SshKey, Group, GroupUser, GroupChild, Space, SpaceUser,
-                   SpaceGroup, Provider, Support, Token, Change]
+                   SpaceGroup, Provider, Support, Token, Invite, SupportToken, Change]

@@ -80,6 +80,10 @@ class MemberRole(Input):
 GroupRoleInSpace = Literal["member", "admin"]
 HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
 MIN_SUPPORT = 1024 * 1024
+MAX_BYTES = 2**62
+MAX_ID = 2**31 - 1
+MAX_TTL = 10 * 365 * 86400  # the invite_max_ttl setting is the real bound
+LIMIT_DOC = "Total bytes the provider grants over all its supports; null: no limit"
 
 
 class GroupCreate(Input):
@@ -150,6 +154,7 @@ class ProviderCreate(Input):
     storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024,
                                      description="Absolute directory; spaces live in "
                                                  "storage_path/<space id>")
+    support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES, description=LIMIT_DOC)
 
 
 class ProviderUpdate(Input):
@@ -160,6 +165,8 @@ class ProviderUpdate(Input):
     sftp_port: int | None = Field(default=None, ge=1, le=65535)
     sftp_user: str | None = Field(default=None, pattern=USERNAME, max_length=64)
     storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024)
+    support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES,
+                                      description=LIMIT_DOC + "; null removes the limit")
 
 
 class ProviderOut(BaseModel):
@@ -171,6 +178,8 @@ class ProviderOut(BaseModel):
     sftp_port: int
     sftp_user: str | None
     storage_path: str | None
+    support_limit: int | None = Field(description=LIMIT_DOC)
+    granted: int = Field(description="Bytes the provider grants now, over all its supports")
     created_at: str
     updated_at: str
 
@@ -181,7 +190,7 @@ class ProviderRegistered(BaseModel):
 
 
 class SupportSize(Input):
-    size: int = Field(ge=MIN_SUPPORT, le=2**62, description="Bytes; at least 1 MiB")
+    size: int = Field(ge=MIN_SUPPORT, le=MAX_BYTES, description="Bytes; at least 1 MiB")
 
 
 class SupportOut(BaseModel):
@@ -210,3 +219,114 @@ class ChangeOut(BaseModel):
 class ChangesOut(BaseModel):
     changes: list[ChangeOut]
     last_seq: int = Field(description="Resume with since=last_seq; covers changes filtered out")
+
+
+# --- invite tokens and support tokens ------------------------------------------------
+
+InviteSubject = Literal["user", "group"]
+TokenState = Literal["active", "used", "expired", "revoked"]
+SECRET = Field(min_length=1, max_length=200, description="The token as it was shown when issued")
+EXPIRES_IN = Field(default=None, ge=60, le=MAX_TTL,
+                   description="Seconds until it expires; default 7 days, at most the "
+                               "invite_max_ttl setting")
+
+
+class InviteCreate(Input):
+    role: Role = Field(default="member", description="The role the newcomer gets: at most what "
+                                                     "the issuer may grant (only an owner "
+                                                     "invites admins and owners)")
+    subject: InviteSubject = Field(default="user", description="Who redeems it: a user for "
+                                                               "itself, or a user for a group "
+                                                               "it administers")
+    uses: int = Field(default=1, ge=1, le=10_000, description="How many times it can be redeemed")
+    expires_in: int | None = EXPIRES_IN
+
+
+class InviteOut(BaseModel):
+    id: int
+    space_id: int | None
+    group_id: int | None
+    role: Role
+    subject: InviteSubject
+    uses: int = Field(description="Times redeemed")
+    max_uses: int
+    state: TokenState
+    expires_at: str
+    created_by: int | None = Field(description="Issuing user; null for the administrator")
+    created_at: str
+
+
+class InviteIssued(BaseModel):
+    invite: InviteOut
+    token: str = Field(description="The invite token; shown once, never stored in plaintext")
+
+
+class InviteRedeem(Input):
+    token: str = SECRET
+    group: int | None = Field(default=None, ge=1, le=MAX_ID,
+                              description="For an invite meant for a group: the group (which "
+                                          "the caller administers) that joins")
+
+
+class JoinedOut(BaseModel):
+    target: Literal["space", "group"]
+    target_id: int
+    target_name: str
+    member: InviteSubject
+    member_id: int
+    role: Role | None = Field(description="The new member's role; null for a nested group")
+
+
+class SupportTokenCreate(Input):
+    provider: int | None = Field(default=None, ge=1, le=MAX_ID,
+                                 description="Only this provider may redeem it; omitted: any")
+    size: int | None = Field(default=None, ge=MIN_SUPPORT, le=MAX_BYTES,
+                             description="Bytes asked for; the provider grants what it decides")
+    expires_in: int | None = EXPIRES_IN
+
+
+class SupportTokenOut(BaseModel):
+    id: int
+    space_id: int
+    provider_id: int | None = Field(description="The one provider that may redeem it; null: any")
+    size: int | None
+    state: TokenState
+    used_by: int | None = Field(description="The provider that redeemed it")
+    expires_at: str
+    created_by: int | None
+    created_at: str
+
+
+class SupportTokenIssued(BaseModel):
+    support_token: SupportTokenOut
+    token: str = Field(description="The support token to hand to the provider; shown once")
+
+
+class SupportRedeem(Input):
+    token: str = SECRET
+    size: int | None = Field(default=None, ge=MIN_SUPPORT, le=MAX_BYTES,
+                             description="Bytes the provider grants; default: what the token asks")
+
+
+# --- effective relations ----------------------------------------------------------------
+
+
+class GroupLinkOut(BaseModel):
+    id: int
+    name: str
+    direct: bool = Field(description="Also a direct parent (or child), not only through nesting")
+
+
+class UserRelationOut(BaseModel):
+    id: int = Field(description="Group or space id")
+    name: str
+    role: Role = Field(description="The user's effective role there")
+    direct: bool = Field(description="The user is also a direct member")
+    membership: list[list[int]] = Field(
+        description="Each chain of group ids (outermost first) the user is a member through")
+
+
+class ChainLink(BaseModel):
+    type: Literal["space", "group", "user"]
+    id: int
+    name: str

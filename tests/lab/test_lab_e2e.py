@@ -150,7 +150,15 @@ def space(api: Api, lab: Lab) -> dict[str, Any]:
     api.put(f"/spaces/{created['id']}/groups/{group['id']}", {"role": "member"})
     providers = {p["name"]: p for p in api.get("/providers?limit=100")["items"]}
     for name in ("prov1", "prov2"):
-        api.put(f"/spaces/{created['id']}/providers/{providers[name]['id']}", {"size": 2**30})
+        # Support takes the provider's consent: the space asks with a support token, and each
+        # provider redeems it with the token its role deployed on the host.
+        ticket = api.post(f"/spaces/{created['id']}/support_tokens", {"provider": providers[name]["id"]})
+        code, token = lab.exec(name, "cat /etc/zonefarm/provider.token")
+        assert code == 0, f"{name}: {token}"
+        resp = requests.post(f"{api.base}/providers/{providers[name]['id']}/supports", timeout=15,
+                             json={"token": ticket["token"], "size": 2**30},
+                             headers={"Authorization": f"Bearer {token.strip()}"})
+        assert resp.status_code == 201, f"{name} redeeming: {resp.status_code} {resp.text}"
     return {**created, "users": (alice, bob), "group": group, "providers": providers}
 
 

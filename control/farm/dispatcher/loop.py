@@ -1,46 +1,38 @@
-"""The dispatcher (cluster manager): each round reap, claim, and run ONE ansible-runner job.
+"""The dispatcher (cluster manager): each round reap, claim, build, run ONE job, apply results.
 
-A round's job covers every node that has something to do: the tasks claimed for it
-(hostvar ``zonefarm_batch``) and the kills the reaper handed out (``zonefarm_kills``).
-The job only *starts* tasks, detached, through ``zonefarm_launch`` and returns; the
-worker's runner reports from then on with signed callbacks. An Ansible round costs about
-a second whatever it carries, so batching is what makes the farm fast.
+A round's job covers every node that has something to do (``inventory``: the tasks
+claimed for it and the kills the reaper handed out). The job only *starts* tasks,
+detached, through ``zonefarm_launch`` and returns; the worker's runner reports from then
+on with signed callbacks. An Ansible round costs about a second whatever it carries, so
+batching is what makes the farm fast. Running the job is ``job``'s business.
 
 Nothing is kept in memory between rounds: a restarted dispatcher carries on from the
 database (claims with a lease, ``kill_sent_at``), so a kill -9 loses nothing.
-
-Secrets stay out of the job: no nodes secret is passed (the runner reads it from the
-node's 0600 INI), ``ZONEFARM_*`` variables are removed from the environment Ansible
-inherits, and ansible-runner writes no env files.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control.core.config import Settings, load_settings
-from control.core.paths import share_dir
+from control.core.config import Settings
+from control.core.db import connection, init_database
+from control.farm import claims, reaper, states
+from control.farm.catalogue import UnknownTaskType, playbook
+from control.farm.dispatcher import CLAIM_LIMIT
+from control.farm.dispatcher import job as jobs
+from control.farm.dispatcher.inventory import build_inventory
+from control.farm.models import Task
 
 log = logging.getLogger("zonefarm.dispatch")
-
-ROOT = share_dir()
-KILL_PLAYBOOK = ROOT / "playbooks" / "farm" / "kill.yml"
-CLAIM_LIMIT = 5000
-JOB_TIMEOUT = 600
 
 
 @dataclass
@@ -59,158 +51,6 @@ class Round:
     seconds: float = 0.0
 
 
-def ansible_env() -> dict[str, str]:
-    """Settings the job needs; ansible.cfg is not read because the job's cwd is its own."""
-    bindir = os.path.dirname(sys.executable)  # ansible-playbook sits beside our interpreter
-    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-    return {
-        "PATH": path if bindir in path.split(os.pathsep) else f"{bindir}{os.pathsep}{path}",
-        "ANSIBLE_LIBRARY": str(ROOT / "library"),
-        "ANSIBLE_MODULE_UTILS": str(ROOT / "module_utils"),
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
-        "ANSIBLE_RETRY_FILES_ENABLED": "False",
-        "ANSIBLE_GATHERING": "explicit",
-        "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
-        "ANSIBLE_INTERPRETER_PYTHON": "auto_silent",
-        "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        "ANSIBLE_NOCOLOR": "True",
-        "ANSIBLE_INVENTORY_ENABLED": "yaml",  # the job's inventory is JSON; skip probing other plugins
-        "ANSIBLE_DEVEL_WARNING": "False",
-    }
-
-
-def scrub_environ() -> None:
-    """Drop ZONEFARM_* (secrets, database password) before any job inherits os.environ.
-
-    ansible-runner records the job's environment in its ``command`` artifact.
-    """
-    keep = ("ZONEFARM_TASKS_DIR", "ZONEFARM_SHARE_DIR")
-    for key in [k for k in os.environ if k.startswith("ZONEFARM_") and k not in keep]:
-        del os.environ[key]
-
-
-def _upload(task: Any, cache: dict[int, dict[str, Any] | None]) -> dict[str, Any] | None:
-    space_id = getattr(task, "space_id", None)
-    if not space_id:
-        return None
-    if space_id not in cache:
-        from control.registry.membership import upload_targets
-        chosen = None
-        for target in upload_targets(space_id):
-            if target.get("sftp_host") and target.get("path"):
-                chosen = {"sftp_host": target["sftp_host"], "sftp_port": target.get("sftp_port") or 22,
-                          "sftp_user": target.get("sftp_user") or "", "storage_path": target["path"],
-                          "space_id": space_id, "provider": target.get("name")}
-                break
-        cache[space_id] = chosen
-    return cache[space_id]
-
-
-def host_vars(node: Any) -> dict[str, Any]:
-    hv: dict[str, Any] = {
-        "ansible_host": node.ansible_host or "127.0.0.1",
-        "ansible_connection": node.ansible_connection or "ssh",
-        "zonefarm_workdir": node.workdir,
-        "zonefarm_config_path": node.config_path,
-        "zonefarm_batch": [],
-        "zonefarm_kills": [],
-    }
-    if node.ansible_port:
-        hv["ansible_port"] = node.ansible_port
-    if node.ansible_user:
-        hv["ansible_user"] = node.ansible_user
-    if node.python:
-        hv["ansible_python_interpreter"] = node.python
-    return hv
-
-
-def build_inventory(tasks: list[Any], kills: list[Any], lease: int) -> tuple[dict[str, Any], list[Path]]:
-    """The job's inventory (registry nodes as hosts, one group per task type) and its plays."""
-    hosts: dict[str, dict[str, Any]] = {}
-    groups: dict[str, set[str]] = defaultdict(set)
-    uploads: dict[int, dict[str, Any] | None] = {}
-    for task in tasks:
-        node = task.node
-        hv = hosts.setdefault(node.name, host_vars(node))
-        hv["zonefarm_task_lease"] = lease
-        hv["zonefarm_batch"].append({
-            "id": task.id, "attempt": task.attempt, "name": task.name, "params": task.params or {},
-            "timeout": task.timeout, "upload": _upload(task, uploads)})
-        groups[f"zonefarm_type_{task.name}"].add(node.name)
-    for task in kills:
-        node = task.node
-        hv = hosts.setdefault(node.name, host_vars(node))
-        hv["zonefarm_kills"].append({"id": task.id, "attempt": task.attempt, "reason": task.kill_reason})
-        groups["zonefarm_kill"].add(node.name)
-    inventory = {"all": {"hosts": hosts,
-                         "children": {g: {"hosts": {h: {} for h in sorted(members)}}
-                                      for g, members in sorted(groups.items())}}}
-    from control.farm.catalogue import playbook
-
-    plays = [KILL_PLAYBOOK] if kills else []
-    plays += [playbook(name) for name in sorted({t.name for t in tasks})]  # the task-type catalogue
-    return inventory, plays
-
-
-class EventSink:
-    """The job's event handler: keep only what the round needs from module results."""
-
-    def __init__(self) -> None:
-        self.absent: list[tuple[str, int]] = []
-        self.launched: dict[str, list[int]] = defaultdict(list)
-        self.failed_hosts: set[str] = set()
-
-    def __call__(self, event: dict[str, Any]) -> bool:
-        kind = event.get("event")
-        if kind in ("runner_on_failed", "runner_on_unreachable"):
-            data = event.get("event_data") or {}
-            if not (kind == "runner_on_failed" and data.get("ignore_errors")):
-                self.failed_hosts.add(data.get("host", ""))
-        elif kind == "runner_on_ok":
-            data = event.get("event_data") or {}
-            res = data.get("res") or {}
-            action = data.get("task_action", "")
-            if action.endswith("zonefarm_kill"):
-                self.absent.extend((data.get("host", ""), int(i)) for i in res.get("absent") or [])
-            elif action.endswith("zonefarm_launch"):
-                done = (res.get("launched") or []) + (res.get("skipped") or [])  # skipped: launched before
-                self.launched[data.get("host", "")].extend(int(i) for i in done)
-        return True
-
-
-class LeaseKeeper(threading.Thread):
-    """Renews this dispatcher's claims while its job runs.
-
-    A claim carries a lease so a dispatcher that dies before launching gives its tasks
-    back; a live one whose job is slow (50 hosts on a busy machine) must not lose them.
-    Once a runner reports ``started`` its callbacks renew the lease instead.
-    """
-
-    def __init__(self, ident: str, task_ids: list[int], lease: float) -> None:
-        super().__init__(name="lease-keeper", daemon=True)
-        self.owner, self.task_ids, self.lease = ident, task_ids, lease
-        self.done = threading.Event()
-
-    def renew(self) -> int:
-        from control.core.db import connection, write_transaction
-        from control.core.models import now
-        from control.farm.models import Task
-
-        with connection(), write_transaction():
-            return (Task.update(lease_expires_at=now() + self.lease)
-                    .where(Task.id.in_(self.task_ids), Task.state == "assigned", Task.claimed_by == self.owner)
-                    .execute())
-
-    def run(self) -> None:
-        while not self.done.wait(max(self.lease / 3.0, 0.5)):
-            try:
-                if not self.renew():
-                    return
-            except Exception:  # noqa: BLE001 - a missed renewal only shortens the lease
-                log.warning("could not renew claim leases", exc_info=True)
-
-
 class Dispatcher:
     def __init__(self, settings: Settings, ident: str | None = None, claim_limit: int = CLAIM_LIMIT) -> None:
         self.settings = settings
@@ -221,68 +61,24 @@ class Dispatcher:
         self.seq = 0
 
     def cancelled(self) -> bool:
-        """ansible-runner's cancel_callback: a stopping dispatcher abandons its job.
+        """The job's cancel callback: a stopping dispatcher abandons its job.
 
         Its claims are then requeued by the reaper when their lease runs out.
         """
         return self.stop.is_set()
 
-    def _new_job_dir(self) -> Path:
-        self.seq += 1
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        safe = "".join(c if c.isalnum() else "-" for c in self.ident)
-        path = self.jobs_dir / f"{stamp}-{safe}-{self.seq:06d}"
-        (path / "inventory").mkdir(parents=True, mode=0o700)
-        (path / "project").mkdir(mode=0o700)
-        os.chmod(path, 0o700)
-        return path
-
     def rotate(self) -> None:
-        """Keep the newest ``artifacts_keep`` finished job directories in the data dir.
+        """Keep the newest ``artifacts_keep`` finished job directories in the data dir."""
+        jobs.rotate(self.jobs_dir, self.settings.artifacts_keep)
 
-        Dispatchers may share a data dir, so a job still running (no ``status`` artifact
-        yet) is left alone unless it is older than any job may run (its dispatcher died).
-        """
-        if not self.jobs_dir.is_dir():
-            return
-        stale = time.time() - 2 * JOB_TIMEOUT
-        finished = []
-        for job in self.jobs_dir.iterdir():
-            try:
-                if (job / "artifacts" / "job" / "status").exists() or job.stat().st_mtime < stale:
-                    finished.append(job)
-            except OSError:
-                continue
-        finished.sort(key=lambda p: p.name)
-        for old in finished[: max(len(finished) - self.settings.artifacts_keep, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
-
-    def run_job(self, inventory: dict[str, Any], plays: list[Path]) -> tuple[Round, EventSink]:
-        import ansible_runner
-
-        job = self._new_job_dir()
-        (job / "inventory" / "hosts.json").write_text(json.dumps(inventory))
-        playbook = [{"ansible.builtin.import_playbook": str(p)} for p in plays]
-        (job / "project" / "round.yml").write_text(json.dumps(playbook))
-        sink = EventSink()
-        result = Round(job_dir=str(job))
-        forks = max(1, min(self.settings.dispatch_forks, len(inventory["all"]["hosts"])))
-        runner = ansible_runner.run(
-            private_data_dir=str(job), playbook="round.yml", inventory=str(job / "inventory" / "hosts.json"),
-            forks=forks, envvars=ansible_env(), suppress_env_files=True, quiet=True,
-            event_handler=sink, cancel_callback=self.cancelled, timeout=JOB_TIMEOUT,
-            ident="job")
-        result.status, result.rc = runner.status, runner.rc
-        stats = runner.stats or {}
-        result.reached = any(stats.get(k) for k in ("ok", "failures", "dark", "changed", "skipped"))
-        for key in ("failures", "dark"):
-            sink.failed_hosts.update((stats.get(key) or {}).keys())
-        return result, sink
+    def run_job(self, inventory: dict[str, Any], plays: list[Path], claimed: list[int]) -> jobs.JobResult:
+        """Run the round's one job, the leases of the ``claimed`` task ids renewed meanwhile."""
+        self.seq += 1
+        keeper = jobs.LeaseKeeper(self.ident, claimed, self.settings.task_lease) if claimed else None
+        return jobs.run(jobs.new_job_dir(self.jobs_dir, self.ident, self.seq), inventory, plays,
+                        forks=self.settings.dispatch_forks, cancelled=self.cancelled, keeper=keeper)
 
     def run_round(self) -> Round:
-        from control.core.db import connection
-        from control.farm import claims, reaper, states
-
         started = time.monotonic()
         kills = reaper.reap(self.settings)
         tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease,
@@ -293,20 +89,28 @@ class Dispatcher:
             return Round()
         with connection():
             inventory, plays = build_inventory(tasks, kills, self.settings.task_lease)
-        keeper = LeaseKeeper(self.ident, [t.id for t in tasks], self.settings.task_lease)
-        keeper.start()
         try:
-            result, sink = self.run_job(inventory, plays)
+            outcome = self.run_job(inventory, plays, [t.id for t in tasks])
         except Exception as exc:
             log.exception("dispatch job could not run")
-            result, sink = Round(status="error"), EventSink()
+            result, sink = Round(status="error"), jobs.EventSink()
             sink.failed_hosts.update(inventory["all"]["hosts"])
             reason = f"dispatch job could not run: {type(exc).__name__}"
         else:
+            sink = outcome.sink
+            result = Round(job_dir=outcome.job_dir, status=outcome.status, rc=outcome.rc, reached=outcome.reached)
             reason = f"dispatch job {result.status} (rc {result.rc})"
-        finally:
-            keeper.done.set()
-            keeper.join()
+        self._apply(result, sink, tasks, kills, reason)
+        result.seconds = time.monotonic() - started
+        log.info("round: %d launched on %d nodes, %d released, %d killed, %d ended, job %s in %.2fs",
+                 sum(len(v) for v in result.launched.values()), len(result.launched), len(result.released),
+                 len(result.killed), len(result.ended), result.status, result.seconds)
+        self.rotate()
+        return result
+
+    def _apply(self, result: Round, sink: jobs.EventSink, tasks: list[Task], kills: list[Task],
+               reason: str) -> None:
+        """Record what the job did: launches stand, the rest goes back, kills without a runner end."""
         with connection():
             for task in tasks:
                 host = task.node.name
@@ -326,19 +130,9 @@ class Dispatcher:
                     result.killed.append(task.id)
         result.launched = {h: ids for h, ids in sink.launched.items()}
         result.failed_hosts = sorted(sink.failed_hosts)
-        result.seconds = time.monotonic() - started
-        log.info("round: %d launched on %d nodes, %d released, %d killed, %d ended, job %s in %.2fs",
-                 sum(len(v) for v in result.launched.values()), len(result.launched), len(result.released),
-                 len(result.killed), len(result.ended), result.status, result.seconds)
-        self.rotate()
-        return result
 
-    def _known_types(self, tasks: list[Any]) -> list[Any]:
+    def _known_types(self, tasks: list[Task]) -> list[Task]:
         """Fail tasks whose type's playbook has gone since they were submitted."""
-        from control.core.db import connection
-        from control.farm import states
-        from control.farm.catalogue import UnknownTaskType, playbook
-
         known = []
         with connection():
             for task in tasks:
@@ -374,15 +168,13 @@ class Dispatcher:
                 self.stop.wait(self.settings.dispatch_interval)
 
 
-def cmd_dispatcher(args: argparse.Namespace) -> int:
-    from control.core.db import init_database
-
-    settings = load_settings(getattr(args, "config", None))
+def main(settings: Settings, *, ident: str | None, claim_limit: int, rounds: int | None) -> int:
+    """``zonefarm dispatcher``: serve rounds until SIGTERM or SIGINT (then finish the round)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    scrub_environ()
+    jobs.scrub_environ()
     init_database(settings.database_url, settings.db_pool_size)
-    dispatcher = Dispatcher(settings, ident=args.ident, claim_limit=args.claim_limit)
+    dispatcher = Dispatcher(settings, ident=ident, claim_limit=claim_limit)
 
     def stop(signum: int, frame: object) -> None:
         log.info("signal %d: stopping after this round", signum)
@@ -391,14 +183,5 @@ def cmd_dispatcher(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("dispatcher %s: jobs in %s", dispatcher.ident, dispatcher.jobs_dir)
-    dispatcher.serve(max_rounds=args.rounds)
+    dispatcher.serve(max_rounds=rounds)
     return 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("dispatcher", help="run the cluster manager: claim tasks, run ansible-runner jobs")
-    p.add_argument("--ident", help="dispatcher id recorded on claims (default host:pid:random)")
-    p.add_argument("--rounds", type=int, help="stop after this many rounds (testing)")
-    p.add_argument("--claim-limit", type=int, default=CLAIM_LIMIT,
-                   help="most tasks claimed per round (1 gives one job per task: the benchmark's baseline)")
-    p.set_defaults(func=cmd_dispatcher)

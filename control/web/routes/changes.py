@@ -1,6 +1,6 @@
 """``GET /changes``: the numbered change feed, filtered to the caller, with long-polling.
 
-Audiences (see ``control.registry.feed`` for the matching rule):
+Audiences (``control.registry.access.audience``; ``control.registry.feed`` has the matching rule):
 
 * **root** sees every change;
 * a **provider** sees its region of interest: itself, its supports (and their
@@ -24,27 +24,14 @@ import time
 from control.core.db import connection, database
 from control.core.errors import conflict, forbidden
 from control.core.models import iso
-from control.registry import feed, membership
+from control.registry import feed
+from control.registry.access import audience
 from control.registry.identity import Principal
 from control.registry.models import Change
 from control.registry.schemas import ChangeOut, ChangesOut
 from control.web.routing import Context, Query, route
 
 POLL_INTERVAL = 0.2
-
-
-def audience(principal: Principal) -> feed.Audience:
-    if principal.is_root:
-        return feed.Audience(everything=True)
-    if principal.provider is not None:
-        spaces, groups, users = membership.provider_region(principal.provider.id)
-        return feed.Audience(provider_id=principal.provider.id, spaces=frozenset(spaces),
-                             groups=frozenset(groups), users=frozenset(users))
-    if principal.user is not None:
-        uid = principal.user.id
-        return feed.Audience(spaces=frozenset(membership.user_spaces(uid)),
-                             groups=frozenset(membership.user_groups(uid)), users=frozenset({uid}))
-    raise forbidden(f"a {principal.kind} token may not read the change feed")
 
 
 def change_out(change: Change) -> ChangeOut:
