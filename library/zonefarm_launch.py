@@ -137,16 +137,16 @@ class BadEntry(ValueError):
 
 def _text(value, where):
     if not isinstance(value, str):
-        raise BadEntry("{} must be a string".format(where))
+        raise BadEntry(f"{where} must be a string")
     if "\x00" in value:
-        raise BadEntry("{} holds a NUL byte".format(where))
+        raise BadEntry(f"{where} holds a NUL byte")
     return value
 
 
 def _argv(value, where):
     if not isinstance(value, list) or not value:
-        raise BadEntry("{} must be a non-empty list of strings".format(where))
-    return [_text(a, "{}[{}]".format(where, i)) for i, a in enumerate(value)]
+        raise BadEntry(f"{where} must be a non-empty list of strings")
+    return [_text(a, f"{where}[{i}]") for i, a in enumerate(value)]
 
 
 def _env(value):
@@ -158,8 +158,8 @@ def _env(value):
     for key, item in value.items():
         _text(key, "params.env name")
         if not key or "=" in key:
-            raise BadEntry("params.env name {!r} is not a variable name".format(key))
-        out[key] = _text(item, "params.env.{}".format(key))
+            raise BadEntry(f"params.env name {key!r} is not a variable name")
+        out[key] = _text(item, f"params.env.{key}")
     return out
 
 
@@ -174,7 +174,7 @@ def _limits(value):
         if item is None:
             continue
         if isinstance(item, bool) or not isinstance(item, (int, float)) or not item > 0:
-            raise BadEntry("limits.{} must be a number above 0".format(key))
+            raise BadEntry(f"limits.{key} must be a number above 0")
         out[key] = item
     return out
 
@@ -210,10 +210,10 @@ def build_spec(entry, command, lease, steps=(), mode="task", after=()):
         for name in steps:
             commands = params.get(name) or []
             if not isinstance(commands, list):
-                raise BadEntry("params.{} must be a list of commands".format(name))
+                raise BadEntry(f"params.{name} must be a list of commands")
             for i, argv in enumerate(commands):
-                spec["steps"].append({"label": "stage {}".format(name),
-                                      "argv": _argv(argv, "params.{}[{}]".format(name, i))})
+                spec["steps"].append({"label": f"stage {name}",
+                                      "argv": _argv(argv, f"params.{name}[{i}]")})
         if not spec["steps"]:
             raise BadEntry("params.{} holds no command to run".format(" and params.".join(steps)))
     else:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -274,7 +274,8 @@ class Sshd:
             f"PidFile {base / 'sshd.pid'}\nAuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
             "PermitRootLogin prohibit-password\nUsePAM no\nSubsystem sftp internal-sftp\n"
-            + (f"Match User root\n    ChrootDirectory {chroot}\n    ForceCommand internal-sftp -d /\n" if chroot else ""))
+            + (f"Match User root\n    ChrootDirectory {chroot}\n    ForceCommand internal-sftp -d /\n"
+               if chroot else ""))
         os.makedirs("/run/sshd", exist_ok=True)
         self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(base / "sshd_config")],
                                      stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"))
