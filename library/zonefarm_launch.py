@@ -219,10 +219,8 @@ def build_spec(entry, command, lease, steps=(), mode="task", after=()):
     else:
         spec["steps"] = [{"label": "", "argv": _argv(params.get("argv"), "params.argv")}]
         cwd = params.get("cwd")
-        if cwd is not None:
+        if cwd is not None:  # a relative one is inside the task's own directory (the sandbox joins them)
             spec["cwd"] = _text(cwd, "params.cwd")
-            if not os.path.isabs(cwd):
-                raise BadEntry("params.cwd must be an absolute path")
     json.dumps(spec)  # anything that cannot travel as JSON is refused here, not in the runner
     return spec
 

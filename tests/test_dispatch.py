@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -32,6 +31,7 @@ from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
 from tests.support.pg import free_port
 from tests.support.server import LiveServer
+from tests.support.sshd import Sshd
 
 pytestmark = pytest.mark.slow
 LEASE = 4
@@ -252,45 +252,6 @@ def test_container_cancel_stops_the_container(farm: Farm, busybox_image: str) ->
 
 
 # --- pipeline ----------------------------------------------------------------------------
-
-class Sshd:
-    """A private sshd on a free loopback port: own host key, one authorized key, SFTP.
-
-    With ``chroot`` the account is confined as the provider role confines its upload account:
-    ``ChrootDirectory`` at the storage, ``internal-sftp`` only, starting at its root.
-    """
-
-    def __init__(self, base: Path, chroot: Path | None = None) -> None:
-        self.base = base
-        base.mkdir(parents=True)
-        self.port = free_port()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_key")], check=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "client_key")], check=True)
-        (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-        host_pub = (base / "host_key.pub").read_text().split()
-        (base / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-        (base / "sshd_config").write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
-            f"PidFile {base / 'sshd.pid'}\nAuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-            "PermitRootLogin prohibit-password\nUsePAM no\nSubsystem sftp internal-sftp\n"
-            + (f"Match User root\n    ChrootDirectory {chroot}\n    ForceCommand internal-sftp -d /\n"
-               if chroot else ""))
-        os.makedirs("/run/sshd", exist_ok=True)
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(base / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"sshd did not start: {(base / 'sshd.log').read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
 
 @pytest.fixture
 def sftp_storage() -> Iterator[Path]:

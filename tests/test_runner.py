@@ -17,88 +17,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from control.node import runner
 from control.node.config import write_node_config
 from control.node.runner import run_batch
-from control.node.signing import verify
+from tests.support.recorder import SECRET, Recorder, recording_server, spec_dir
 
-SECRET = "runner-test-nodes-secret-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.cancel: set[int] = set()
-        self.stale: set[int] = set()
-        self.down = False  # while set, every request is dropped unanswered, as by an API killed mid-request
-        self.dropped = 0
-        self.lock = threading.Lock()
-
-    def of(self, task_id: int, kind: str | None = None) -> list[dict[str, Any]]:
-        with self.lock:
-            return [e for e in self.events if e["task"] == task_id and (kind is None or e["event"] == kind)]
-
-    def log(self, task_id: int) -> str:
-        return "".join(e.get("data", "") for e in self.of(task_id, "log"))
-
-    def wait_for(self, task_id: int, kind: str, timeout: float = 20) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.of(task_id, kind)
-            if found:
-                return found[-1]
-            time.sleep(0.05)
-        raise AssertionError(f"no {kind} callback for task {task_id}: {self.of(task_id)}")
 
 
 @pytest.fixture
 def recorder() -> Iterator[tuple[Recorder, str]]:
-    rec = Recorder()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if rec.down:
-                with rec.lock:
-                    rec.dropped += 1
-                self.close_connection = True
-                return
-            try:
-                node = verify(SECRET, dict(self.headers.items()), "POST", self.path, body)
-            except ValueError:
-                return self._answer(401, {"error": {"code": "unauthorized", "message": "bad signature"}})
-            task_id = int(self.path.split("/")[-2])
-            if task_id in rec.stale:
-                return self._answer(403, {"error": {"code": "forbidden", "message": "not current"}})
-            event = json.loads(body)
-            with rec.lock:
-                rec.events.append({"task": task_id, "node": node, **event})
-            self._answer(200, {"cancel": task_id in rec.cancel})
-
-        def _answer(self, status: int, payload: dict[str, Any]) -> None:
-            raw = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield rec, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with recording_server() as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -106,15 +40,6 @@ def node(tmp_path: Path, recorder: tuple[Recorder, str]) -> Path:
     # task_nice 0: these tests run the runner inside pytest, which must keep its priority
     return write_node_config(tmp_path / "node.ini", name="wk1", api_url=recorder[1], node_key=SECRET,
                              workdir=str(tmp_path / "work"), task_nice=0)
-
-
-def spec_dir(tmp_path: Path, task_id: int, argv: list[str], **extra: Any) -> Path:
-    tdir = tmp_path / "work" / "tasks" / str(task_id) / "1"
-    tdir.mkdir(parents=True)
-    spec = {"id": task_id, "attempt": 1, "name": "shell", "argv": argv, "env": {}, "cwd": None, "lease": 3,
-            "timeout": 60, **extra}
-    (tdir / "spec.json").write_text(json.dumps(spec))
-    return tdir
 
 
 def test_output_and_exit_codes_are_reported(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:

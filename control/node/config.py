@@ -56,6 +56,9 @@ class NodeConfig:
     # not root start (the sudoers rule names exactly it and the policy path).
     sandbox_policy: str = ""
     sandbox_command: str = ""
+    # Images container tasks may run here (names or globs): the node refuses others even if the
+    # zone let them through (the zone's container_images is the first check).
+    container_images: tuple[str, ...] = ()
 
     def registration(self, pid: int, hostname: str, resources: dict[str, int]) -> dict[str, object]:
         """The body of ``POST /nodes/register``: everything but the key."""
@@ -134,7 +137,8 @@ def load_node_config(path: str | os.PathLike[str], *, require_key: bool = True) 
             task_dirs_keep_days=sec.getfloat("task_dirs_keep_days", 7.0),
             task_nice=_nice(sec.getint("task_nice", 10)),
             sandbox_policy=sec.get("sandbox_policy", "").strip(),
-            sandbox_command=sec.get("sandbox_command", "").strip())
+            sandbox_command=sec.get("sandbox_command", "").strip(),
+            container_images=tuple(p for p in sec.get("container_images", "").replace(",", " ").split() if p))
     except ValueError as exc:
         raise NodeConfigError(f"{p}: {exc}") from None
 

@@ -317,6 +317,9 @@ class TaskRun:
         mode = spec.get("mode") or "task"
         if mode == "runner":  # a trusted program: it may know where the attempt is, and nothing secret
             env["ZONEFARM_ATTEMPT_DIR"] = str(self.tdir)
+            env["ZONEFARM_CONTAINER_IMAGES"] = " ".join(self.config.container_images)
+            if os.environ.get("PYTHONPATH"):  # where our own package is, when it is not installed
+                env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         return json.dumps({
             "id": spec["id"], "attempt": spec["attempt"], "steps": steps, "env": env, "cwd": spec.get("cwd"),
             "limits": spec.get("limits") or {}, "timeout": spec.get("timeout"), "mode": mode,

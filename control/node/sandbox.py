@@ -43,6 +43,7 @@ change is made relative to their file descriptors.
 from __future__ import annotations
 
 import configparser
+import ctypes
 import errno
 import fcntl
 import json
@@ -69,6 +70,8 @@ WATCH_EVERY = 0.2  # seconds between memory samples (pool backend)
 POOL_WAIT = 30.0  # seconds to wait for a free pool account before failing the attempt
 MAX_REQUEST = 4 * 1024 * 1024
 SWEEP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - swept of what a task left, not used
+PR_SET_NO_NEW_PRIVS = 38
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: preexec only calls it
 TASK_FILE = "task.json"  # the task's own params, in its directory (tasktypes.load_spec)
 # Exit codes of the helper itself (the task's own code otherwise).
 EXIT_REFUSED = 126  # the request was refused: nothing ran
@@ -274,8 +277,7 @@ def parse_request(raw: bytes) -> Request:
         clean_env[key] = _string(value, f"env.{key}")
     cwd = data.get("cwd")
     if cwd is not None:
-        _string(cwd, "cwd")
-        _check(os.path.isabs(cwd), "cwd must be an absolute path")
+        _string(cwd, "cwd")  # relative: inside the task's directory (Helper.workdir)
     limits = data.get("limits") or {}
     _check(isinstance(limits, dict), "limits must be an object")
     timeout = data.get("timeout")
@@ -592,6 +594,10 @@ class Helper:
 
     # the task's environment ------------------------------------------------------------
 
+    def workdir(self, task_dir: str) -> str:
+        """The task's working directory: its own directory, or ``cwd`` (relative: inside its own)."""
+        return os.path.join(task_dir, self.req.cwd) if self.req.cwd else task_dir
+
     def task_env(self, task_dir: str, account: PoolAccount | None) -> dict[str, str]:
         env = dict(self.req.env)
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -632,8 +638,15 @@ class Helper:
                 os._exit(EXIT_REFUSED)
             for res, value in rlimits:
                 resource.setrlimit(res, value)
+            if uid != 0 and _LIBC.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+                os._exit(EXIT_REFUSED)  # no set-id program (sudo, su) may lift the task above itself
             os.umask(0o077)
-            os.chdir(cwd)  # as the identity: a directory it may not enter stays closed
+            try:
+                os.chdir(cwd)  # as the identity: a directory it may not enter stays closed
+            except OSError as exc:
+                os.write(1, f"zonefarm: cannot enter the working directory {cwd!r}: {exc.strerror}\n"
+                         .encode(errors="replace"))
+                os._exit(EXIT_REFUSED)
 
         return preexec
 
@@ -666,7 +679,7 @@ class Helper:
                 if self.req.mode == "runner":  # the trusted program runs as the caller, not sandboxed
                     preexec = self._drop(self.caller.uid, self.caller.gid, self.caller.groups(), "/", [])
                 else:
-                    preexec = self._drop(account.uid, account.gid, [], self.req.cwd or task_dir, self._rlimits())
+                    preexec = self._drop(account.uid, account.gid, [], self.workdir(task_dir), self._rlimits())
                 code = self._spawn_and_watch(argv, env, preexec, account.uid)
                 if code != 0:
                     if label:
@@ -687,7 +700,7 @@ class Helper:
         try:
             self.child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=1, stderr=1,
                                           preexec_fn=preexec, close_fds=True)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             _say(f"cannot start {argv[0]!r}: {exc}")
             return 127
         limit = self.limits.memory_mb << 20
@@ -754,7 +767,7 @@ class Helper:
         cmd = ["systemd-run", "--quiet", "--wait", "--pipe", f"--unit={unit}", "--service-type=exec"]
         for prop in self.unit_properties(state_dir):
             cmd.append(f"--property={prop}")
-        cmd.append(f"--working-directory={self.req.cwd or '/var/lib/' + state_dir}")
+        cmd.append(f"--working-directory={self.workdir('/var/lib/' + state_dir)}")
         for key, value in sorted(env.items()):
             cmd.append(f"--setenv={key}={value}")
         return cmd + ["--"] + argv

@@ -112,15 +112,14 @@ def _remove(client: Any, name: str) -> None:
 
 
 def run(spec: dict[str, Any], attempt_dir: Any) -> int:
-    import docker
-    from docker.errors import DockerException
-
     params = spec["params"]
     why = refusal(params, allowed_images())
-    if why:
+    if why:  # before the Docker socket is even opened
         say(f"refused: {why}")
         write_failure(attempt_dir, why)
         return EXIT_REFUSED
+    import docker
+    from docker.errors import DockerException
     try:
         options = container_options(params, os.environ["ZONEFARM_TASK_DIR"], int(os.environ["ZONEFARM_TASK_UID"]),
                                     int(os.environ["ZONEFARM_TASK_GID"]),

@@ -49,11 +49,12 @@ def outputs_in(tdir: Path, names: list[str]) -> list[Path]:
 
 
 def remote_path(space_id: int, task_id: int, relative: str) -> str:
-    """Where an output lands, relative to the SFTP root: always inside the task's space directory."""
+    """Where an output lands, relative to the SFTP start directory: always in the task's own directory of its space."""
     space = str(int(space_id))
-    target = posixpath.normpath(posixpath.join(space, f"task-{int(task_id)}", relative))
-    if not target.startswith(space + "/") or target.startswith("/"):
-        raise ValueError(f"output {relative!r} would land outside space {space}")
+    own = f"{space}/task-{int(task_id)}/"
+    target = posixpath.normpath(posixpath.join(own, relative))
+    if not target.startswith(own):
+        raise ValueError(f"output {relative!r} would land outside space {space}'s {own}")
     return target
 
 
