@@ -8,7 +8,9 @@ an INI file, section ``[zonefarm]`` with keys ``url`` and ``token``: the file na
 ``ZONEFARM_INVENTORY_INI``, else ``zonefarm.ini`` beside this script, else
 ``/etc/zonefarm/inventory.ini``. The file holds a credential, so one that others can
 read is refused. ``url`` may or may not end in ``/api/v1``. ``ZONEFARM_INVENTORY_STATE``
-(``online`` or ``lost``) narrows the hosts.
+(``online`` or ``lost``) narrows the hosts. An ``https`` URL's certificate is checked against
+``ZONEFARM_CA_FILE`` (or ``ca_file`` in the INI file: the site CA the roles install as
+``/etc/zonefarm/ca.pem``), else the system's CAs; the check cannot be turned off.
 
 Groups: ``queue_<queue>``, ``region_<region>``, ``zonefarm_online``/``zonefarm_lost``,
 ``zonefarm_cordoned``. The token is sent as a Bearer header and never printed: errors
@@ -27,6 +29,7 @@ import configparser
 import importlib.util
 import json
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.parse
@@ -71,9 +74,10 @@ def _from_ini(path: Path) -> dict[str, str]:
     return {k: v.strip() for k, v in parser.items("zonefarm")}
 
 
-def settings(env: dict[str, str]) -> tuple[str, str]:
-    """(API base URL ending in /api/v1, token)."""
+def settings(env: dict[str, str]) -> tuple[str, str, str]:
+    """(API base URL ending in /api/v1, token, CA file or "")."""
     url, token = env.get("ZONEFARM_URL", ""), env.get("ZONEFARM_TOKEN", "")
+    ca_file = env.get("ZONEFARM_CA_FILE", "")
     if not (url and token):
         named = env.get("ZONEFARM_INVENTORY_INI")
         candidates = [Path(named)] if named else [p for p in DEFAULT_INIS if p.is_file()]
@@ -82,6 +86,7 @@ def settings(env: dict[str, str]) -> tuple[str, str]:
                 raise InventoryError(f"{path}: no such file")
             values = _from_ini(path)
             url, token = url or values.get("url", ""), token or values.get("token", "")
+            ca_file = ca_file or values.get("ca_file", "")
             break
     if not url:
         raise InventoryError("no API URL: set ZONEFARM_URL or url in the inventory INI file")
@@ -93,16 +98,20 @@ def settings(env: dict[str, str]) -> tuple[str, str]:
     base = url.rstrip("/")
     if not base.endswith("/api/v1"):
         base += "/api/v1"
-    return base, token
+    if ca_file and not os.path.isfile(ca_file):
+        raise InventoryError(f"ZONEFARM_CA_FILE {ca_file}: no such file")
+    return base, token, ca_file
 
 
-def fetch(base: str, token: str, state: str | None = None) -> dict[str, Any]:
+def fetch(base: str, token: str, state: str | None = None, ca_file: str = "") -> dict[str, Any]:
     url = base + "/inventory" + (f"?state={urllib.parse.quote(state)}" if state else "")
     # settings() admits only http(s) URLs, so no file: or custom scheme reaches urlopen
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}",  # noqa: S310
                                                "Accept": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
+        # certificate and host name checked, against the site CA when one is given
+        context = ssl.create_default_context(cafile=ca_file or None)
+        with urllib.request.urlopen(req, timeout=TIMEOUT, context=context) as resp:  # noqa: S310
             return json.load(resp)
     except urllib.error.HTTPError as exc:
         try:
@@ -124,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--host", help="one host's variables")
     args = parser.parse_args(argv)
     try:
-        base, token = settings(dict(os.environ))
-        inventory = fetch(base, token, os.environ.get("ZONEFARM_INVENTORY_STATE") or None)
+        base, token, ca_file = settings(dict(os.environ))
+        inventory = fetch(base, token, os.environ.get("ZONEFARM_INVENTORY_STATE") or None, ca_file)
     except InventoryError as exc:
         print(f"zonefarm inventory: {exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,11 @@ options:
   api_url:
     description: Overrides the C(api_url) of the INI file.
     type: str
+  ca_file:
+    description:
+      - CA file the zone's TLS certificate is verified against; overrides the INI file's C(ca_file).
+        Neither means the system's CAs. Verification cannot be turned off.
+    type: path
   task_id:
     description: The task the event is about.
     type: int
@@ -84,7 +89,7 @@ def read_node_config(path):
     if not parser.has_section("node"):
         raise ValueError(f"{path}: missing [node] section")
     sec = parser["node"]
-    values = {k: sec.get(k, "").strip() for k in ("name", "node_key", "api_url")}
+    values = {k: sec.get(k, "").strip() for k in ("name", "node_key", "api_url", "ca_file")}
     for key in ("name", "node_key"):
         if not values[key]:
             raise ValueError(f"{path}: [node] {key} is required")
@@ -105,6 +110,7 @@ def main():
         argument_spec=dict(
             config_path=dict(type="path", required=True),
             api_url=dict(type="str"),
+            ca_file=dict(type="path"),
             task_id=dict(type="int", required=True),
             attempt=dict(type="int", required=True),
             event=dict(type="str", required=True, choices=["started", "progress", "log", "finished"]),
@@ -133,7 +139,8 @@ def main():
     req = signed_request(node["node_key"], node["name"], "POST", api_url,
                          f"/tasks/{p['task_id']}/callback", build_body(p), generation=node["key_generation"])
     try:
-        resp = open_url(req.url, data=req.body, headers=req.headers, method="POST", timeout=p["timeout"])
+        resp = open_url(req.url, data=req.body, headers=req.headers, method="POST", timeout=p["timeout"],
+                        validate_certs=True, ca_path=p["ca_file"] or node["ca_file"] or None)
         status, raw = resp.getcode(), resp.read()
     except HTTPError as exc:
         module.fail_json(msg=f"callback refused: HTTP {exc.code} {exc.read()[:300].decode(errors='replace')}",

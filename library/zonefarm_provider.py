@@ -88,10 +88,11 @@ options:
     description: Seconds between attempts.
     type: float
     default: 2.0
-  validate_certs:
-    description: Verify the API's TLS certificate.
-    type: bool
-    default: true
+  ca_file:
+    description:
+      - CA certificate(s) the API's TLS certificate is verified against (the site CA the roles install,
+        C(/etc/zonefarm/ca.pem)). Unset means the system's CAs. Verification cannot be turned off.
+    type: path
 notes:
   - Supports check mode and diff mode.
   - The API stores tokens hashed, so a lost token file cannot be read back; see O(rotate_lost_token).
@@ -100,7 +101,8 @@ notes:
 EXAMPLES = r"""
 - name: Register this host as a provider
   zonefarm_provider:
-    api_url: "http://zone1:8700"
+    api_url: "https://zone1:8700"
+    ca_file: /etc/zonefarm/ca.pem
     api_token: "{{ zonefarm_root_secret }}"
     name: prov1
     domain: prov1.example.org
@@ -162,7 +164,7 @@ class Zone:
         self.timeout = p["timeout"]
         self.retries = max(1, p["retries"])
         self.delay = p["retry_delay"]
-        self.validate_certs = p["validate_certs"]
+        self.ca_file = p["ca_file"]
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         url = self.base + path
@@ -174,7 +176,7 @@ class Zone:
         for attempt in range(1, self.retries + 1):
             try:
                 resp = open_url(url, data=data, headers=headers, method=method, timeout=self.timeout,
-                                validate_certs=self.validate_certs, follow_redirects="none")
+                                validate_certs=True, ca_path=self.ca_file, follow_redirects="none")
                 raw = resp.read()
                 return json.loads(raw) if raw else None
             except HTTPError as exc:
@@ -334,7 +336,7 @@ def main() -> None:
             "timeout": {"type": "int", "default": 10},
             "retries": {"type": "int", "default": 5},
             "retry_delay": {"type": "float", "default": 2.0},
-            "validate_certs": {"type": "bool", "default": True},
+            "ca_file": {"type": "path"},
         },
         required_if=[("state", "present", ("token_path",))],
         supports_check_mode=True,

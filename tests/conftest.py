@@ -17,6 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# argon2id at the production cost (64 MiB, 3 passes) would add a minute to the suite's logins;
+# this process and its in-process servers hash cheaply. `zonefarm` subprocesses run without it
+# (tests/support/apiproc.clean_env drops ZONEFARM_*), at the real cost.
+os.environ.setdefault("ZONEFARM_TEST_PASSWORD_HASH", "cheap")
 
 from control.core.config import Settings  # noqa: E402
 from control.core.db import database, init_database  # noqa: E402

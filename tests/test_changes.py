@@ -231,7 +231,7 @@ def test_long_poll_is_capped_by_changes_max_wait(db_url: str, tmp_path: Path) ->
 def test_waiting_polls_hold_no_database_connection(db_url: str, tmp_path: Path) -> None:
     """With a pool of 2 connections, 4 waiting polls leave room for writes (they would
     exhaust the pool, and the write would fail, if they held a connection while waiting)."""
-    with own_server(db_url, tmp_path, db_pool_size=2) as api:
+    with own_server(db_url, tmp_path, db_pool_size=2, changes_max_polls_per_principal=4) as api:
         last = feed(api, api.root)["last_seq"]
         results: list[dict[str, Any]] = []
         pollers = [Api(api.base, api.root) for _ in range(4)]

@@ -236,7 +236,7 @@ def test_upgrade_adds_node_key_columns_and_join_tokens_and_keeps_nodes(empty_db_
     _zonefarm(empty_db_url, "db", "upgrade")
     _execute(empty_db_url,
              *[f"ALTER TABLE node DROP COLUMN {c}" for c in ("key_generation", "key_previous_generation",
-                                                             "key_previous_until")],
+                                                             "key_previous_until", "dispatch_error")],
              "DROP TABLE node_join_token",
              "DELETE FROM schema_version WHERE version >= 4",
              "INSERT INTO node (name, ansible_host, ansible_port, ansible_user, ansible_connection, python, "
@@ -245,9 +245,25 @@ def test_upgrade_adds_node_key_columns_and_join_tokens_and_keeps_nodes(empty_db_
              "'/usr/bin/python3', '/etc/zonefarm/node.ini', 'default', 'wk-old', '[\"default\"]', 1, '{}', '{}', "
              "'/var/lib/zonefarm/work', 'online', false, false, 1.0, 2.0)")
     assert "m0004_node_keys" in _zonefarm(empty_db_url, "db", "status")["pending"]
-    assert "m0004_node_keys" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    applied = _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    assert "m0004_node_keys" in applied and "m0007_node_dispatch_error" in applied
     rows = _rows(empty_db_url, "SELECT name, ansible_host, key_generation, key_previous_generation, "
-                               "key_previous_until FROM node")
-    assert rows == [("wk-old", "10.0.0.1", 0, None, 0.0)]
+                               "key_previous_until, dispatch_error FROM node")
+    assert rows == [("wk-old", "10.0.0.1", 0, None, 0.0, "")]
     assert _rows(empty_db_url, "SELECT count(*) FROM node_join_token") == [(0,)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_token_scope_and_login_failures_and_keeps_tokens(empty_db_url: str) -> None:
+    """A site at schema 4 upgrades: its tokens keep working with the scope they had (write)."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url,
+             *[f"ALTER TABLE token DROP COLUMN {c}" for c in ("scope", "last_used_at")],
+             "DROP TABLE login_failure",
+             "DELETE FROM schema_version WHERE version = 5",
+             "INSERT INTO token (token_hash, kind, created_at, revoked) "
+             "VALUES ('0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef', 'user', 1.0, false)")
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == ["m0005_api_hardening"]
+    assert _rows(empty_db_url, "SELECT kind, scope, last_used_at FROM token") == [("user", "write", None)]
+    assert _rows(empty_db_url, "SELECT count(*) FROM login_failure") == [(0,)]
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []

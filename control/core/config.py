@@ -8,6 +8,7 @@ the README's configuration table is generated from it (``zonefarm config-doc``).
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -52,6 +53,22 @@ class Settings:
     listen: str = opt(
         "127.0.0.1:8700",
         "host:port the API binds.")
+    tls_cert: str = opt(
+        "",
+        "PEM certificate (with its chain) the API serves HTTPS with. Empty means plain HTTP, which the API "
+        "refuses on a `listen` address other than loopback unless `allow_plain_http` is set.")
+    tls_key: str = opt(
+        "",
+        "PEM private key of `tls_cert` (keep it 0600). Set both or neither.")
+    allow_plain_http: bool = opt(
+        False,
+        "Serve plain HTTP on a non-loopback `listen` address (e.g. behind a TLS-terminating proxy on the "
+        "same network). Off: the API refuses to start that way, since tokens and secrets would cross the "
+        "network in clear.")
+    ca_file: str = opt(
+        "",
+        "CA certificate(s) clients run with this config verify the API against (the deployment roles "
+        "install the site CA as `/etc/zonefarm/ca.pem`). Empty means the system's CAs.")
     data_dir: str = opt(
         None, "Where the SQLite database, dispatcher jobs and artifacts live.",
         factory=_default_data_dir)
@@ -60,7 +77,7 @@ class Settings:
         "gunicorn worker processes.")
     api_threads: int = opt(
         16,
-        "Threads per worker (long-polls hold one each).")
+        "Threads per worker (a waiting long-poll holds one; see `changes_max_polls`).")
     token_ttl: int = opt(
         3600,
         "Lifetime of user access tokens, seconds.")
@@ -74,6 +91,29 @@ class Settings:
     changes_max_wait: int = opt(
         60,
         "Longest long-poll `GET /changes` may hold, seconds.")
+    changes_max_polls: int = opt(
+        8,
+        "Long-polls one API process holds at once, and never more than half of `api_threads`: the other "
+        "threads stay free for health checks, node callbacks and ordinary requests. A poll past it is "
+        "answered 429 with Retry-After.")
+    changes_max_polls_per_principal: int = opt(
+        2,
+        "Long-polls one caller (a user, a provider or root, whatever its tokens) holds at once per API "
+        "process; more are answered 429 with Retry-After.")
+    refresh_token_ttl: int = opt(
+        30 * 86400,
+        "Lifetime of refresh tokens, seconds. Each is good for one `grant_type=refresh_token` exchange.")
+    login_max_failures: int = opt(
+        10,
+        "Failed logins one username may have within `login_window`; past it `POST /auth/token` answers "
+        "429 with Retry-After, even to the right password, until enough failures have left the window.")
+    login_max_failures_per_address: int = opt(
+        50,
+        "Failed logins one client address (the TCP peer, not X-Forwarded-For) may have within "
+        "`login_window`, whatever the usernames.")
+    login_window: int = opt(
+        900,
+        "Seconds a failed login counts against its username and address.")
     node_lease: int = opt(
         60,
         "A node silent for longer is marked lost, seconds.")
@@ -110,7 +150,7 @@ class Settings:
         "After a node's key is rotated, how long its previous key still signs (runners started before), seconds.")
     api_url: str = opt(
         "",
-        "URL nodes call back to. Empty means http://<listen>.")
+        "URL nodes call back to. Empty means https://<listen> with `tls_cert`, else http://<listen>.")
     dispatch_interval: float = opt(
         0.5,
         "Seconds between dispatcher rounds when idle.")
@@ -121,6 +161,11 @@ class Settings:
         "pack",
         "Where claimed tasks go: `pack` fills a node to its concurrency before the next (fewest hosts per "
         "Ansible round), `spread` picks the node with the most free slots.")
+    dispatch_known_hosts: str = opt(
+        "",
+        "known_hosts file the dispatcher checks the workers' SSH host keys against (the cluster_manager "
+        "role writes it from keys read on the workers). Empty means the account's `~/.ssh/known_hosts`. "
+        "Checking is always on: a node whose key does not match is cordoned and its tasks go back to the queue.")
     artifacts_keep: int = opt(
         20,
         "Finished job directories the dispatcher keeps; older ones are deleted.")
@@ -141,8 +186,36 @@ class Settings:
         return self.database or f"sqlite:///{Path(self.data_dir) / 'zonefarm.db'}"
 
     @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
     def callback_url(self) -> str:
-        return self.api_url or f"http://{self.listen}"
+        return self.api_url or f"{'https' if self.tls else 'http'}://{self.listen}"
+
+    def require_transport(self) -> None:
+        """Refuse to serve tokens and node secrets in clear text over a network.
+
+        Plain HTTP is fine on loopback (the local deployment, tests); anywhere else it needs
+        a certificate, or the explicit ``allow_plain_http`` override.
+        """
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key must be set together (ZONEFARM_TLS_CERT, ZONEFARM_TLS_KEY)")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{name} {path} is not a readable file")
+        if not self.tls and not self.allow_plain_http and not is_loopback(self.host):
+            raise ConfigError(
+                f"listen {self.listen} is not a loopback address and no TLS certificate is set: set tls_cert "
+                "and tls_key (ZONEFARM_TLS_CERT, ZONEFARM_TLS_KEY), listen on 127.0.0.1, or set "
+                "allow_plain_http = true if something else encrypts the traffic")
+
+    @property
+    def long_poll_slots(self) -> int:
+        """Long-polls one process may hold: ``changes_max_polls``, but at most half the threads,
+        so a flood of polls can never take the threads health checks and callbacks need."""
+        return max(0, min(self.changes_max_polls, self.api_threads // 2))
 
     def require_secrets(self) -> None:
         """Refuse to serve with a missing or weak secret: a short one can be guessed."""
@@ -163,7 +236,29 @@ class Settings:
         return out
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (the host part of ``listen``) is reachable from this machine only.
+
+    A name other than ``localhost`` counts as public: it may resolve to any interface.
+    """
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
 def _coerce(name: str, kind: Any, raw: str, source: str) -> Any:
+    if kind in (bool, "bool"):
+        try:
+            return _BOOLS[raw.strip().lower()]
+        except KeyError:
+            raise ConfigError(f"{source}: {name} must be true or false, got {raw!r}") from None
     if kind in (int, "int"):
         try:
             return int(raw)
@@ -175,6 +270,10 @@ def _coerce(name: str, kind: Any, raw: str, source: str) -> Any:
         except ValueError:
             raise ConfigError(f"{source}: {name} must be a number, got {raw!r}") from None
     return raw
+
+
+_AT_LEAST_ONE = ("changes_max_polls_per_principal", "refresh_token_ttl", "login_max_failures",
+                 "login_max_failures_per_address", "login_window")
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None,
@@ -203,6 +302,11 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
             values[name] = _coerce(name, f.type, raw, f"ZONEFARM_{name.upper()}")
     if values.get("dispatch_placement", "pack") not in PLACEMENTS:
         raise ConfigError(f"dispatch_placement must be {' or '.join(PLACEMENTS)}, got {values['dispatch_placement']!r}")
+    for name in _AT_LEAST_ONE:
+        if name in values and values[name] < 1:
+            raise ConfigError(f"{name} must be at least 1, got {values[name]}")
+    if values.get("changes_max_polls", 0) < 0:
+        raise ConfigError(f"changes_max_polls must not be negative, got {values['changes_max_polls']}")
     for name in ("task_log_max", "task_memory_mb_default", "task_memory_mb_max", "task_cpus_default",
                  "task_cpus_max", "task_processes_default", "task_processes_max"):
         if name in values and not values[name] > 0:
@@ -222,6 +326,8 @@ def settings_table() -> str:
     rows = ["| setting | environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for f in fields(Settings):
         default = f.default if f.default_factory is field().default_factory else "~/.local/share/zonefarm"  # type: ignore[misc]
+        if isinstance(default, bool):
+            default = str(default).lower()  # as the INI file spells it
         shown = f"`{default}`" if default != "" else "(empty)"
         rows.append(f"| `{f.name}` | `ZONEFARM_{f.name.upper()}` | {shown} | {f.metadata['doc']} |")
     return "\n".join(rows)

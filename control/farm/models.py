@@ -37,6 +37,9 @@ class Node(BaseModel):
     state = peewee.CharField(max_length=16, default="online", index=True)
     cordoned = peewee.BooleanField(default=False)
     draining = peewee.BooleanField(default=False)
+    # Why the dispatcher cordoned the node instead of connecting (its SSH host key changed);
+    # cleared by the next round that reaches it.
+    dispatch_error = peewee.TextField(default="")
     registered_at = peewee.DoubleField(default=now)
     last_seen = peewee.DoubleField(default=now)
     # The node signs with HMAC(nodes_secret, "node:<name>:<generation>") (control.node.signing):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from control.core.db import write_transaction
 from control.core.errors import ApiError, conflict, forbidden, not_found, unauthorized
 from control.core.models import now
 from control.farm.eligibility import active_counts
@@ -155,3 +156,21 @@ def mark_lost(node: Node, cutoff: float) -> bool:
     return bool(Node.update(state="lost")
                 .where(Node.id == node.id, Node.state == "online", Node.last_seen < cutoff)
                 .execute())
+
+
+def record_dispatch(refused: dict[str, str], reached: list[str]) -> None:
+    """What a dispatch round learnt about reaching nodes over SSH.
+
+    A node in ``refused`` (name -> why: its host key did not match) is cordoned with the
+    reason in ``dispatch_error``; a node the round reached loses an old reason. Read first:
+    most rounds have nothing to clear and should not queue for the write lock.
+    """
+    stale = [n.name for n in Node.select(Node.name).where(Node.name.in_(reached), Node.dispatch_error != "")
+             ] if reached else []
+    if not refused and not stale:
+        return
+    with write_transaction():
+        for name, why in refused.items():
+            Node.update(cordoned=True, dispatch_error=why).where(Node.name == name).execute()
+        if stale:
+            Node.update(dispatch_error="").where(Node.name.in_(stale)).execute()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from control.core.schemas import Input
+from control.core.schemas import MAX_ID, Input
 from control.farm.models import TASK_STATES
 from control.registry.schemas import HOST
 
@@ -41,6 +41,9 @@ def check_workdir(path: str) -> str:
             raise ValueError(f"must not be in the system directory {tree}")
     return path
 TaskState = Literal[TASK_STATES]  # type: ignore[valid-type]
+PID_MAX = 2**22  # Linux's pid_max ceiling
+# A resource amount (cpu count, memory or disk bytes): bounded like every integer the API takes.
+Amount = Annotated[int, Field(ge=0, le=MAX_ID)] | Annotated[float, Field(ge=0, le=MAX_ID)]
 
 
 class NodeRegister(Input):
@@ -57,11 +60,11 @@ class NodeRegister(Input):
                              description="The node's INI file (0600) the runner reads the node key from")
     region: str = Field(default="default", pattern=LABEL)
     hostname: str = Field(default="", max_length=253)
-    pid: int | None = Field(default=None, ge=1)
+    pid: int | None = Field(default=None, ge=1, le=PID_MAX)
     queues: list[str] = Field(default_factory=lambda: ["default"], min_length=1, max_length=50)
     concurrency: int = Field(default=1, ge=1, le=10000)
-    resources: dict[str, int | float] = Field(default_factory=dict,
-                                              description="cpu, memory and disk (bytes), and any other")
+    resources: dict[str, Amount] = Field(default_factory=dict,
+                                         description="cpu, memory and disk (bytes), and any other")
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("workdir")
@@ -83,8 +86,8 @@ class NodeRegister(Input):
 
 
 class NodeHeartbeat(Input):
-    pid: int | None = Field(default=None, ge=1)
-    resources: dict[str, int | float] | None = None
+    pid: int | None = Field(default=None, ge=1, le=PID_MAX)
+    resources: dict[str, Amount] | None = None
 
 
 class NodeOut(BaseModel):
@@ -93,6 +96,8 @@ class NodeOut(BaseModel):
     cordoned: bool
     draining: bool
     drained: bool = Field(description="Draining and nothing left running")
+    dispatch_error: str = Field(description="Why the dispatcher cordoned the node instead of reaching it "
+                                            "(e.g. its SSH host key changed); empty once a round reaches it")
     region: str
     hostname: str
     pid: int | None
@@ -182,7 +187,8 @@ class TaskCreate(Input):
                               description="Default 'default'. Untargeted tasks run on nodes serving it; "
                                           "on a broadcast it narrows the nodes to those serving it")
     target: Target | None = Field(default=None, description="Omitted: any node serving the queue")
-    space: int | None = Field(default=None, ge=1, description="Space the task works for; caller must be a member")
+    space: int | None = Field(default=None, ge=1, le=MAX_ID,
+                              description="Space the task works for; caller must be a member")
     limits: TaskLimits | None = Field(default=None, description=(
         "Memory, CPUs and processes for the task; omitted values get the site's defaults, and more than the "
         "site's maxima is refused (422)"))
@@ -258,15 +264,15 @@ class LogOut(BaseModel):
 class Callback(BaseModel):
     """Log text arrives verbatim: unlike other inputs, nothing here is whitespace-stripped."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     event: Literal["started", "progress", "log", "finished"]
-    attempt: int = Field(ge=1)
-    exit_code: int | None = None
+    attempt: int = Field(ge=1, le=1000)
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     outputs: dict[str, Any] | None = None
     percent: float | None = Field(default=None, ge=0, le=100)
     data: str | None = Field(default=None, max_length=512 * 1024, description="Log text (event log)")
-    offset: int | None = Field(default=None, ge=0, description=(
+    offset: int | None = Field(default=None, ge=0, le=MAX_ID, description=(
         "Character offset of data in this attempt's output (event log): a chunk the API already "
         "holds is not stored again, so a retried log callback is idempotent"))
     reason: Literal["cancelled", "timed_out"] | None = None

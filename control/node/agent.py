@@ -77,7 +77,7 @@ def enroll(config_path: str, token: str, timeout: float = 30) -> dict[str, Any]:
     os.makedirs(config.workdir, mode=0o700, exist_ok=True)
     body = {"token": token,
             "registration": config.registration(os.getpid(), socket.gethostname(), resources(config.workdir))}
-    with ApiClient(config.api_url, Anonymous(), timeout) as client:
+    with ApiClient(config.api_url, Anonymous(), timeout, ca_file=config.ca_file) as client:
         try:
             resp = client.post("/nodes/enroll", body)
         except TransportError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
@@ -95,10 +96,22 @@ class Bearer:
         return path, headers
 
 
-class ApiClient:
-    """Requests to ``<api_url>/api/v1<route>`` over one keep-alive connection."""
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """Certificate and host name checked, against ``ca_file`` (the site CA) or the system's CAs.
 
-    def __init__(self, api_url: str, auth: Auth, timeout: float = 30.0) -> None:
+    There is no way to switch the check off: a client that accepts any certificate hands
+    its node signature or provider token to whoever answers.
+    """
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+class ApiClient:
+    """Requests to ``<api_url>/api/v1<route>`` over one keep-alive connection.
+
+    An ``https`` URL is verified against ``ca_file`` (empty: the system's CAs).
+    """
+
+    def __init__(self, api_url: str, auth: Auth, timeout: float = 30.0, ca_file: str = "") -> None:
         parts = urlsplit(api_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"api_url must be an http(s) URL, got {api_url!r}")
@@ -109,11 +122,15 @@ class ApiClient:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         self._conn: http.client.HTTPConnection | None = None
+        # Made once (reading the CA file is the costly part), before any request can fail on it.
+        self._tls = tls_context(ca_file) if self._https else None
 
     def _connection(self, timeout: float) -> http.client.HTTPConnection:
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=timeout)
+            if self._tls is not None:
+                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=timeout, context=self._tls)
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         self._conn.timeout = timeout
         if self._conn.sock is not None:
             self._conn.sock.settimeout(timeout)
@@ -160,4 +177,5 @@ class ApiClient:
 
 def node_client(config: NodeConfig, timeout: float = 30.0) -> ApiClient:
     """The client a node's programs use: its API URL, signed as itself with its key."""
-    return ApiClient(config.api_url, NodeSignature(config.name, config.node_key, config.key_generation), timeout)
+    return ApiClient(config.api_url, NodeSignature(config.name, config.node_key, config.key_generation), timeout,
+                     ca_file=config.ca_file)

@@ -46,6 +46,8 @@ class NodeConfig:
     ssh_key: str = ""
     # known_hosts for provider storage hosts; empty means the user's and system's.
     known_hosts: str = ""
+    # CA file the zone's certificate is checked against (https api_url); empty means the system's CAs.
+    ca_file: str = ""
     # Finished task attempt directories older than this are deleted by the agent.
     task_dirs_keep_days: float = 7.0
     # Niceness (0-19) of the runner and its tasks: batch work yields the CPU to the node's
@@ -134,6 +136,7 @@ def load_node_config(path: str | os.PathLike[str], *, require_key: bool = True) 
             python=sec.get("python", "/usr/bin/python3"),
             labels=labels, heartbeat_interval=sec.getfloat("heartbeat_interval", 0.0),
             ssh_key=sec.get("ssh_key", "").strip(), known_hosts=sec.get("known_hosts", "").strip(),
+            ca_file=sec.get("ca_file", "").strip(),
             task_dirs_keep_days=sec.getfloat("task_dirs_keep_days", 7.0),
             task_nice=_nice(sec.getint("task_nice", 10)),
             sandbox_policy=sec.get("sandbox_policy", "").strip(),

@@ -64,6 +64,8 @@ class ProviderConfig:
     name: str = ""
     poll_timeout: int = 30
     request_timeout: float = 10.0
+    # CA file the zone's certificate is checked against (https api_url); empty means the system's CAs.
+    ca_file: str = ""
     token: str = field(default="", repr=False)
 
     @property
@@ -72,7 +74,7 @@ class ProviderConfig:
 
     def client(self) -> ApiClient:
         """The worker side's API client, authenticated with this provider's token."""
-        return ApiClient(self.api_url, Bearer(self.token), self.request_timeout)
+        return ApiClient(self.api_url, Bearer(self.token), self.request_timeout, ca_file=self.ca_file)
 
 
 def _read_token(path: Path) -> str:
@@ -118,6 +120,7 @@ def load_provider_config(path: str | os.PathLike[str]) -> ProviderConfig:
             storage_path=storage, name=sec.get("name", "").strip(),
             state_file=sec.get("state_file", "").strip() or str(token_file.parent / "provider.seq"),
             poll_timeout=sec.getint("poll_timeout", 30), request_timeout=sec.getfloat("request_timeout", 10.0),
+            ca_file=sec.get("ca_file", "").strip(),
             token=_read_token(token_file))
     except ValueError as exc:
         if isinstance(exc, ProviderConfigError):

@@ -105,15 +105,34 @@ class Support(BaseModel):
 
 
 class Token(BaseModel):
-    """Bearer tokens are stored as SHA-256 digests: a database dump leaks no credential."""
+    """Bearer tokens are stored as SHA-256 digests: a database dump leaks no credential.
+
+    A ``refresh`` token is not a bearer credential: it is exchanged once, at
+    ``POST /auth/token``, for a new access token and a new refresh token.
+    """
 
     token_hash = peewee.CharField(max_length=64, unique=True)
-    kind = peewee.CharField(max_length=10)  # "user" | "provider"
+    kind = peewee.CharField(max_length=10)  # "user" | "provider" | "refresh"
     user = peewee.ForeignKeyField(User, null=True, on_delete="CASCADE")
     provider = peewee.ForeignKeyField(Provider, null=True, on_delete="CASCADE")
     created_at = peewee.DoubleField(default=now)
     expires_at = peewee.DoubleField(null=True)
     revoked = peewee.BooleanField(default=False)
+    scope = peewee.CharField(max_length=10, default="write")  # "write" (everything) | "read"
+    last_used_at = peewee.DoubleField(null=True)  # to the minute: see identity.LAST_USED_EVERY
+
+
+class LoginFailure(BaseModel):
+    """One failed password check, counted against a key: ``user:<name>`` or ``addr:<ip>``.
+
+    Rows older than the throttle window are deleted as new failures arrive.
+    """
+
+    key = peewee.CharField(max_length=100)
+    ts = peewee.DoubleField(default=now, index=True)
+
+    class Meta:
+        indexes = ((("key", "ts"), False),)
 
 
 class Invite(BaseModel):
@@ -168,4 +187,4 @@ class Change(BaseModel):
 
 
 REGISTRY_MODELS = [User, SshKey, Group, GroupUser, GroupChild, Space, SpaceUser,
-                   SpaceGroup, Provider, Support, Token, Invite, SupportToken, Change]
+                   SpaceGroup, Provider, Support, Token, Invite, SupportToken, Change, LoginFailure]

@@ -6,11 +6,12 @@ being silently ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
-from control.core.schemas import Input
+from control.core.schemas import MAX_ID, Input
 
 USERNAME = r"^[a-z0-9][a-z0-9._-]{1,63}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$"
@@ -18,22 +19,61 @@ EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 Role = Literal["member", "admin", "owner"]
 
 
-class TokenRequest(Input):
+# A password is taken as typed: other strings lose surrounding whitespace, a password keeps it.
+Secret = Annotated[str, StringConstraints(strip_whitespace=False)]
+# Optional, but never null: a form body cannot say null, so the document does not offer it.
+Scope = Literal["write", "read"]
+SCOPE_DOC = "`read` makes a read-only token (any write answers 403); default `write`"
+
+
+def _no_null_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # null is not one of the values the document offers
+
+
+class PasswordGrant(Input):
     grant_type: Literal["password"]
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
-    scope: str | None = None
+    username: str = Field(min_length=1, max_length=64, pattern=r"\S")
+    password: Secret = Field(min_length=1, max_length=1024)
+    scope: Scope | SkipJsonSchema[None] = Field(default=None, description=SCOPE_DOC,
+                                                json_schema_extra=_no_null_default)
+
+
+class RefreshGrant(Input):
+    grant_type: Literal["refresh_token"]
+    refresh_token: str = Field(min_length=1, max_length=200, pattern=r"\S",
+                               description="From an earlier answer; good for one exchange")
+    scope: Scope | SkipJsonSchema[None] = Field(
+        default=None, description="May narrow `write` to `read`, never widen; default: unchanged",
+        json_schema_extra=_no_null_default)
+
+
+class TokenRequest(RootModel[Annotated[PasswordGrant | RefreshGrant, Field(discriminator="grant_type")]]):
+    """OAuth2 password grant, or the refresh-token grant (as Zimfarm's dispatcher has)."""
 
 
 class TokenOut(BaseModel):
     access_token: str
     token_type: Literal["bearer"]
     expires_in: int
+    refresh_token: str = Field(description="Exchange once with grant_type=refresh_token")
+    scope: Scope
+
+
+class TokenInfo(BaseModel):
+    """A user's token as the listing shows it: never the secret, which is not stored."""
+
+    id: int
+    kind: Literal["access", "refresh"]
+    scope: Scope
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None = Field(description="To the minute; null when never used")
+    current: bool = Field(description="The token this request carries")
 
 
 class UserCreate(Input):
     username: str = Field(pattern=USERNAME)
-    password: str = Field(min_length=8, max_length=1024)
+    password: Secret = Field(min_length=8, max_length=1024)
     full_name: str = Field(default="", max_length=200)
     email: str = Field(default="", pattern=r"^$|" + EMAIL[1:], max_length=254)
     active: bool = True
@@ -42,7 +82,10 @@ class UserCreate(Input):
 class UserUpdate(Input):
     full_name: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, pattern=r"^$|" + EMAIL[1:], max_length=254)
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    password: Secret | None = Field(default=None, min_length=8, max_length=1024,
+                                    description="Needs current_password (unless root); revokes the "
+                                                "user's other tokens")
+    current_password: Secret | None = Field(default=None, min_length=1, max_length=1024)
     active: bool | None = None
 
 
@@ -81,15 +124,14 @@ GroupRoleInSpace = Literal["member", "admin"]
 HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
 MIN_SUPPORT = 1024 * 1024
 MAX_BYTES = 2**62
-MAX_ID = 2**31 - 1
 MAX_TTL = 10 * 365 * 86400  # the invite_max_ttl setting is the real bound
 LIMIT_DOC = "Total bytes the provider grants over all its supports; null: no limit"
 
 
 class GroupCreate(Input):
     name: str = Field(pattern=NAME, max_length=100)
-    owner: int | None = Field(default=None, description="User id made owner (root only); "
-                                                        "a user creating it owns it")
+    owner: int | None = Field(default=None, ge=1, le=MAX_ID,
+                              description="User id made owner (root only); a user creating it owns it")
 
 
 class GroupUpdate(Input):

@@ -37,12 +37,11 @@ def create(username: str, password: str, full_name: str, email: str, active: boo
 
 
 def update(user: User, changes: dict[str, Any]) -> None:
-    """Apply the fields given (null leaves one as is); a password is stored hashed."""
+    """Apply the fields given (null leaves one as is). A new password is set before this by
+    ``identity.change_password``, which checks the current one and revokes other tokens."""
     for field in ("full_name", "email", "active"):
         if changes.get(field) is not None:
             setattr(user, field, changes[field])
-    if changes.get("password"):
-        user.password_hash = hash_password(changes["password"])
     user.updated_at = now()
     user.save()
     feed.record("user", user.id, "update", _feed_data(user), user_id=user.id)

@@ -1,12 +1,17 @@
-"""Serve the API with gunicorn (threaded workers, so long-polls don't starve the pool).
+"""Serve the API with gunicorn (threaded workers).
 
 Measured on this 2-core machine (BENCHMARKS.md): gunicorn served several times the
 requests of waitress for the same Bottle + peewee read.
+
+A waiting long-poll holds a thread; ``control.web.longpoll`` lets them take at most half of
+each worker's threads (``Settings.long_poll_slots``), so health checks and node callbacks
+always find one. ``serve`` hands the workers the thread count gunicorn really runs with.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import logging.handlers
 import queue
@@ -90,6 +95,9 @@ def gunicorn_options(settings: Settings, *, workers: int | None = None,
         "loglevel": "warning",
         "proc_name": "zonefarm-api",
         "limit_request_line": 8190,
+        # TLS in gunicorn itself: no proxy to deploy, and the key stays readable by the service only.
+        "certfile": settings.tls_cert or None,
+        "keyfile": settings.tls_key or None,
     }
 
 
@@ -102,5 +110,12 @@ def load_api(settings: Settings) -> Any:
 
 def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
     settings.require_secrets()
+    settings.require_transport()
     options = gunicorn_options(settings, workers=workers, threads=threads)
+    # the long-poll cap is half the threads a worker has: the ones given here, if any
+    settings = dataclasses.replace(settings, api_workers=options["workers"], api_threads=options["threads"])
+    if settings.long_poll_slots < settings.changes_max_polls:
+        logging.getLogger("zonefarm.api").warning(
+            "changes_max_polls=%d lowered to %d, half of the %d threads per worker",
+            settings.changes_max_polls, settings.long_poll_slots, settings.api_threads)
     Gunicorn(options, lambda: load_api(settings)).run()

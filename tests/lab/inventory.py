@@ -8,7 +8,12 @@ each forced by this machine:
 - storage is sshfs over FUSE (`storage_fstype: fuse.sshfs`): the kernel has no NFS client;
 - zone1 also carries the `database` group: one PostgreSQL for both cluster managers;
 - the SSH host keys were read out of the containers through the Docker engine, so host key
-  checking stays on (`ansible_ssh_args` overrides ansible.cfg's `UserKnownHostsFile=/dev/null`).
+  checking stays on (`ansible_ssh_args` names that known_hosts file).
+
+As on a real site the zone serves HTTPS with a certificate from the site CA, which the roles
+make on the controller, here in the lab's workdir (`pki/`, so each lab has its own). Tests
+on this machine check the zone against that CA (`ca_file`); workers and providers check it
+against the copy the roles install, and the dispatchers check the workers' SSH host keys.
 """
 
 from __future__ import annotations
@@ -60,6 +65,16 @@ def vault_password_file(lab: Lab) -> Path:
     return lab.workdir / "vault-password"
 
 
+def ca_file(lab: Lab) -> Path:
+    """The site CA's certificate the roles made for this lab: what every client checks the zone with."""
+    return lab.workdir / "pki" / "ca.pem"
+
+
+def api_base(lab: Lab) -> str:
+    """The zone's API as this machine reaches it (the certificate names zone1's address too)."""
+    return f"https://{lab.hosts['zone1'].ip}:{API_PORT}/api/v1"
+
+
 def write_inventory(lab: Lab, dest: Path = DEFAULT_DIR, without: tuple[str, ...] = ("wk3",)) -> Path:
     """Write hosts.yml, group_vars and the vault for `lab`; hosts in `without` are left out
     (wk3 joins later, in the inventory-edit step). Returns the inventory directory."""
@@ -80,7 +95,8 @@ def write_inventory(lab: Lab, dest: Path = DEFAULT_DIR, without: tuple[str, ...]
         "ansible-playbook -i inventory/lab site.yml --vault-password-file <lab>/vault-password")
     group_vars = dest / "group_vars"
     _dump(group_vars / "all" / "vars.yml", {
-        "zonefarm_zone_url": f"http://zone1:{API_PORT}",
+        "zonefarm_zone_url": f"https://zone1:{API_PORT}",
+        "common_site_ca_dir": str(lab.workdir / "pki"),
         "zonefarm_root_secret": "{{ vault_zonefarm_root_secret }}",
         "zonefarm_nodes_secret": "{{ vault_zonefarm_nodes_secret }}",
         "zonefarm_database_password": "{{ vault_zonefarm_database_password }}",
@@ -104,7 +120,7 @@ def write_inventory(lab: Lab, dest: Path = DEFAULT_DIR, without: tuple[str, ...]
           "PostgreSQL on zone1 admits the lab network.")
     _dump(group_vars / "zone.yml", {"zone_listen": f"0.0.0.0:{API_PORT}",
                                     "zone_extra_settings": {"node_lease": NODE_LEASE, "task_lease": TASK_LEASE}},
-          "The API listens on the lab network; short leases keep the fault tests quick.")
+          "The API serves HTTPS on the lab network; short leases keep the fault tests quick.")
     # The reaper runs in the dispatchers: they decide when a silent node or task is lost.
     _dump(group_vars / "cluster_manager.yml", {"cluster_manager_task_lease": TASK_LEASE,
                                                "cluster_manager_extra_settings": {"node_lease": NODE_LEASE}},

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.lab import deploy
-from tests.lab.inventory import API_PORT, GROUPS, lab_secrets, vault_password_file, write_inventory
+from tests.lab.inventory import GROUPS, api_base, ca_file, lab_secrets, vault_password_file, write_inventory
 from tests.lab.lab import Lab
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.timeout(900)]
@@ -91,8 +91,8 @@ def deployed(lab: Lab, inventory: Path) -> deploy.Run:
 
 def _api(lab: Lab, path: str) -> requests.Response:
     root = lab_secrets(lab)["root_secret"]
-    return requests.get(f"http://{lab.hosts['zone1'].ip}:{API_PORT}/api/v1{path}",
-                        headers={"Authorization": f"Bearer {root}"}, timeout=10)
+    return requests.get(f"{api_base(lab)}{path}", headers={"Authorization": f"Bearer {root}"}, timeout=10,
+                        verify=str(ca_file(lab)))
 
 
 def _online_nodes(lab: Lab, wanted: set[str], timeout: float = 120) -> set[str]:

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.lab import deploy
-from tests.lab.inventory import API_PORT, lab_secrets, write_inventory
+from tests.lab.inventory import api_base, ca_file, lab_secrets, write_inventory
 from tests.lab.lab import Lab
 from tests.support.procs import background
 from tests.support.waiting import wait_for
@@ -38,12 +38,14 @@ class Api:
     """The zone's REST API as root; every call fails the test with the JSON error it got."""
 
     def __init__(self, lab: Lab) -> None:
-        self.base = f"http://{lab.hosts['zone1'].ip}:{API_PORT}/api/v1"
+        self.base = api_base(lab)
         self.session = requests.Session()
+        # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify.
+        self.verify = str(ca_file(lab))
         self.session.headers["Authorization"] = f"Bearer {lab_secrets(lab)['root_secret']}"
 
     def call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)) -> Any:
-        resp = self.session.request(method, self.base + path, json=body, timeout=15)
+        resp = self.session.request(method, self.base + path, json=body, timeout=15, verify=self.verify)
         assert resp.status_code in expect, f"{method} {path} -> {resp.status_code} {resp.text}"
         return resp.json() if resp.content else None
 
@@ -129,7 +131,7 @@ def api(lab: Lab, inventory: Path) -> Api:
         assert run.ok, run.first_failure()
     client = Api(lab)
     try:
-        up = requests.get(client.base + "/healthz", timeout=5).ok
+        up = ca_file(lab).exists() and client.session.get(client.base + "/healthz", timeout=5, verify=client.verify).ok
     except requests.RequestException:
         up = False
     if not up or "wk3:" not in (inventory / "hosts.yml").read_text():
@@ -246,7 +248,7 @@ def test_decommissioned_worker_drains_finishes_its_task_and_takes_no_more(api: A
     assert (done["state"], done["node"], done["exit_code"]) == ("succeeded", "wk3", 0), done
     assert _marked(lab, token).get("wk3") == "wk3"
     assert "wk3" not in _online(api)
-    resp = api.session.get(f"{api.base}/nodes/wk3", timeout=10)
+    resp = api.session.get(f"{api.base}/nodes/wk3", timeout=10, verify=api.verify)
     assert resp.status_code == 404 or resp.json()["state"] == "deregistered", resp.text
     moved = api.finished(elsewhere["id"])
     assert moved["state"] == "succeeded" and moved["node"] in ("wk1", "wk2"), moved

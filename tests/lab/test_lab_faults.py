@@ -20,7 +20,7 @@ import requests
 
 from control.node.signing import derive_node_key, sign_headers
 from tests.lab import deploy
-from tests.lab.inventory import API_PORT, NODE_LEASE, TASK_LEASE, lab_secrets, write_inventory
+from tests.lab.inventory import NODE_LEASE, TASK_LEASE, api_base, ca_file, lab_secrets, write_inventory
 from tests.lab.lab import Lab
 from tests.support.waiting import wait_for
 
@@ -36,16 +36,18 @@ class Api:
         self.secrets = lab_secrets(lab)
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self.secrets['root_secret']}"
+        # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify.
+        self.verify = str(ca_file(lab))
 
     @property
     def base(self) -> str:
-        return f"http://{self.lab.hosts['zone1'].ip}:{API_PORT}/api/v1"
+        return api_base(self.lab)
 
     def call(self, method: str, path: str, patience: float = 90, **kw: Any) -> requests.Response:
         deadline = time.monotonic() + patience
         while True:
             try:
-                resp = self.session.request(method, self.base + path, timeout=10, **kw)
+                resp = self.session.request(method, self.base + path, timeout=10, verify=self.verify, **kw)
                 if resp.status_code < 500:
                     return resp
                 last = f"HTTP {resp.status_code}: {resp.text[:200]}"
@@ -92,7 +94,8 @@ def api(lab: Lab) -> Api:
     """The deployed platform. In the full lab session test_lab_deploy has deployed it; run on its
     own (or against an attached lab) this deploys when the zone does not answer yet."""
     try:
-        up = requests.get(f"http://{lab.hosts['zone1'].ip}:{API_PORT}/api/v1/healthz", timeout=5).ok
+        # no CA yet means no deploy yet
+        up = ca_file(lab).exists() and requests.get(f"{api_base(lab)}/healthz", timeout=5, verify=str(ca_file(lab))).ok
     except requests.RequestException:
         up = False
     if not up:
@@ -214,8 +217,8 @@ def late_callback(api: Api, node: str, task_id: int, attempt: int) -> requests.R
     key = derive_node_key(api.secrets["nodes_secret"], node)  # the key the worker role wrote for it
     headers = {**sign_headers(key, node, "POST", path, body),
                "Content-Type": "application/json"}
-    return requests.post(f"http://{api.lab.hosts['zone1'].ip}:{API_PORT}{path}", data=body,
-                         headers=headers, timeout=10)
+    return requests.post(api.base.removesuffix("/api/v1") + path, data=body, headers=headers, timeout=10,
+                         verify=str(ca_file(api.lab)))
 
 
 def test_a_cut_off_workers_task_is_requeued_and_its_late_report_refused(lab: Lab, api: Api,

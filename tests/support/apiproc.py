@@ -49,9 +49,12 @@ def api_env(tmp_path: Path, **settings: str) -> dict[str, str]:
 class ApiProcess:
     """One ``zonefarm api`` subprocess in its own session, with its combined stdout/stderr in a file."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, port: int) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, port: int,
+                 ca_file: str | None = None) -> None:
         self.port = port
-        self.url = f"http://127.0.0.1:{port}/api/v1"
+        # With ca_file the server serves HTTPS (ZONEFARM_TLS_CERT) and is checked against that CA.
+        self.ca_file = ca_file
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}/api/v1"
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([ZONEFARM, *args], env=env, stdout=self._log,
@@ -63,7 +66,7 @@ class ApiProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"zonefarm api exited {self.proc.returncode}:\n{self.output()}")
             try:  # the socket is bound before the workers have imported the app: allow slow boots
-                if requests.get(self.url + "/healthz", timeout=5).status_code == 200:
+                if requests.get(self.url + "/healthz", timeout=5, verify=self.ca_file or True).status_code == 200:
                     return
             except (requests.ConnectionError, requests.Timeout):
                 pass

@@ -8,6 +8,11 @@ keeps only what the round needs and always returns True (ansible-runner then kee
 event artifacts; the handler is on the job's hot path, so it only appends), its own
 cancel callback, and a lease keeper that renews the round's claims while it runs.
 Finished job directories are rotated: the newest ``artifacts_keep`` stay.
+
+SSH host keys are always checked (``StrictHostKeyChecking=yes``), against the
+``dispatch_known_hosts`` file the cluster_manager role writes from keys read on the
+workers themselves; what ssh said about a host it could not reach is kept, so the round
+can tell a refused host key from a host that is down.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import threading
@@ -38,19 +44,28 @@ ROOT = share_dir()
 JOB_TIMEOUT = 600
 
 
-def ansible_env() -> dict[str, str]:
-    """Settings the job needs; ansible.cfg is not read because the job's cwd is its own."""
+HOST_KEY_FAILED = "Host key verification failed"  # what ssh prints whenever it refuses a host key
+
+
+def ansible_env(known_hosts: str = "") -> dict[str, str]:
+    """Settings the job needs; ansible.cfg is not read because the job's cwd is its own.
+
+    Host key checking is on and strict: ssh never adds a key it has not seen.
+    """
+    ssh_args = "-o ControlMaster=auto -o ControlPersist=60s -o StrictHostKeyChecking=yes"
+    if known_hosts:
+        ssh_args += f" -o UserKnownHostsFile={shlex.quote(known_hosts)}"
     bindir = os.path.dirname(sys.executable)  # ansible-playbook sits beside our interpreter
     path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
     return {
         "PATH": path if bindir in path.split(os.pathsep) else f"{bindir}{os.pathsep}{path}",
         "ANSIBLE_LIBRARY": str(ROOT / "library"),
         "ANSIBLE_MODULE_UTILS": str(ROOT / "module_utils"),
-        "ANSIBLE_HOST_KEY_CHECKING": "False",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_GATHERING": "explicit",
         "ANSIBLE_PIPELINING": "True",
-        "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=60s",
+        "ANSIBLE_SSH_ARGS": ssh_args,
         "ANSIBLE_INTERPRETER_PYTHON": "auto_silent",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_NOCOLOR": "True",
@@ -69,6 +84,18 @@ def scrub_environ() -> None:
         del os.environ[key]
 
 
+def host_key_refusal(node: str, hv: dict[str, Any], message: str, known_hosts: str) -> str | None:
+    """Why ``node`` is refused when ssh would not trust its host key (``message``), else None."""
+    if HOST_KEY_FAILED not in message:
+        return None
+    where = f"{hv.get('ansible_host', node)}:{hv.get('ansible_port', 22)}"
+    listed = f"the dispatcher's known_hosts ({known_hosts or '~/.ssh/known_hosts'})"
+    what = (f"has changed: it does not match {listed}" if "IDENTIFICATION HAS CHANGED" in message
+            else f"is not in {listed}")
+    return (f"SSH host key of node {node} ({where}) {what}; the dispatcher cordoned the node: check the host, "
+            f"then refresh its key (site.yml --limit {node}) and uncordon it")
+
+
 class EventSink:
     """The job's event handler: keep only what the round needs from module results."""
 
@@ -78,6 +105,7 @@ class EventSink:
         # entries the launch module refused (bad params): (host, task id) -> why; only those tasks fail
         self.rejected: dict[tuple[str, int], str] = {}
         self.failed_hosts: set[str] = set()
+        self.unreachable: dict[str, str] = {}  # host -> what the connection said
 
     def __call__(self, event: dict[str, Any]) -> bool:
         kind = event.get("event")
@@ -85,6 +113,8 @@ class EventSink:
             data = event.get("event_data") or {}
             if not (kind == "runner_on_failed" and data.get("ignore_errors")):
                 self.failed_hosts.add(data.get("host", ""))
+            if kind == "runner_on_unreachable":
+                self.unreachable[data.get("host", "")] = str((data.get("res") or {}).get("msg", ""))
         elif kind == "runner_on_ok":
             data = event.get("event_data") or {}
             res = data.get("res") or {}
@@ -172,8 +202,10 @@ def rotate(jobs_dir: Path, keep: int) -> None:
 
 
 def run(job_dir: Path, inventory: dict[str, Any], plays: list[Path], *, forks: int,
-        cancelled: Callable[[], bool], keeper: LeaseKeeper | None = None) -> JobResult:
+        cancelled: Callable[[], bool], keeper: LeaseKeeper | None = None, known_hosts: str = "") -> JobResult:
     """Run the plays over the inventory in ``job_dir``; ``keeper`` renews claims while it runs.
+
+    ``known_hosts`` is the file the workers' SSH host keys are checked against.
 
     ``cancelled`` is ansible-runner's cancel callback: when it turns true the job is
     abandoned (its claims then go back to the queue when their leases run out).
@@ -188,7 +220,7 @@ def run(job_dir: Path, inventory: dict[str, Any], plays: list[Path], *, forks: i
         runner = ansible_runner.run(
             private_data_dir=str(job_dir), playbook="round.yml",
             inventory=str(job_dir / "inventory" / "hosts.yml"),
-            forks=max(1, min(forks, len(inventory["all"]["hosts"]))), envvars=ansible_env(),
+            forks=max(1, min(forks, len(inventory["all"]["hosts"]))), envvars=ansible_env(known_hosts),
             suppress_env_files=True, quiet=True, event_handler=sink, cancel_callback=cancelled,
             timeout=JOB_TIMEOUT, ident="job")
     finally:

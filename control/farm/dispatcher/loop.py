@@ -8,6 +8,11 @@ batching is what makes the farm fast. Running the job is ``job``'s business.
 
 Nothing is kept in memory between rounds: a restarted dispatcher carries on from the
 database (claims with a lease, ``kill_sent_at``), so a kill -9 loses nothing.
+
+A node whose SSH host key ssh refused is cordoned with the reason on it and on its tasks,
+which go back to the queue: a changed key means a reinstalled host or someone in between,
+and either needs an operator. Without the cordon the node, still heartbeating, would take
+the same tasks every round until their attempts ran out.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 from control.core.config import Settings
 from control.core.db import connection, init_database
-from control.farm import claims, reaper, states
+from control.farm import claims, nodes, reaper, states
 from control.farm.catalogue import UnknownTaskType, playbook
 from control.farm.dispatcher import CLAIM_LIMIT
 from control.farm.dispatcher import job as jobs
@@ -77,7 +82,8 @@ class Dispatcher:
         self.seq += 1
         keeper = jobs.LeaseKeeper(self.ident, claimed, self.settings.task_lease) if claimed else None
         return jobs.run(jobs.new_job_dir(self.jobs_dir, self.ident, self.seq), inventory, plays,
-                        forks=self.settings.dispatch_forks, cancelled=self.cancelled, keeper=keeper)
+                        forks=self.settings.dispatch_forks, cancelled=self.cancelled, keeper=keeper,
+                        known_hosts=self.settings.dispatch_known_hosts)
 
     def run_round(self) -> Round:
         started = time.monotonic()
@@ -101,7 +107,7 @@ class Dispatcher:
             sink = outcome.sink
             result = Round(job_dir=outcome.job_dir, status=outcome.status, rc=outcome.rc, reached=outcome.reached)
             reason = f"dispatch job {result.status} (rc {result.rc})"
-        self._apply(result, sink, tasks, kills, reason)
+        self._apply(result, sink, tasks, kills, reason, inventory["all"]["hosts"])
         result.seconds = time.monotonic() - started
         log.info("round: %d launched on %d nodes, %d released, %d refused, %d killed, %d ended, job %s in %.2fs",
                  sum(len(v) for v in result.launched.values()), len(result.launched), len(result.released),
@@ -110,9 +116,19 @@ class Dispatcher:
         return result
 
     def _apply(self, result: Round, sink: jobs.EventSink, tasks: list[Task], kills: list[Task],
-               reason: str) -> None:
-        """Record what the job did: launches stand, the rest goes back, kills without a runner end."""
+               reason: str, hosts: dict[str, dict[str, Any]]) -> None:
+        """Record what the job did: launches stand, the rest goes back, kills without a runner end.
+
+        Nodes whose host key was refused are cordoned, saying why; those reached lose an old reason.
+        """
+        refused = {}
+        for host, message in sink.unreachable.items():
+            why = jobs.host_key_refusal(host, hosts.get(host, {}), message, self.settings.dispatch_known_hosts)
+            if why:
+                log.error("%s", why)
+                refused[host] = why
         with connection():
+            nodes.record_dispatch(refused, [h for h in hosts if h not in sink.failed_hosts])
             for task in tasks:
                 host = task.node.name
                 refusal = sink.rejected.get((host, task.id))
@@ -125,7 +141,7 @@ class Dispatcher:
                     continue
                 # The launch module's own answer says what started; everything else goes back.
                 if task.id not in sink.launched.get(host, []):
-                    why = f"launch failed on node {host}: {reason}"
+                    why = f"launch failed on node {host}: {refused.get(host) or reason}"
                     if states.release(task.id, why):
                         result.released.append(task.id)
             absent = {(h, i) for h, i in sink.absent}

@@ -15,6 +15,9 @@ Long-polling holds no database connection while it waits: each round borrows a
 pooled connection, checks the newest change number (one cheap query), reads only
 when it moved, and gives the connection back before sleeping. Polling the database
 keeps it correct across gunicorn workers and processes.
+
+A waiting poll does hold a worker thread, so it first takes a slot (``control.web.longpoll``):
+past the per-process or per-caller cap it is answered at once with 429 and Retry-After.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from control.registry.access import audience
 from control.registry.identity import Principal
 from control.registry.models import Change
 from control.registry.schemas import ChangeOut, ChangesOut
+from control.web.longpoll import SLOTS
 from control.web.routing import Context, Query, route
 
 POLL_INTERVAL = 0.2
@@ -61,7 +65,9 @@ def _not_ahead(since: int) -> None:
 @route("GET", "/changes", summary="Changes after `since` in the caller's region; long-polls "
        "up to `timeout` seconds (capped by changes_max_wait) when there are none", tag="changes",
        query={"since": Query(int, 0, "Resume after this change number (last_seq)", 0, None),
-              "timeout": Query(float, 0.0, "Seconds to wait when nothing is new", 0, None),
+              "timeout": Query(float, 0.0, "Seconds to wait when nothing is new (at most "
+                               "changes_max_wait); a wait past the server's long-poll caps is "
+                               "answered 429 with Retry-After", 0, 86400),
               "limit": Query(int, 100, "Most changes returned", 1, 1000)},
        responses={200: ChangesOut})
 def list_changes(ctx: Context) -> ChangesOut:
@@ -72,9 +78,11 @@ def list_changes(ctx: Context) -> ChangesOut:
     changes, resume = _round(ctx.principal, since, limit)
     deadline = time.monotonic() + min(ctx.query["timeout"], ctx.settings.changes_max_wait)
     if not changes and time.monotonic() < deadline:
-        database.close()  # back to the pool: a waiting poll holds no connection
-        while not changes and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(POLL_INTERVAL, left))
-            with connection():
-                changes, resume = _round(ctx.principal, resume, limit)
+        s = ctx.settings
+        with SLOTS.hold(ctx.principal.describe(), s.long_poll_slots, s.changes_max_polls_per_principal):
+            database.close()  # back to the pool: a waiting poll holds no connection
+            while not changes and (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(POLL_INTERVAL, left))
+                with connection():
+                    changes, resume = _round(ctx.principal, resume, limit)
     return ChangesOut(changes=[change_out(c) for c in changes], last_seq=max(resume, since))

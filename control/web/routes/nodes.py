@@ -40,6 +40,7 @@ def node_out(node: Node, running: int) -> NodeOut:
     return NodeOut(
         name=node.name, state=node.state, cordoned=node.cordoned, draining=node.draining,
         drained=node.draining and running == 0, region=node.region, hostname=node.hostname,
+        dispatch_error=node.dispatch_error or "",
         pid=node.pid, queues=list(node.queues or []), concurrency=node.concurrency, running=running,
         free=max(free_slots(node, running), 0) if takes else 0, resources=node.resources or {},
         labels=node.labels or {}, ansible_host=node.ansible_host, ansible_port=node.ansible_port,

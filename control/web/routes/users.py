@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from control.core.errors import forbidden
+from control.core.errors import ApiError, forbidden
 from control.core.models import iso
 from control.core.schemas import Page
 from control.registry import membership, users
 from control.registry.access import require_self_or_root, sees_private, visible_relations_of_user
-from control.registry.identity import Principal, require_root, require_user_or_root
+from control.registry.identity import Principal, change_password, require_root, require_user_or_root
 from control.registry.models import Group, Space, SshKey, User
 from control.registry.schemas import KeyCreate, KeyOut, UserCreate, UserOut, UserRelationOut, UserUpdate
 from control.registry.sshkeys import parse_key
@@ -57,13 +57,20 @@ def show_user(ctx: Context, id: int) -> UserOut:
 
 @route("PATCH", "/users/{id}", summary="Update a user (itself or the administrator)", tag="users",
        body=UserUpdate, responses={200: UserOut})
-def update_user(ctx: Context, id: int) -> UserOut:
+def update_user(ctx: Context, id: int) -> UserOut | ApiError:
     user = users.get(id)
     require_self_or_root(ctx.principal, user)
     req: UserUpdate = ctx.body
     changes = req.model_dump(exclude_unset=True)
     if "active" in changes and not ctx.principal.is_root:
         raise forbidden("only the administrator may activate or deactivate a user")
+    if changes.get("password"):
+        # The one path for a new password: the current one (or root), throttled, and every
+        # other token of the user revoked. A refusal is returned so its throttle record commits.
+        refused = change_password(ctx.principal, user, changes["password"], changes.get("current_password"),
+                                  max_failures=ctx.settings.login_max_failures, window=ctx.settings.login_window)
+        if refused is not None:
+            return refused
     users.update(user, changes)
     return user_out(user, ctx.principal)
 
