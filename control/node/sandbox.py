@@ -575,6 +575,7 @@ class Helper:
         self.unit: str | None = None
         self.reason: str | None = None
         self.name = f"{request.task_id}-{request.attempt}-{secrets.token_hex(4)}"
+        self.peak = 0  # bytes: the largest memory sample of the task's unit (systemd backend)
 
     # signals ------------------------------------------------------------------------
 
@@ -773,14 +774,22 @@ class Helper:
         return cmd + ["--"] + argv
 
     def _wait_unit(self, unit: str) -> int:
-        """Wait for systemd-run; once stopping, SIGKILL the unit's cgroup after the grace."""
+        """Wait for systemd-run; once stopping, SIGKILL the unit's cgroup after the grace.
+
+        Meanwhile the unit's memory is sampled (``MemoryCurrent``): where systemd cannot tell
+        an out-of-memory kill (cgroup v1), a SIGKILL at the limit is one.
+        """
         assert self.child is not None
         grace_until: float | None = None
+        next_sample = 0.0
         while True:
             try:
                 return self.child.wait(WATCH_EVERY)
             except subprocess.TimeoutExpired:
                 pass
+            if time.monotonic() >= next_sample:
+                next_sample = time.monotonic() + 0.5
+                self.peak = max(self.peak, _unit_memory(unit))
             if self.stopping:
                 if grace_until is None:
                     grace_until = time.monotonic() + KILL_GRACE
@@ -835,10 +844,15 @@ class Helper:
                 result, main_code = self._unit_result(self.unit)
                 self.unit = None
                 code = main_code if main_code is not None else rc
-                if result == "oom-kill":
+                at_limit = self.peak >= (self.limits.memory_mb << 20) // 2  # sampled: a fast climb may be seen low
+                if result == "oom-kill" or (code == -signal.SIGKILL and at_limit and not self.stopping):
                     self.reason = f"memory limit exceeded: killed at its limit of {self.limits.memory_mb} MiB"
                     _say(self.reason)
                     code = code or -signal.SIGKILL
+                elif result == "exit-code" and 200 <= code <= 243:  # systemd.exec(5): the sandbox's own setup
+                    self.reason = (f"the systemd sandbox could not start the task (exit status {code}, "
+                                   "systemd.exec(5)); see the worker's journal")
+                    _say(self.reason)
                 if code != 0:
                     if label:
                         _say(f"{label} failed with exit code {code}")
@@ -883,6 +897,12 @@ class Helper:
             os.close(root_fd)
         _report(event="result", exit_code=code, reason=self.reason, dir=self.task_dir)
         return code
+
+
+def _unit_memory(unit: str) -> int:
+    out = subprocess.run(["systemctl", "show", "--value", "--property=MemoryCurrent", unit],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    return int(out) if out.isdigit() else 0
 
 
 def _systemctl_kill(unit: str, sig: str) -> None:

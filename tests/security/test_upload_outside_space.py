@@ -99,7 +99,8 @@ def test_a_task_cannot_upload_outside_its_space(farm: SecFarm, provider_sshd: Ss
     steal = (f'echo evil > evil.txt; K="${{ZONEFARM_SSH_KEY:-{key}}}"; echo "ENV:${{ZONEFARM_SSH_KEY:-none}}"; '
              'echo "KEY:$(cat "$K" >/dev/null 2>&1 && echo readable || echo denied)"; '
              f'printf "put evil.txt {space_b}/evil.txt\\nput evil.txt /evil.txt\\n" | sftp -b - -i "$K" '
-             f"-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes "
+             f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={provider_sshd.base / 'known_hosts'} "
+             "-o BatchMode=yes "
              f'-P {provider_sshd.port} root@127.0.0.1; echo "UPLOAD:$?"; echo ok > result.txt')
     task = farm.submit("pipeline", {"generate": [["sh", "-c", steal]], "outputs": ["result.txt"]}, space=space_a)
     leak = farm.submit("pipeline", {"generate": [["sh", "-c", "ln -s /etc leak; echo x > x.txt"]],
