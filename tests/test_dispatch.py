@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
 from tests.support.pg import free_port
 from tests.support.server import LiveServer
+from tests.support.sshd import Sshd
 
 pytestmark = pytest.mark.slow
 LEASE = 4
@@ -146,7 +148,7 @@ def test_two_dispatchers_never_run_a_task_twice(farm: Farm) -> None:
 def test_nodes_secret_never_leaks(farm: Farm) -> None:
     work = farm.add_node("wk1")
     farm.start_dispatcher("d1")
-    task = farm.submit("shell", {"argv": ["sh", "-c", "env; cat $ZONEFARM_TASK_DIR/spec.json"]})
+    task = farm.submit("shell", {"argv": ["sh", "-c", "env; cat $ZONEFARM_TASK_DIR/task.json"]})
     assert farm.wait(task["id"])["state"] == "succeeded"
     texts = [farm.log(task["id"]), json.dumps(farm.task(task["id"])), json.dumps(farm.events(task["id"])),
              farm.dispatcher_logs()]
@@ -249,42 +251,21 @@ def test_container_cancel_stops_the_container(farm: Farm, busybox_image: str) ->
 
 # --- pipeline ----------------------------------------------------------------------------
 
-class Sshd:
-    """A private sshd on a free loopback port: own host key, one authorized key, SFTP."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        base.mkdir(parents=True)
-        self.port = free_port()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_key")], check=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "client_key")], check=True)
-        (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-        host_pub = (base / "host_key.pub").read_text().split()
-        (base / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-        (base / "sshd_config").write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
-            f"PidFile {base / 'sshd.pid'}\nAuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-            "PermitRootLogin prohibit-password\nUsePAM no\nSubsystem sftp internal-sftp\n")
-        os.makedirs("/run/sshd", exist_ok=True)
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(base / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"sshd did not start: {(base / 'sshd.log').read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+@pytest.fixture
+def sftp_storage() -> Iterator[Path]:
+    """Provider storage sshd may chroot to: every directory above it root's and not writable by others
+    (a pytest tmp_path sits under the world-writable /tmp, which sshd refuses as a chroot)."""
+    base = Path(tempfile.mkdtemp(prefix="zonefarm-test-sftp-", dir="/var/lib"))
+    base.chmod(0o755)
+    storage = base / "storage"
+    storage.mkdir(mode=0o755)
+    yield storage
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    server = Sshd(tmp_path / "sshd")
+def sshd(tmp_path: Path, sftp_storage: Path) -> Iterator[Sshd]:
+    server = Sshd(tmp_path / "sshd", chroot=sftp_storage)
     yield server
     server.stop()
 
@@ -306,9 +287,8 @@ def _space_with_storage(farm: Farm, sshd: Sshd, storage: Path) -> int:
     return int(space.json()["id"])
 
 
-def test_pipeline_uploads_over_sftp(farm: Farm, sshd: Sshd, tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
-    storage.mkdir()
+def test_pipeline_uploads_over_sftp(farm: Farm, sshd: Sshd, sftp_storage: Path) -> None:
+    storage = sftp_storage
     space_id = _space_with_storage(farm, sshd, storage)
     farm.add_node("wk1", ssh_key=str(sshd.base / "client_key"), known_hosts=str(sshd.base / "known_hosts"))
     farm.start_dispatcher("d1")
@@ -323,13 +303,15 @@ def test_pipeline_uploads_over_sftp(farm: Farm, sshd: Sshd, tmp_path: Path) -> N
     assert (remote / "second.txt").read_text() == "2\n"
     assert not list(remote.glob(".*part*"))  # temporary names were renamed
     assert [u["path"] for u in done["outputs"]["uploaded"]] == ["out/result.txt", "out/second.txt"]
+    assert [u["remote"] for u in done["outputs"]["uploaded"]] == [
+        f"{space_id}/task-{task['id']}/out/result.txt", f"{space_id}/task-{task['id']}/out/second.txt"]
     log = farm.log(task["id"])
     assert "stage prepare" in log and "stage upload" in log
 
 
-def test_pipeline_upload_failure_is_retried_then_fails(farm: Farm, sshd: Sshd, tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
-    storage.mkdir()
+def test_pipeline_upload_failure_is_retried_then_fails(farm: Farm, sshd: Sshd, sftp_storage: Path,
+                                                        tmp_path: Path) -> None:
+    storage = sftp_storage
     space_id = _space_with_storage(farm, sshd, storage)
     # the node trusts a different host key: every attempt is refused, so the task fails clearly
     wrong = tmp_path / "wrong_known_hosts"
@@ -374,7 +356,7 @@ def test_node_agent_cli_registers_and_heartbeats(api: Api, live_server: LiveServ
 def test_dispatcher_killed_mid_round_loses_and_doubles_nothing(farm: Farm) -> None:
     works = [farm.add_node("wk1", concurrency=10), farm.add_node("wk2", concurrency=10)]
     first = farm.start_dispatcher("d1")
-    ids = [farm.submit("shell", {"argv": ["sh", "-c", "echo ran >> ../ran.log; sleep 1"]})["id"] for _ in range(8)]
+    ids = [farm.submit("shell", {"argv": ["sh", "-c", "echo ran >> ran.log; sleep 1"]})["id"] for _ in range(8)]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(farm.task(i)["state"] != "queued" for i in ids):
         time.sleep(0.05)
@@ -389,10 +371,11 @@ def test_dispatcher_killed_mid_round_loses_and_doubles_nothing(farm: Farm) -> No
         assert len(finals) == 1  # one completion, whichever attempt produced it
     # every task ran exactly once: an attempt launched by d1 finished under its runner; one d1 never
     # launched was requeued when its claim lease ran out and d2 ran it
-    ran = {}
-    for work in works:
-        for log in work.glob("tasks/*/ran.log"):
-            ran[int(log.parent.name)] = ran.get(int(log.parent.name), 0) + len(log.read_text().splitlines())
+    ran: dict[int, int] = {}
+    for work in works:  # each attempt's directory comes back to the runner as tasks/<id>/<attempt>/work
+        for log in work.glob("tasks/*/*/work/ran.log"):
+            task_id = int(log.parent.parent.parent.name)
+            ran[task_id] = ran.get(task_id, 0) + len(log.read_text().splitlines())
     assert ran == {task_id: 1 for task_id in ids}
 
 

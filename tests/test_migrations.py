@@ -282,3 +282,16 @@ def test_upgrade_adds_the_grants_table_and_keeps_users(empty_db_url: str) -> Non
     columns = {c[0] for c in _schema(empty_db_url)["task_grant"]["columns"]}
     assert {"user_id", "group_id", "task_type", "queue", "targets"} <= columns
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_task_limits_and_keeps_tasks(empty_db_url: str) -> None:
+    """A site from before task limits upgrades: its tasks keep everything and run with the node's defaults."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url, "ALTER TABLE task DROP COLUMN limits", "DELETE FROM schema_version WHERE version >= 11",
+             "INSERT INTO task (name, params, queue, target_kind, priority, timeout, max_attempts, attempt, state, "
+             "cancel_requested, created_at, progress, reason) VALUES ('shell', '{\"argv\": [\"true\"]}', 'default', "
+             "'any', 0, 60, 3, 0, 'queued', false, 1.0, 0, '')")
+    assert "m0011_task_limits" in _zonefarm(empty_db_url, "db", "status")["pending"]
+    assert "m0011_task_limits" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    assert _rows(empty_db_url, "SELECT name, params, limits FROM task") == [("shell", '{"argv": ["true"]}', None)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []

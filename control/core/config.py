@@ -120,6 +120,28 @@ class Settings:
     task_lease: int = opt(
         60,
         "A running task whose runner is silent for longer is lost, seconds.")
+    task_log_max: int = opt(
+        10_000_000,
+        "Most characters of output stored per task; past it the log ends with one truncation line and the "
+        "rest is dropped (the task still runs and finishes normally).")
+    task_memory_mb_default: int = opt(
+        2048,
+        "Memory (MiB) a task gets when its `limits` name none; the task is killed and fails above it.")
+    task_memory_mb_max: int = opt(
+        16384,
+        "Most memory (MiB) a task may ask for in `limits.memory_mb`; more is refused (422).")
+    task_cpus_default: float = opt(
+        1.0,
+        "CPUs a task gets when its `limits` name none (1.5 = one and a half).")
+    task_cpus_max: float = opt(
+        8.0,
+        "Most CPUs a task may ask for in `limits.cpus`; more is refused (422).")
+    task_processes_default: int = opt(
+        512,
+        "Processes (and threads) a task may run at once when its `limits` name none.")
+    task_processes_max: int = opt(
+        4096,
+        "Most processes a task may ask for in `limits.processes`; more is refused (422).")
     callback_skew: int = opt(
         300,
         "Largest allowed clock difference on signed node requests, seconds.")
@@ -330,6 +352,15 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
     for name in ("user_max_queued", "user_max_running", "user_limit_retry_after"):
         if values.get(name, 0) < 0:
             raise ConfigError(f"{name} must be 0 or more, got {values[name]}")
+    for name in ("task_log_max", "task_memory_mb_default", "task_memory_mb_max", "task_cpus_default",
+                 "task_cpus_max", "task_processes_default", "task_processes_max"):
+        if name in values and not values[name] > 0:
+            raise ConfigError(f"{name} must be more than 0, got {values[name]}")
+    for kind in ("memory_mb", "cpus", "processes"):
+        default = values.get(f"task_{kind}_default", getattr(Settings, f"task_{kind}_default", None))
+        top = values.get(f"task_{kind}_max", getattr(Settings, f"task_{kind}_max", None))
+        if default is not None and top is not None and default > top:
+            raise ConfigError(f"task_{kind}_default ({default}) is above task_{kind}_max ({top})")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

@@ -69,6 +69,8 @@ class Task(BaseModel):
     owner = peewee.IntegerField(null=True, index=True)
     priority = peewee.IntegerField(default=0)
     timeout = peewee.IntegerField(default=3600)
+    # What the task may use on its node (memory_mb, cpus, processes), the site's defaults filled in.
+    limits = JSONField(null=True)
     max_attempts = peewee.IntegerField(default=3)
     attempt = peewee.IntegerField(default=0)
     state = peewee.CharField(max_length=16, default="queued")

@@ -164,6 +164,22 @@ class Target(Input):
         return self
 
 
+class TaskLimits(Input):
+    """What a task may use on its node; each omitted value gets the site's default (settings task_*_default).
+
+    Enforced on the worker by the task sandbox (docs/security.md): under systemd as the unit's
+    MemoryMax, CPUQuota and TasksMax, in the pool of task accounts as setrlimit plus a memory
+    watchdog, for container tasks as Docker's memory, CPU and pids limits. A task over its
+    memory ends ``failed`` with a reason that says so.
+    """
+
+    memory_mb: int | None = Field(default=None, ge=16, le=1 << 24,
+                                  description="Memory of the task's processes together, MiB")
+    cpus: float | None = Field(default=None, gt=0, le=1024, description="CPUs, e.g. 0.5 or 2")
+    processes: int | None = Field(default=None, ge=1, le=1 << 22,
+                                  description="Processes and threads the task may run at once")
+
+
 class TaskCreate(Input):
     name: str = Field(min_length=1, max_length=64, description="Task type: playbooks/tasks/<name>.yml")
     params: dict[str, Any] = Field(default_factory=dict)
@@ -173,6 +189,9 @@ class TaskCreate(Input):
     target: Target | None = Field(default=None, description="Omitted: any node serving the queue")
     space: int | None = Field(default=None, ge=1, le=MAX_ID,
                               description="Space the task works for; caller must be a member")
+    limits: TaskLimits | None = Field(default=None, description=(
+        "Memory, CPUs and processes for the task; omitted values get the site's defaults, and more than the "
+        "site's maxima is refused (422)"))
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
     timeout: int = Field(default=3600, ge=1, le=30 * 86400, description="Seconds, per attempt, from start")
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -290,6 +309,9 @@ class Callback(BaseModel):
         "Character offset of data in this attempt's output (event log): a chunk the API already "
         "holds is not stored again, so a retried log callback is idempotent"))
     reason: Literal["cancelled", "timed_out"] | None = None
+    failure: str | None = Field(default=None, max_length=1000, description=(
+        "Why the node ended the task (event finished): a limit it went over ('memory limit exceeded ...'), "
+        "params the sandbox refused. The task ends failed with it as its reason"))
 
     @model_validator(mode="after")
     def _finished(self) -> Callback:

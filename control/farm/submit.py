@@ -79,6 +79,7 @@ def submit(req: TaskCreate, *, principal: Principal, settings: Settings) -> int:
         name=req.name, params=req.params, queue=req.queue or "default", space_id=req.space, owner=owner,
         priority=req.priority, timeout=req.timeout, max_attempts=req.max_attempts)
     t = now()
+    common["limits"] = req.limits.model_dump(exclude_none=True) if req.limits is not None else None
     if kind not in BROADCAST_KINDS:
         return states.enqueue({**common, "target_kind": kind, "target_value": value},
                               f"submitted by {who}", t=t).id

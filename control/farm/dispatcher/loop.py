@@ -49,6 +49,7 @@ class Round:
     job_dir: str | None = None
     launched: dict[str, list[int]] = field(default_factory=dict)
     released: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)
     killed: list[int] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
     failed_hosts: list[str] = field(default_factory=list)
@@ -118,9 +119,9 @@ class Dispatcher:
         self._apply(result, sink, tasks, kills, reason, inventory["all"]["hosts"])
         result.hosts = len(inventory["all"]["hosts"])
         result.seconds = time.monotonic() - started
-        log.info("round: %d launched on %d nodes, %d released, %d killed, %d ended, job %s in %.2fs",
+        log.info("round: %d launched on %d nodes, %d released, %d refused, %d killed, %d ended, job %s in %.2fs",
                  sum(len(v) for v in result.launched.values()), len(result.launched), len(result.released),
-                 len(result.killed), len(result.ended), result.status, result.seconds)
+                 len(result.refused), len(result.killed), len(result.ended), result.status, result.seconds)
         self.rotate()
         return result
 
@@ -140,6 +141,14 @@ class Dispatcher:
             nodes.record_dispatch(refused, [h for h in hosts if h not in sink.failed_hosts])
             for task in tasks:
                 host = task.node.name
+                refusal = sink.rejected.get((host, task.id))
+                if refusal is not None:
+                    # Its own params cannot run (the launch module says why): this task fails, alone;
+                    # running it again, here or elsewhere, would fail the same way.
+                    if states.transition(task.id, "failed", f"refused by node {host}: {refusal}",
+                                         expect=("assigned",)):
+                        result.refused.append(task.id)
+                    continue
                 # The launch module's own answer says what started; everything else goes back.
                 if task.id not in sink.launched.get(host, []):
                     why = f"launch failed on node {host}: {refused.get(host) or reason}"

@@ -228,4 +228,4 @@ def cancel_task(ctx: Context, id: int) -> TaskDetail:
        summary="A node reports on a task it runs (signed by the node): started, progress, log, finished",
        tag=TAG, body=Callback, auth="node", responses={200: CallbackOut})
 def task_callback(ctx: Context, id: int) -> CallbackOut:
-    return callbacks.report(id, ctx.principal.node, ctx.body, ctx.settings.task_lease)
+    return callbacks.report(id, ctx.principal.node, ctx.body, ctx.settings.task_lease, ctx.settings.task_log_max)
