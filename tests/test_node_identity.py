@@ -265,7 +265,8 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
                  "worker_workdir": str(tmp_path / "work"), "worker_ansible_host": "127.0.0.1",
                  "worker_ansible_port": 22, "worker_ansible_user": "zf", "worker_ansible_connection": "local",
                  "worker_python": sys.executable, "worker_labels": {}, "worker_heartbeat_interval": 15,
-                 "worker_task_nice": 0, "worker_upload_key": "/k", "worker_upload_known_hosts": "/h"},
+                 "worker_task_nice": 0, "worker_upload_key": "/k", "worker_upload_known_hosts": "/h",
+                 "worker_ca_file": "/etc/zonefarm/ca.pem"},
         "tasks": [{"name": "Write", "no_log": True, "ansible.builtin.template": {
             "src": str(ROOT / "roles" / "worker" / "templates" / "node.ini.j2"), "dest": str(dest),
             "mode": "0600"}}],
@@ -281,3 +282,4 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
     config = load_node_config(dest)
     assert config.node_key == derive_node_key(NODES_SECRET, "wk7", 3) and config.key_generation == 3
     assert config.node_key not in proc.stdout + proc.stderr
+    assert config.ca_file == "/etc/zonefarm/ca.pem"
