@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # container tasks and the lab, debootstrap for the lab image.
 APT_PACKAGES := postgresql wrk openssh-server openssh-client supervisor docker.io \
                 debootstrap rsync sudo python3-venv procps iproute2 sshfs libnfs-utils \
-                curl ca-certificates busybox-static
+                curl ca-certificates busybox-static chromium
 
 .PHONY: help deps venv collections up down test lint bench bench-api bench-dispatch clean
 

@@ -11,10 +11,16 @@ wrk then runs, at 32 connections:
 
 Runs are short and interleaved (zonefarm, bare, bare, zonefarm, ...) so the machine's noise
 hits both alike; the figures are medians over ``--runs``. A run with any non-2xx answer or
-socket error is refused. Finally the zonefarm read is served once more by gunicorn gthread,
+socket error is refused. Then the zonefarm read is served once more by gunicorn gthread,
 gunicorn sync and waitress (all three up at once, runs interleaved), for the WSGI-server choice.
 
-    .venv/bin/python bench/api.py [--runs 3] [--duration 5] [--json results.json]
+Finally the effective relations (issue 17) on each database: a seeded registry with 100
+levels of nested groups and 10,000 users through 100 groups, served by ``zonefarm api``, and
+each effective route asked ``--relations-runs`` times in turn by a user of both; the target
+is an answer within 300 ms (p95).
+
+    .venv/bin/python bench/api.py [--runs 3] [--duration 5] [--relations-runs 20] [--json results.json]
+    .venv/bin/python bench/api.py --runs 0 --server-runs 0    # the relations alone
 """
 
 from __future__ import annotations
@@ -214,6 +220,117 @@ def bench_servers(url: str, args: argparse.Namespace, workdir: Path) -> dict[str
     return out
 
 
+RELATIONS_TARGET_MS = 300.0
+DEPTH, WIDE_GROUPS, WIDE_USERS_PER_GROUP = 100, 100, 100
+
+
+@dataclass
+class Relations:
+    """The seeded registry of the relations case and the routes asked of it."""
+
+    fixture: Fixture
+    routes: dict[str, str]
+
+
+def seed_relations(url: str) -> Relations:
+    """Deep: space ``deep`` holds G000, nested 100 levels down to G099, which holds user ``deepest``.
+    Wide: space ``wide`` holds group ``top``, which holds 100 groups of 100 users (10,000 users).
+    User ``bench`` owns both spaces and is in G099 and ``top``; rows go in with bulk inserts."""
+    from control.core.db import database, init_database
+    from control.migrations import upgrade
+    from control.registry.identity import new_token
+    from control.registry.models import Group, GroupChild, GroupUser, Space, SpaceGroup, SpaceUser, User
+
+    init_database(url, 2)
+    upgrade()
+    with database.connection_context(), database.atomic():
+        bench = User.create(username="bench")
+        token, _ = new_token("user", user=bench)
+        deepest = User.create(username="deepest")
+        chain = [Group.create(name=f"G{i:03d}") for i in range(DEPTH)]
+        GroupChild.insert_many([(a.id, b.id) for a, b in zip(chain, chain[1:], strict=False)],
+                               fields=[GroupChild.parent, GroupChild.child]).execute()
+        deep = Space.create(name="deep")
+        SpaceGroup.create(space=deep, group=chain[0], role="member")
+        top = Group.create(name="top")
+        wide = Space.create(name="wide")
+        SpaceGroup.create(space=wide, group=top, role="member")
+        leaves = [Group.create(name=f"W{i:03d}") for i in range(WIDE_GROUPS)]
+        GroupChild.insert_many([(top.id, g.id) for g in leaves], fields=[GroupChild.parent, GroupChild.child]).execute()
+        User.insert_many([(f"u{i:05d}", f"User {i}") for i in range(WIDE_GROUPS * WIDE_USERS_PER_GROUP)],
+                         fields=[User.username, User.full_name]).execute()
+        ids = [u.id for u in User.select(User.id).where(User.username.startswith("u")).order_by(User.id)]
+        rows = [(leaves[i // WIDE_USERS_PER_GROUP].id, uid, "member") for i, uid in enumerate(ids)]
+        for start in range(0, len(rows), 1000):
+            GroupUser.insert_many(rows[start:start + 1000],
+                                  fields=[GroupUser.group, GroupUser.user, GroupUser.role]).execute()
+        GroupUser.insert_many([(chain[-1].id, deepest.id, "member"), (chain[-1].id, bench.id, "member"),
+                               (top.id, bench.id, "member")],
+                              fields=[GroupUser.group, GroupUser.user, GroupUser.role]).execute()
+        for space in (deep, wide):
+            SpaceUser.create(space=space, user=bench, role="owner")
+        one = ids[len(ids) // 2]
+    database.obj.close_all()
+    routes = {
+        "deep: space effective_users": f"/spaces/{deep.id}/effective_users",
+        "deep: membership chain (102 links)": f"/spaces/{deep.id}/effective_users/{deepest.id}/membership",
+        "deep: effective_children (99)": f"/groups/{chain[0].id}/effective_children",
+        "deep: effective_parents (99)": f"/groups/{chain[-1].id}/effective_parents",
+        "deep: user effective_groups": f"/users/{deepest.id}/effective_groups",
+        "deep: user effective_spaces": f"/users/{deepest.id}/effective_spaces",
+        "wide: space effective_users (10,000)": f"/spaces/{wide.id}/effective_users",
+        "wide: ... ?name=u09&offset=50": f"/spaces/{wide.id}/effective_users?name=u09&offset=50",
+        "wide: group effective_users (10,000)": f"/groups/{top.id}/effective_users",
+        "wide: membership chain": f"/spaces/{wide.id}/effective_users/{one}/membership",
+        "wide: effective_children (100)": f"/groups/{top.id}/effective_children",
+        "wide: user effective_spaces": f"/users/{one}/effective_spaces",
+        "both: bench's effective_groups (101)": f"/users/{bench.id}/effective_groups",
+    }
+    return Relations(Fixture(url, token, deep.id), routes)
+
+
+def bench_relations(label: str, url: str, runs: int, workdir: Path) -> dict[str, Samples]:
+    """Each route ``runs`` times in turn (after one warm-up round), by the ``bench`` user."""
+    rel = seed_relations(url)
+    out: dict[str, Samples] = {name: Samples() for name in rel.routes}
+    with serving("zonefarm", [str(BIN / "zonefarm"), "api"], rel.fixture, workdir) as server:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {rel.fixture.token}"
+        for run in range(runs + 1):
+            for name, path in rel.routes.items():
+                started = time.perf_counter()
+                resp = session.get(server.base + "/api/v1" + path, timeout=30)
+                ms = (time.perf_counter() - started) * 1000
+                if resp.status_code != 200:
+                    raise SystemExit(f"relations {label}: GET {path} answered {resp.status_code}: {resp.text}")
+                if run:
+                    out[name].p99_ms.append(ms)
+    for name, sample in out.items():
+        print(f"  {label:8} {name:40} median {statistics.median(sample.p99_ms):6.1f} ms  "
+              f"p95 {_p95(sample.p99_ms):6.1f} ms  max {max(sample.p99_ms):6.1f} ms", flush=True)
+    return out
+
+
+def _p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def summarise_relations(results: dict[str, dict[str, Samples]]) -> tuple[list[str], dict[str, Any], bool]:
+    lines = ["| database | route | median ms | p95 ms (< 300) | max ms |", "| --- | --- | ---: | ---: | ---: |"]
+    data: dict[str, Any] = {}
+    ok = True
+    for db, routes in results.items():
+        for name, sample in routes.items():
+            p95 = _p95(sample.p99_ms)
+            met = p95 < RELATIONS_TARGET_MS
+            ok &= met
+            lines.append(f"| {db} | {name} | {statistics.median(sample.p99_ms):.1f} | {p95:.1f} "
+                         f"{'met' if met else 'MISSED'} | {max(sample.p99_ms):.1f} |")
+            data[f"relations.{db}.{name}"] = {"ms": sample.p99_ms, "p95": p95, "met": met}
+    return lines, data, ok
+
+
 def summarise(results: dict[str, dict[str, dict[str, Samples]]]) -> tuple[list[str], dict[str, Any], bool]:
     lines = ["| database | load | zonefarm req/s | bare req/s | ratio (target) | zonefarm p99 ms (< 100) "
              "| bare p99 ms |",
@@ -245,10 +362,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--server-runs", type=int, default=3, help="runs per WSGI server; 0 skips the comparison")
+    parser.add_argument("--relations-runs", type=int, default=20,
+                        help="requests per effective-relations route and database; 0 skips them")
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
-    if shutil.which("wrk") is None:
+    if (args.runs or args.server_runs) and shutil.which("wrk") is None:
         raise SystemExit("wrk not found; run `make deps` (Debian package wrk)")
 
     started = time.monotonic()
@@ -256,24 +375,34 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="zf-bench-"))
     results: dict[str, dict[str, dict[str, Samples]]] = {}
     server_results: dict[str, Samples] = {}
+    relations: dict[str, dict[str, Samples]] = {}
     cluster: PgCluster | None = None
+
+    def database_url(db: str, name: str) -> str:
+        nonlocal cluster
+        if db == "sqlite":
+            return f"sqlite:///{workdir / f'{name}.db'}"
+        if db == "postgres":
+            if cluster is None:
+                cluster = PgCluster().start()
+            cluster.sql(f"CREATE DATABASE bench_{name}")
+            return cluster.url(f"bench_{name}")
+        raise SystemExit(f"unknown database {db!r}")
+
+    databases = [d for d in args.databases.split(",") if d]
     try:
-        for db in [d for d in args.databases.split(",") if d]:
+        for db in databases if args.runs else []:
             print(f"{db}: zonefarm vs bare, {args.runs} x {args.duration}s per load, "
                   f"{args.connections} connections", flush=True)
-            if db == "sqlite":
-                urls = {app: f"sqlite:///{workdir / f'{app}.db'}" for app in ("zonefarm", "bare")}
-            elif db == "postgres":
-                cluster = PgCluster().start()
-                for app in ("zonefarm", "bare"):
-                    cluster.sql(f"CREATE DATABASE bench_{app}")
-                urls = {app: cluster.url(f"bench_{app}") for app in ("zonefarm", "bare")}
-            else:
-                raise SystemExit(f"unknown database {db!r}")
+            urls = {app: database_url(db, app) for app in ("zonefarm", "bare")}
             results[db] = bench_database(db, urls, args, workdir)
         if args.server_runs:
             print("WSGI server choice: zonefarm read on SQLite", flush=True)
             server_results = bench_servers(f"sqlite:///{workdir / 'servers.db'}", args, workdir)
+        for db in databases if args.relations_runs else []:
+            print(f"{db}: effective relations, {DEPTH} levels deep and {WIDE_GROUPS * WIDE_USERS_PER_GROUP} users "
+                  f"through {WIDE_GROUPS} groups, {args.relations_runs} requests per route", flush=True)
+            relations[db] = bench_relations(db, database_url(db, "relations"), args.relations_runs, workdir)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -292,11 +421,18 @@ def main(argv: list[str] | None = None) -> int:
             rps = statistics.median(s.rps)
             print(f"| {kind} | {rps:.0f} | {statistics.median(s.p99_ms):.1f} | {rps / base:.2f}x |")
         data["servers"] = {k: {"rps": s.rps, "p99_ms": s.p99_ms} for k, s in server_results.items()}
+    if relations:
+        rel_lines, rel_data, rel_ok = summarise_relations(relations)
+        print()
+        print("\n".join(rel_lines))
+        data.update(rel_data)
+        ok &= rel_ok
     load_after = os.getloadavg()
     print(f"\nload average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} cores")
     data["loadavg"] = {"before": load_before, "after": load_after}
     print(f"total {time.monotonic() - started:.0f}s; targets: reads >= 80% of bare, writes >= 70%, "
-          f"p99 < {P99_TARGET_MS:.0f} ms: {'met' if ok else 'MISSED'}")
+          f"p99 < {P99_TARGET_MS:.0f} ms, effective relations p95 < {RELATIONS_TARGET_MS:.0f} ms: "
+          f"{'met' if ok else 'MISSED'}")
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=2))
     return 1 if (args.strict and not ok) else 0

@@ -9,6 +9,10 @@ concurrency 20 each, own work dir and 0600 INI), detached runners calling back.
   of the dispatcher process, and the size of the dispatcher's job directories at the end.
 * **Idle latency**: single tasks submitted one at a time on the idle farm; p50
   submit->started (target <= 2 s).
+* Tasks are submitted by an ordinary user holding a group grant for ``shell`` on queue
+  ``bench``, so each submission pays for the grant check as a real user's does; the
+  per-user fair-use limits are off (``user_max_queued`` and ``user_max_running`` 0), since
+  the burst is the point.
 * **Baseline** (naive, in the same run): the same dispatcher with ``--claim-limit 1``, so
   every task gets its own ansible-runner job, i.e. one ``ansible-playbook`` process per
   task, on a sample of ``--baseline`` tasks (>= 20). The ratio of the two throughputs is
@@ -123,7 +127,8 @@ class Bench:
         env.update(ZONEFARM_DATABASE=f"sqlite:///{self.db}", ZONEFARM_DATA_DIR=str(self.data),
                    ZONEFARM_LISTEN=f"127.0.0.1:{self.port}", ZONEFARM_LOG_LEVEL="WARNING",
                    ZONEFARM_TASK_LEASE="60", ZONEFARM_DISPATCH_INTERVAL="0.2", ZONEFARM_ARTIFACTS_KEEP="20",
-                   ZONEFARM_NODE_LEASE="3600")  # no node agents heartbeat here: the nodes are simulated
+                   ZONEFARM_NODE_LEASE="3600",  # no node agents heartbeat here: the nodes are simulated
+                   ZONEFARM_USER_MAX_QUEUED="0", ZONEFARM_USER_MAX_RUNNING="0")  # the burst is the point
         return env
 
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -147,6 +152,23 @@ class Bench:
                 raise SystemExit(f"API exited:\n{(self.work / 'api.log').read_text()}")
             time.sleep(0.2)
         raise SystemExit("API not ready in 60 s")
+
+    def become_submitter(self) -> None:
+        """Root makes a user, a group holding a grant for shell on queue bench, and submits as that user."""
+        def call(method: str, path: str, **kw: Any) -> Any:
+            resp = self.session.request(method, f"{self.base}{path}", timeout=30, **kw)
+            if resp.status_code not in (200, 201):
+                raise SystemExit(f"{method} {path} answered {resp.status_code}: {resp.text}")
+            return resp.json()
+
+        password = secrets.token_urlsafe(16)
+        user = call("POST", "/users", json={"username": "bencher", "password": password})
+        team = call("POST", "/groups", json={"name": "bench-team"})
+        call("PUT", f"/groups/{team['id']}/users/{user['id']}", json={"role": "member"})
+        call("POST", "/grants", json={"group": team["id"], "task_type": "shell", "queue": "bench"})
+        token = call("POST", "/auth/token", data={"grant_type": "password", "username": "bencher",
+                                                  "password": password})["access_token"]
+        self.session.headers["Authorization"] = f"Bearer {token}"
 
     def start_dispatcher(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.start(name, [str(BIN / "zonefarm"), "dispatcher", "--ident", name, *extra], self.env())
@@ -228,6 +250,7 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     sampler.api_pid = api.pid
     sampler.start()
     bench.add_nodes(args.nodes, args.concurrency)
+    bench.become_submitter()
     print(f"{args.nodes} nodes registered (concurrency {args.concurrency})", flush=True)
 
     # baseline: one job (one ansible-playbook) per task

@@ -1,16 +1,24 @@
-"""``zonefarm``: the one command for operators and services.
+"""``zonefarm``: the one command for operators, services and users.
 
-Core commands live here; the dispatcher, node agent, provider agent and task runner
-add their own subcommands through an ``add_cli(subparsers)`` function in their modules,
-imported explicitly below so a broken import is an error, never a missing command.
+Server-side commands (argparse) live here; the dispatcher, node agent, provider agent
+and task runner add their own subcommands through an ``add_cli(subparsers)`` function
+in their modules, imported explicitly below so a broken import is an error, never a
+missing command. The user's client commands (``login``, ``task``, ``node ls`` ...) are a
+click group in ``control.client``, which speaks HTTP only; ``main`` sends each command
+line to the one that owns it, and the click group lists both sets in ``--help`` and in
+bash completion.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
+import click
+
+from control.client import commands as client
 from control.core.config import Settings, load_settings, settings_table
 from control.farm import dispatcher
 from control.node import agent as node_agent
@@ -88,10 +96,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+# Global options that take a value, skipped when looking for the command's name.
+OPTIONS_WITH_VALUE = ("--config", "--ca-file")
+
+
+def _command_words(argv: list[str]) -> list[str]:
+    """The first two words of the command line that are not options (nor an option's value)."""
+    words: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in OPTIONS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            words.append(arg)
+            if len(words) == 2:
+                break
+    return words
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str | None]]:
+    """A parser's subcommands: name -> (parser, help)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            return {name: (sub, helps.get(name)) for name, sub in action.choices.items()}
+    return {}
+
+
+def _is_server_command(parser: argparse.ArgumentParser, words: list[str]) -> bool:
+    server = _subcommands(parser)
+    if not words or words[0] not in server:
+        return False
+    if words[0] != "node":
+        return True
+    # ``node`` is shared: ``node agent|register|heartbeat`` are the worker's, the rest the client's.
+    return len(words) > 1 and words[1] in _subcommands(server["node"][0])
+
+
+def _forwarder(path: list[str], text: str | None) -> click.Command:
+    """A click entry for a server command: it shows in help and completion, and runs the argparse one."""
+
+    @click.command(name=path[-1], help=f"{text or ''}. Server side: see `zonefarm {' '.join(path)} --help`.",
+                   short_help=f"[server] {text or ''}", add_help_option=False,
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    @click.pass_context
+    def forward(ctx: click.Context) -> None:
+        ctx.exit(_run_server([*path, *ctx.args]))
+
+    return forward
+
+
+def client_group(parser: argparse.ArgumentParser) -> click.Group:
+    """The client's click group with every server command added as a forwarding entry."""
+    group = client.cli
+    for name, (sub, text) in _subcommands(parser).items():
+        if name == "node":
+            for node_name, (_, node_text) in _subcommands(sub).items():
+                client.node.add_command(_forwarder(["node", node_name], node_text))
+        elif name not in group.commands:
+            group.add_command(_forwarder([name], text))
+    return group
+
+
+def _run_server(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    completing = "_ZONEFARM_COMPLETE" in os.environ
+    if not completing and _is_server_command(parser, _command_words(argv)):
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    return client.main(argv, client_group(parser))
 
 
 if __name__ == "__main__":

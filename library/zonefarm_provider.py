@@ -13,6 +13,8 @@ description:
     which the API shows only once, in O(token_path) at mode 0600.
   - Updates the provider's fields with C(PATCH /api/v1/providers/{id}) when they differ, so re-runs
     create no duplicates.
+  - Support of a space is not this module's business: it takes the provider's consent, a support
+    token redeemed on the provider (C(zonefarm provider support)).
   - With O(state=absent) deletes the provider and its token file.
   - Unreachable APIs and 5xx answers are retried O(retries) times, then the module fails naming the URL.
 version_added: "0.1.0"
@@ -48,6 +50,12 @@ options:
   storage_path:
     description: Absolute directory holding one sub-directory per supported space.
     type: str
+  support_limit:
+    description:
+      - Total bytes the provider grants over all the spaces it supports. The zone refuses a support
+        (or a resize) that would exceed it, and a limit below what the provider grants already.
+      - Omitted, the limit is left as it is (none at registration).
+    type: int
   token_path:
     description: File that receives the provider token (mode 0600). Required with O(state=present).
     type: path
@@ -133,7 +141,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError  # noqa: E402
 from ansible.module_utils.urls import open_url  # noqa: E402
 
-FIELDS = ("domain", "admin_email", "sftp_host", "sftp_port", "sftp_user", "storage_path")
+FIELDS = ("domain", "admin_email", "sftp_host", "sftp_port", "sftp_user", "storage_path", "support_limit")
 PAGE = 100
 
 
@@ -319,6 +327,7 @@ def main() -> None:
             "sftp_port": {"type": "int"},
             "sftp_user": {"type": "str"},
             "storage_path": {"type": "str"},
+            "support_limit": {"type": "int"},
             "token_path": {"type": "path", "no_log": False},
             "token_owner": {"type": "str"},
             "token_group": {"type": "str"},

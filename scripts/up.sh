@@ -40,7 +40,9 @@ PATH="$PWD/$VENV/bin:$PATH" ansible-playbook -i inventory/local.yml "$PLAYBOOK" 
 API="http://$ZONEFARM_LOCAL_LISTEN/api/v1"
 CONFIG="$ZONEFARM_LOCAL_ROOT/etc/zonefarm.ini"
 "$VENV/bin/python" - "$API" "$SECRETS" "${ZONEFARM_SMOKE_TIMEOUT:-180}" <<'PY'
-"""Submit one shell task and wait for it: proof that API, dispatcher and worker work together."""
+"""Submit one shell task and wait for it: proof that API, dispatcher and worker work together.
+
+It is submitted as root, who needs no grant: a fresh site has none (README "Who may submit what")."""
 import sys, time
 import requests, yaml
 

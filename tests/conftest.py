@@ -17,6 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# argon2id at the production cost (64 MiB, 3 passes) would add a minute to the suite's logins;
+# this process and its in-process servers hash cheaply. `zonefarm` subprocesses run without it
+# (tests/support/apiproc.clean_env drops ZONEFARM_*), at the real cost.
+os.environ.setdefault("ZONEFARM_TEST_PASSWORD_HASH", "cheap")
 
 from control.core.config import Settings  # noqa: E402
 from control.core.db import database, init_database  # noqa: E402
@@ -28,6 +32,8 @@ from tests.support.server import LiveServer  # noqa: E402
 
 ROOT_SECRET = "root-secret-for-tests-0123456789"
 NODES_SECRET = "nodes-secret-for-tests-abcdefghij"
+# Images container tasks may name in API tests (the container_images setting; empty allows none).
+TEST_IMAGES = "busybox busybox:* zonefarm-test/*"
 _counter = itertools.count()
 
 
@@ -82,7 +88,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10)
+                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
+                    container_images=TEST_IMAGES)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from control.core.config import Settings
 from control.web.app import build_app
 from tests.conftest import ROOT_SECRET
 from tests.support.client import Api
-from tests.support.registry import MIB, error, group, join, provider, space, support
+from tests.support.registry import MIB, error, group, join, provider, resize, space, support
 from tests.support.server import LiveServer
 
 
@@ -32,11 +32,12 @@ def test_every_registry_write_appends_a_numbered_change(api: Api) -> None:
     api.put(f"/spaces/{s['id']}/groups/{g['id']}", token=at, json={"role": "member"})
     p, _ = provider(api, "prov1")
     support(api, at, s["id"], p["id"])
-    support(api, at, s["id"], p["id"], 2 * MIB)
+    resize(api, s["id"], p["id"], 2 * MIB)
     api.delete(f"/spaces/{s['id']}/providers/{p['id']}", token=at)
     api.delete(f"/groups/{g['id']}", token=at)
     body = feed(api, api.root, start)
     ops = [(c["entity"], c["op"]) for c in body["changes"]]
+    # support tokens are credentials, like provider tokens: the support they lead to is the change
     assert ops == [("group", "create"), ("group_user", "create"), ("space", "create"),
                    ("space_user", "create"), ("space", "update"), ("space_group", "create"),
                    ("provider", "create"), ("support", "create"), ("support", "update"),
@@ -86,7 +87,7 @@ def test_provider_sees_only_its_region(api: Api) -> None:
     api.patch(f"/providers/{p2}", token=api.root, json={"storage_path": "/srv/p2"})
     api.patch(f"/providers/{p1}", token=api.root, json={"storage_path": "/srv/p1"})
     support(api, ot, s1, p2)                                     # p2 also supports s1
-    support(api, ot, s1, p1, 4 * MIB)
+    resize(api, s1, p1, 4 * MIB)
     api.patch(f"/users/{inside['id']}", token=api.root, json={"full_name": "In Side"})
     api.patch(f"/users/{outside['id']}", token=api.root, json={"full_name": "Out Side"})
     everything = feed(api, api.root, mark)
@@ -230,7 +231,7 @@ def test_long_poll_is_capped_by_changes_max_wait(db_url: str, tmp_path: Path) ->
 def test_waiting_polls_hold_no_database_connection(db_url: str, tmp_path: Path) -> None:
     """With a pool of 2 connections, 4 waiting polls leave room for writes (they would
     exhaust the pool, and the write would fail, if they held a connection while waiting)."""
-    with own_server(db_url, tmp_path, db_pool_size=2) as api:
+    with own_server(db_url, tmp_path, db_pool_size=2, changes_max_polls_per_principal=4) as api:
         last = feed(api, api.root)["last_seq"]
         results: list[dict[str, Any]] = []
         pollers = [Api(api.base, api.root) for _ in range(4)]

@@ -261,7 +261,13 @@ def test_local_deploy_supported_space_gets_a_directory(deployed: Deployed) -> No
     space = deployed.call("POST", "/spaces", json={"name": "deploy-climate"})
     assert space.status_code == 201, space.text
     space_id = space.json()["id"]
-    support = deployed.call("PUT", f"/spaces/{space_id}/providers/{provider['id']}", json={"size": 1 << 30})
+    # Support takes the provider's consent: a support token, redeemed with the token the role deployed.
+    ticket = deployed.call("POST", f"/spaces/{space_id}/support_tokens", json={"provider": provider["id"]})
+    assert ticket.status_code == 201, ticket.text
+    provider_token = (deployed.root / "etc" / "provider.token").read_text().strip()
+    support = requests.post(f"{deployed.api}/providers/{provider['id']}/supports", timeout=15,
+                            json={"token": ticket.json()["token"], "size": 1 << 30},
+                            headers={"Authorization": f"Bearer {provider_token}"})
     assert support.status_code == 201, support.text
     path = storage / str(space_id)
     wait_for(f"{path} made by the provider agent", path.is_dir, timeout=60)

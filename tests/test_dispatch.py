@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
 from tests.support.pg import free_port
 from tests.support.server import LiveServer
+from tests.support.sshd import Sshd
 
 pytestmark = pytest.mark.slow
 LEASE = 4
@@ -37,10 +39,11 @@ LEASE = 4
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    """Short leases so lost runners are noticed within seconds."""
+    """Short leases so lost runners are noticed within seconds; the test images allowed."""
     return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
                     data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
-                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3)
+                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3,
+                    container_images="zonefarm-test/*")
 
 
 @pytest.fixture
@@ -145,7 +148,7 @@ def test_two_dispatchers_never_run_a_task_twice(farm: Farm) -> None:
 def test_nodes_secret_never_leaks(farm: Farm) -> None:
     work = farm.add_node("wk1")
     farm.start_dispatcher("d1")
-    task = farm.submit("shell", {"argv": ["sh", "-c", "env; cat $ZONEFARM_TASK_DIR/spec.json"]})
+    task = farm.submit("shell", {"argv": ["sh", "-c", "env; cat $ZONEFARM_TASK_DIR/task.json"]})
     assert farm.wait(task["id"])["state"] == "succeeded"
     texts = [farm.log(task["id"]), json.dumps(farm.task(task["id"])), json.dumps(farm.events(task["id"])),
              farm.dispatcher_logs()]
@@ -213,18 +216,15 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.mark.docker
-def test_container_task(farm: Farm, busybox_image: str, tmp_path: Path) -> None:
+def test_container_task(farm: Farm, busybox_image: str) -> None:
     farm.add_node("wk1")
     farm.start_dispatcher("d1")
-    volume = tmp_path / "vol"
-    volume.mkdir()
-    (volume / "in.txt").write_text("from the host\n")
-    task = farm.submit("container", {"image": busybox_image, "command": ["sh", "-c", "echo hi $WHO; cat /data/in.txt"],
-                                     "env": {"WHO": "container"}, "volumes": {str(volume): "/data"}, "pull": "missing"})
+    task = farm.submit("container", {"image": busybox_image, "command": ["sh", "-c", "echo hi $WHO"],
+                                     "env": {"WHO": "container"}, "pull": "missing"})
     missing = farm.submit("container", {"image": "zonefarm-test/absent:1", "pull": "never"}, max_attempts=1)
     done = farm.wait(task["id"])
     assert done["state"] == "succeeded", farm.log(task["id"])
-    assert farm.log(task["id"]) == "hi container\nfrom the host\n"
+    assert farm.log(task["id"]) == "hi container\n"
     gone = farm.wait(missing["id"])
     assert gone["state"] == "failed" and gone["exit_code"] == 125
     assert "pull is 'never'" in farm.log(missing["id"])
@@ -251,42 +251,21 @@ def test_container_cancel_stops_the_container(farm: Farm, busybox_image: str) ->
 
 # --- pipeline ----------------------------------------------------------------------------
 
-class Sshd:
-    """A private sshd on a free loopback port: own host key, one authorized key, SFTP."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        base.mkdir(parents=True)
-        self.port = free_port()
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "host_key")], check=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / "client_key")], check=True)
-        (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-        host_pub = (base / "host_key.pub").read_text().split()
-        (base / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
-        (base / "sshd_config").write_text(
-            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\n"
-            f"PidFile {base / 'sshd.pid'}\nAuthorizedKeysFile {base / 'authorized_keys'}\nStrictModes no\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
-            "PermitRootLogin prohibit-password\nUsePAM no\nSubsystem sftp internal-sftp\n")
-        os.makedirs("/run/sshd", exist_ok=True)
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(base / "sshd_config")],
-                                     stdout=subprocess.DEVNULL, stderr=open(base / "sshd.log", "wb"))
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"sshd did not start: {(base / 'sshd.log').read_text()}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+@pytest.fixture
+def sftp_storage() -> Iterator[Path]:
+    """Provider storage sshd may chroot to: every directory above it root's and not writable by others
+    (a pytest tmp_path sits under the world-writable /tmp, which sshd refuses as a chroot)."""
+    base = Path(tempfile.mkdtemp(prefix="zonefarm-test-sftp-", dir="/var/lib"))
+    base.chmod(0o755)
+    storage = base / "storage"
+    storage.mkdir(mode=0o755)
+    yield storage
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[Sshd]:
-    server = Sshd(tmp_path / "sshd")
+def sshd(tmp_path: Path, sftp_storage: Path) -> Iterator[Sshd]:
+    server = Sshd(tmp_path / "sshd", chroot=sftp_storage)
     yield server
     server.stop()
 
@@ -300,15 +279,16 @@ def _space_with_storage(farm: Farm, sshd: Sshd, storage: Path) -> int:
     user, token = api.user_with_token("alice")
     space = api.post("/spaces", token=token, json={"name": "climate"})
     assert space.status_code == 201, space.text
-    support = api.put(f"/spaces/{space.json()['id']}/providers/{provider.json()['provider']['id']}", token=token,
-                      json={"size": 10 * 1024 * 1024})
-    assert support.status_code in (200, 201), support.text
+    ticket = api.post(f"/spaces/{space.json()['id']}/support_tokens", token=token, json={})
+    assert ticket.status_code == 201, ticket.text
+    support = api.post(f"/providers/{provider.json()['provider']['id']}/supports", token=provider.json()["token"],
+                       json={"token": ticket.json()["token"], "size": 10 * 1024 * 1024})
+    assert support.status_code == 201, support.text
     return int(space.json()["id"])
 
 
-def test_pipeline_uploads_over_sftp(farm: Farm, sshd: Sshd, tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
-    storage.mkdir()
+def test_pipeline_uploads_over_sftp(farm: Farm, sshd: Sshd, sftp_storage: Path) -> None:
+    storage = sftp_storage
     space_id = _space_with_storage(farm, sshd, storage)
     farm.add_node("wk1", ssh_key=str(sshd.base / "client_key"), known_hosts=str(sshd.base / "known_hosts"))
     farm.start_dispatcher("d1")
@@ -323,13 +303,15 @@ def test_pipeline_uploads_over_sftp(farm: Farm, sshd: Sshd, tmp_path: Path) -> N
     assert (remote / "second.txt").read_text() == "2\n"
     assert not list(remote.glob(".*part*"))  # temporary names were renamed
     assert [u["path"] for u in done["outputs"]["uploaded"]] == ["out/result.txt", "out/second.txt"]
+    assert [u["remote"] for u in done["outputs"]["uploaded"]] == [
+        f"{space_id}/task-{task['id']}/out/result.txt", f"{space_id}/task-{task['id']}/out/second.txt"]
     log = farm.log(task["id"])
     assert "stage prepare" in log and "stage upload" in log
 
 
-def test_pipeline_upload_failure_is_retried_then_fails(farm: Farm, sshd: Sshd, tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
-    storage.mkdir()
+def test_pipeline_upload_failure_is_retried_then_fails(farm: Farm, sshd: Sshd, sftp_storage: Path,
+                                                        tmp_path: Path) -> None:
+    storage = sftp_storage
     space_id = _space_with_storage(farm, sshd, storage)
     # the node trusts a different host key: every attempt is refused, so the task fails clearly
     wrong = tmp_path / "wrong_known_hosts"
@@ -374,7 +356,7 @@ def test_node_agent_cli_registers_and_heartbeats(api: Api, live_server: LiveServ
 def test_dispatcher_killed_mid_round_loses_and_doubles_nothing(farm: Farm) -> None:
     works = [farm.add_node("wk1", concurrency=10), farm.add_node("wk2", concurrency=10)]
     first = farm.start_dispatcher("d1")
-    ids = [farm.submit("shell", {"argv": ["sh", "-c", "echo ran >> ../ran.log; sleep 1"]})["id"] for _ in range(8)]
+    ids = [farm.submit("shell", {"argv": ["sh", "-c", "echo ran >> ran.log; sleep 1"]})["id"] for _ in range(8)]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(farm.task(i)["state"] != "queued" for i in ids):
         time.sleep(0.05)
@@ -389,10 +371,11 @@ def test_dispatcher_killed_mid_round_loses_and_doubles_nothing(farm: Farm) -> No
         assert len(finals) == 1  # one completion, whichever attempt produced it
     # every task ran exactly once: an attempt launched by d1 finished under its runner; one d1 never
     # launched was requeued when its claim lease ran out and d2 ran it
-    ran = {}
-    for work in works:
-        for log in work.glob("tasks/*/ran.log"):
-            ran[int(log.parent.name)] = ran.get(int(log.parent.name), 0) + len(log.read_text().splitlines())
+    ran: dict[int, int] = {}
+    for work in works:  # each attempt's directory comes back to the runner as tasks/<id>/<attempt>/work
+        for log in work.glob("tasks/*/*/work/ran.log"):
+            task_id = int(log.parent.parent.parent.name)
+            ran[task_id] = ran.get(task_id, 0) + len(log.read_text().splitlines())
     assert ran == {task_id: 1 for task_id in ids}
 
 

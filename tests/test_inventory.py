@@ -56,18 +56,26 @@ def test_inventory_groups_and_hostvars(farm: Api) -> None:
     assert "us1" not in farm.get("/inventory", token=farm.root).json()["_meta"]["hostvars"]
 
 
-def test_dispatcher_jobs_use_the_same_hostvars(farm: Api) -> None:
-    """One hostvars function: a job's host carries GET /inventory's variables plus its work, and a
-    node without a registered interpreter gets the dispatcher's ``auto_silent`` in both."""
+def test_dispatcher_jobs_reach_nodes_as_the_inventory_says(farm: Api) -> None:
+    """One rule for how Ansible reaches a node: a job's host has GET /inventory's connection
+    variables; a node without a registered interpreter gets the dispatcher's ``auto_silent`` in
+    both; a label a node sends (free text) never reaches a job, where Ansible would template it."""
+    jinja = "{{ lookup('pipe', 'id') }}"
+    assert SignedNode(farm, "eu1", NODES_SECRET).register(region="eu-west", queues=["default", "large"],
+                                                        labels={"rack": jinja}).status_code == 200
     with connection():
         Node.update(python="").where(Node.name == "us1").execute()
         nodes = {n.name: n for n in Node.select()}
     served = farm.get("/inventory", token=farm.root).json()["_meta"]["hostvars"]
+    assert served["eu1"]["zonefarm_labels"] == {"rack": jinja}
     for name in ("eu1", "us1"):
         job = job_hostvars(nodes[name])
-        assert job.pop("zonefarm_config_path") == f"/tmp/zf-{name}/node.ini"
-        assert job.pop("zonefarm_batch") == [] and job.pop("zonefarm_kills") == []
-        assert job == served[name]
+        assert {k: v for k, v in job.items() if k.startswith("ansible_")} == \
+            {k: v for k, v in served[name].items() if k.startswith("ansible_")}
+        assert job["zonefarm_config_path"] == f"/tmp/zf-{name}/node.ini"
+        assert job["zonefarm_workdir"] == served[name]["zonefarm_workdir"] == f"/tmp/zf-{name}/work"
+        assert job["zonefarm_batch"] == [] and job["zonefarm_kills"] == []
+        assert jinja not in json.dumps(job)
     assert served["us1"]["ansible_python_interpreter"] == "auto_silent"
     assert served["eu1"]["ansible_python_interpreter"] == "/usr/bin/python3"
 

@@ -128,6 +128,31 @@ def test_upgrade_of_an_older_database_adds_provider_columns_and_keeps_rows(empty
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
 
 
+def test_upgrade_of_a_schema_3_database_keeps_its_supports(empty_db_url: str) -> None:
+    """A site from before invites and support tokens (schema 3) keeps every support; the
+    migration only adds two tables and one column, and a second run changes nothing."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url,
+             "DROP TABLE invite", "DROP TABLE support_token",
+             "ALTER TABLE provider DROP COLUMN support_limit",
+             "DELETE FROM schema_version WHERE version = 6",
+             "INSERT INTO provider (name, domain, admin_email, sftp_port, created_at, updated_at) "
+             "VALUES ('prov-old', 'old.example.org', 'ops@example.org', 22, 1.0, 2.0)",
+             "INSERT INTO space (name, created_at, updated_at) VALUES ('old-space', 1.0, 1.0)",
+             "INSERT INTO support (space_id, provider_id, size, created_at, updated_at) "
+             "SELECT s.id, p.id, 1073741824, 3.0, 4.0 FROM space s, provider p")
+    assert _zonefarm(empty_db_url, "db", "status")["pending"] == ["m0006_invites_support_tokens"]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == ["m0006_invites_support_tokens"]
+    assert _rows(empty_db_url, "SELECT p.name, p.support_limit, s.name, x.size, x.created_at FROM support x "
+                               "JOIN provider p ON p.id = x.provider_id JOIN space s ON s.id = x.space_id") == [
+        ("prov-old", None, "old-space", 1073741824, 3.0)]
+    schema = _schema(empty_db_url)
+    assert {"invite", "support_token"} <= set(schema)
+    assert _rows(empty_db_url, "SELECT count(*) FROM invite") == [(0,)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+    assert _schema(empty_db_url) == schema
+
+
 @pytest.fixture
 def extra_migration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], int]]:
     """Ships a migration from a later release (adds ``user.locale`` with a default); returns its version."""
@@ -221,9 +246,52 @@ def test_upgrade_adds_node_key_columns_and_join_tokens_and_keeps_nodes(empty_db_
              "'/var/lib/zonefarm/work', 'online', false, false, 1.0, 2.0)")
     assert "m0004_node_keys" in _zonefarm(empty_db_url, "db", "status")["pending"]
     applied = _zonefarm(empty_db_url, "db", "upgrade")["applied"]
-    assert "m0004_node_keys" in applied and "m0005_node_dispatch_error" in applied
+    assert "m0004_node_keys" in applied and "m0007_node_dispatch_error" in applied
     rows = _rows(empty_db_url, "SELECT name, ansible_host, key_generation, key_previous_generation, "
                                "key_previous_until, dispatch_error FROM node")
     assert rows == [("wk-old", "10.0.0.1", 0, None, 0.0, "")]
     assert _rows(empty_db_url, "SELECT count(*) FROM node_join_token") == [(0,)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_token_scope_and_login_failures_and_keeps_tokens(empty_db_url: str) -> None:
+    """A site at schema 4 upgrades: its tokens keep working with the scope they had (write)."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url,
+             *[f"ALTER TABLE token DROP COLUMN {c}" for c in ("scope", "last_used_at")],
+             "DROP TABLE login_failure",
+             "DELETE FROM schema_version WHERE version = 5",
+             "INSERT INTO token (token_hash, kind, created_at, revoked) "
+             "VALUES ('0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef', 'user', 1.0, false)")
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == ["m0005_api_hardening"]
+    assert _rows(empty_db_url, "SELECT kind, scope, last_used_at FROM token") == [("user", "write", None)]
+    assert _rows(empty_db_url, "SELECT count(*) FROM login_failure") == [(0,)]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_the_grants_table_and_keeps_users(empty_db_url: str) -> None:
+    """A site from before grants upgrades with its users kept and no grant: only root submits until root grants."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url, "DROP TABLE task_grant", "DELETE FROM schema_version WHERE version >= 10",
+             "INSERT INTO \"user\" (username, full_name, email, password_hash, active, created_at, updated_at) "
+             "VALUES ('alice', '', '', '', true, 1.0, 2.0)")
+    assert "m0010_grants" in _zonefarm(empty_db_url, "db", "status")["pending"]
+    assert "m0010_grants" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    assert _rows(empty_db_url, "SELECT count(*) FROM task_grant") == [(0,)]
+    assert _rows(empty_db_url, "SELECT username FROM \"user\"") == [("alice",)]
+    columns = {c[0] for c in _schema(empty_db_url)["task_grant"]["columns"]}
+    assert {"user_id", "group_id", "task_type", "queue", "targets"} <= columns
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_task_limits_and_keeps_tasks(empty_db_url: str) -> None:
+    """A site from before task limits upgrades: its tasks keep everything and run with the node's defaults."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url, "ALTER TABLE task DROP COLUMN limits", "DELETE FROM schema_version WHERE version >= 11",
+             "INSERT INTO task (name, params, queue, target_kind, priority, timeout, max_attempts, attempt, state, "
+             "cancel_requested, created_at, progress, reason) VALUES ('shell', '{\"argv\": [\"true\"]}', 'default', "
+             "'any', 0, 60, 3, 0, 'queued', false, 1.0, 0, '')")
+    assert "m0011_task_limits" in _zonefarm(empty_db_url, "db", "status")["pending"]
+    assert "m0011_task_limits" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    assert _rows(empty_db_url, "SELECT name, params, limits FROM task") == [("shell", '{"argv": ["true"]}', None)]
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []

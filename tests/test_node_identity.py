@@ -266,6 +266,8 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
                  "worker_ansible_port": 22, "worker_ansible_user": "zf", "worker_ansible_connection": "local",
                  "worker_python": sys.executable, "worker_labels": {}, "worker_heartbeat_interval": 15,
                  "worker_task_nice": 0, "worker_upload_key": "/k", "worker_upload_known_hosts": "/h",
+                 "worker_sandbox_policy": "/etc/zonefarm-sandbox.ini", "common_venv": "/opt/zonefarm/venv",
+                 "worker_container_images": ["ghcr.io/openzim/*", "busybox:*"],
                  "worker_ca_file": "/etc/zonefarm/ca.pem"},
         "tasks": [{"name": "Write", "no_log": True, "ansible.builtin.template": {
             "src": str(ROOT / "roles" / "worker" / "templates" / "node.ini.j2"), "dest": str(dest),
@@ -281,5 +283,8 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
     assert NODES_SECRET not in text and NODES_SECRET not in proc.stdout + proc.stderr
     config = load_node_config(dest)
     assert config.node_key == derive_node_key(NODES_SECRET, "wk7", 3) and config.key_generation == 3
+    assert config.sandbox_policy == "/etc/zonefarm-sandbox.ini"
+    assert config.sandbox_command == "/opt/zonefarm/venv/bin/zonefarm-sandbox"
+    assert config.container_images == ("ghcr.io/openzim/*", "busybox:*")
     assert config.node_key not in proc.stdout + proc.stderr
     assert config.ca_file == "/etc/zonefarm/ca.pem"

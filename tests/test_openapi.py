@@ -21,6 +21,7 @@ from openapi_spec_validator import validate
 import control.web.openapi as openapi_mod
 import control.web.routes  # noqa: F401  (every resource module registers its routes)
 from control.core.config import Settings
+from control.core.schemas import MAX_ID
 from control.web.app import build_app
 from control.web.routing import ROUTES, Query, RouteSpec
 from tests.support.client import Api
@@ -42,7 +43,12 @@ def _inline(schema: Any, components: dict[str, Any], depth: int = 0) -> Any:
                 raise AssertionError(f"dangling $ref {ref}")
             rest = {k: v for k, v in schema.items() if k != "$ref"}
             return {**_inline(components[name], components, depth + 1), **_inline(rest, components, depth)}
-        return {k: _inline(v, components, depth) for k, v in schema.items() if k != "$defs"}
+        out = {k: _inline(v, components, depth) for k, v in schema.items() if k != "$defs"}
+        if isinstance(schema.get("discriminator"), dict) and "mapping" in schema["discriminator"]:
+            # mapping values are references as strings: compare the names they point at
+            out["discriminator"] = {**schema["discriminator"], "mapping": {
+                k: v.rsplit("/", 1)[-1] for k, v in schema["discriminator"]["mapping"].items()}}
+        return out
     if isinstance(schema, list):
         return [_inline(v, components, depth) for v in schema]
     return schema
@@ -60,8 +66,8 @@ def _expected_parameters(spec: RouteSpec) -> dict[tuple[str, str], dict[str, Any
     out: dict[tuple[str, str], dict[str, Any]] = {}
     for piece in spec.path.split("{")[1:]:
         name = piece.split("}")[0]
-        out[(name, "path")] = {"required": True,
-                               "type": "string" if name in spec.str_params else "integer"}
+        out[(name, "path")] = ({"required": True, "type": "string"} if name in spec.str_params else
+                               {"required": True, "type": "integer", "minimum": 1, "maximum": MAX_ID})
     for name, q in spec.query.items():
         assert isinstance(q, Query)
         want: dict[str, Any] = {"required": False, "type": _TYPES[q.type]}
@@ -200,9 +206,15 @@ def test_document_is_valid_openapi_3() -> None:
 def test_bottle_mounts_exactly_the_route_table(tmp_path: Any) -> None:
     """Nothing reaches the server except through the table the document is built from."""
     settings = Settings(database=f"sqlite:///{tmp_path / 'z.db'}", root_secret="r" * 16, nodes_secret="n" * 16)
-    bottle_app = build_app(settings, init_db=False).app
-    mounted = sorted((r.method, r.rule) for r in bottle_app.routes)
+    bottle_app = build_app(settings, init_db=False).app.api  # the REST half; the dashboard is the other
+    handlers = [r for r in bottle_app.routes if r.callback.__name__ != "method_not_allowed"]
+    mounted = sorted((r.method, r.rule) for r in handlers)
     assert mounted == sorted((s.method, s.bottle_path()) for s in ROUTES)
+    # the rest only refuse: each path's other methods, and methods a literal path shares with a
+    # template that would match it (GET /nodes/register is not GET /nodes/{name})
+    refusers = {(r.method, r.rule) for r in bottle_app.routes if r.callback.__name__ == "method_not_allowed"}
+    assert {m for m, _ in refusers} - {"ANY"} <= {"GET", "POST", "PUT", "PATCH", "DELETE"}
+    assert {rule for _, rule in refusers} == {s.bottle_path() for s in ROUTES}
 
 
 def test_every_route_answers_on_its_path(api: Api) -> None:

@@ -1,4 +1,4 @@
-"""The authorization matrix: who may do what on groups, spaces, support and providers.
+"""The authorization matrix: who may do what on groups, spaces, support, invites and providers.
 
 Each row is one route; each column one caller: the administrator (root secret), the
 owner, an admin and a plain member of both the group and the space, a stranger (a
@@ -18,7 +18,7 @@ from control.core.db import connection
 from control.registry.identity import new_token
 from control.registry.models import User
 from tests.support.client import Api
-from tests.support.registry import MIB, created, join, provider, support
+from tests.support.registry import MIB, created, join, provider, support, support_token
 
 CALLERS = ("root", "owner", "admin", "member", "stranger", "provider", "other_provider")
 
@@ -44,9 +44,27 @@ MATRIX: list[tuple[str, str, dict[str, Any] | None, tuple[int, ...]]] = [
     ("PUT", "/spaces/{s}/groups/{g}", {"role": "admin"}, (200, 200, 403, 403, 403, 403, 403)),
     ("GET", "/spaces/{s}/effective_users", None, (200, 200, 200, 200, 403, 200, 403)),
     ("GET", "/spaces/{s}/providers", None, (200, 200, 200, 200, 403, 200, 403)),
-    ("PUT", "/spaces/{s}/providers/{q}", {"size": MIB}, (201, 201, 201, 403, 403, 403, 403)),
-    ("PUT", "/spaces/{s}/providers/{p}", {"size": 2 * MIB}, (200, 200, 200, 403, 403, 200, 403)),
+    # support takes the provider's consent: no one commits a provider's storage on the old route
+    ("PUT", "/spaces/{s}/providers/{q}", {"size": MIB}, (403, 403, 403, 403, 403, 403, 403)),
+    ("PUT", "/spaces/{s}/providers/{p}", {"size": 2 * MIB}, (403, 403, 403, 403, 403, 200, 403)),
     ("DELETE", "/spaces/{s}/providers/{p}", None, (204, 204, 204, 403, 403, 204, 403)),
+    ("POST", "/spaces/{s}/support_tokens", {}, (201, 201, 201, 403, 403, 403, 403)),
+    ("GET", "/spaces/{s}/support_tokens", None, (200, 200, 200, 403, 403, 403, 403)),
+    ("POST", "/providers/{q}/supports", {"token": "{tq}"}, (201, 403, 403, 403, 403, 403, 201)),
+    ("PUT", "/providers/{p}/spaces/{s}", {"size": 2 * MIB}, (200, 403, 403, 403, 403, 200, 403)),
+    ("DELETE", "/providers/{p}/spaces/{s}", None, (204, 403, 403, 403, 403, 204, 403)),
+    ("POST", "/spaces/{s}/invites", {"role": "member"}, (201, 201, 201, 403, 403, 403, 403)),
+    ("POST", "/spaces/{s}/invites", {"role": "owner"}, (201, 201, 403, 403, 403, 403, 403)),
+    ("GET", "/spaces/{s}/invites", None, (200, 200, 200, 403, 403, 403, 403)),
+    ("POST", "/groups/{g}/invites", {"role": "admin"}, (201, 201, 403, 403, 403, 403, 403)),
+    ("GET", "/groups/{g}/invites", None, (200, 200, 200, 403, 403, 403, 403)),
+    ("GET", "/groups/{g}/parents", None, (200, 200, 200, 200, 403, 200, 403)),
+    ("GET", "/groups/{g}/effective_parents", None, (200, 200, 200, 200, 403, 200, 403)),
+    ("GET", "/groups/{g}/effective_children", None, (200, 200, 200, 200, 403, 200, 403)),
+    ("GET", "/groups/{g}/effective_users/{m}/membership", None, (200, 200, 200, 200, 403, 200, 403)),
+    ("GET", "/spaces/{s}/effective_users/{m}/membership", None, (200, 200, 200, 200, 403, 200, 403)),
+    ("GET", "/users/{m}/effective_groups", None, (200, 200, 200, 200, 200, 403, 403)),
+    ("GET", "/users/{m}/effective_spaces", None, (200, 200, 200, 200, 200, 403, 403)),
     ("GET", "/providers/{p}", None, (200, 200, 200, 200, 200, 200, 403)),
     ("PATCH", "/providers/{p}", {"domain": "moved.example.org"}, (200, 403, 403, 403, 403, 200, 403)),
     ("DELETE", "/providers/{p}", None, (204, 403, 403, 403, 403, 403, 403)),
@@ -89,10 +107,11 @@ class World:
         api.put(f"/spaces/{s}/groups/{g}", token=ot, json={"role": "member"})
         p, pt = provider(api, f"p{n}")
         q, qt = provider(api, f"q{n}")
-        support(api, ot, s, p["id"])
+        support(api, ot, s, p["id"], provider_token=pt)
+        tq = support_token(api, ot, s, provider=q["id"], size=MIB)  # q is asked, and has not answered
         self.tokens["provider"], self.tokens["other_provider"] = pt, qt
         return {"n": n, "g": g, "c": c, "s": s, "p": p["id"], "q": q["id"], "x": self.target["id"],
-                "a": self.users["admin"]["id"], "m": self.users["member"]["id"]}
+                "a": self.users["admin"]["id"], "m": self.users["member"]["id"], "tq": tq}
 
 
 def _fill(value: Any, ids: dict[str, Any]) -> Any:

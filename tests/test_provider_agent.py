@@ -62,9 +62,16 @@ def setup(api: Api, tmp_path: Path) -> dict[str, Any]:
 
 
 def support(api: Api, s: dict[str, Any], space_id: int) -> None:
-    resp = api.put(f"/spaces/{space_id}/providers/{s['provider']['id']}", token=s["user"],
-                   json={"size": 1 << 30})
-    assert resp.status_code in (200, 201), resp.text
+    """The space's owner asks for support; the provider consents with its own token."""
+    grant(api, s["user"], space_id, s["provider"]["id"], s["token"])
+
+
+def grant(api: Api, user_token: str, space_id: int, provider_id: int, provider_token: str) -> None:
+    ticket = api.post(f"/spaces/{space_id}/support_tokens", token=user_token, json={"provider": provider_id})
+    assert ticket.status_code == 201, ticket.text
+    resp = api.post(f"/providers/{provider_id}/supports", token=provider_token,
+                    json={"token": ticket.json()["token"], "size": 1 << 30})
+    assert resp.status_code == 201, resp.text
 
 
 def revoke(api: Api, s: dict[str, Any], space_id: int) -> None:
@@ -152,9 +159,8 @@ def test_long_poll_wakes_on_a_new_support(api: Api, setup: dict[str, Any]) -> No
 def test_another_providers_support_is_ignored(api: Api, setup: dict[str, Any]) -> None:
     climate, _ = setup["spaces"]
     support(api, setup, climate)
-    other, _ = register(api, "prov2")
-    resp = api.put(f"/spaces/{climate}/providers/{other['id']}", token=setup["user"], json={"size": 1 << 30})
-    assert resp.status_code in (200, 201)
+    other, other_token = register(api, "prov2")
+    grant(api, setup["user"], climate, other["id"], other_token)
     f = follower(setup)
     f.step(timeout=0)
     resp = api.delete(f"/spaces/{climate}/providers/{other['id']}", token=setup["user"])
@@ -198,6 +204,34 @@ def test_cli_once_applies_and_prints_the_sequence(api: Api, setup: dict[str, Any
     assert out["applied"] >= 1 and out["seq"] > 0
     assert (setup["storage"] / str(climate)).is_dir()
     assert setup["token"] not in proc.stdout + proc.stderr
+
+
+def _cli_support(ini: Path, ticket: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "control", "provider", "support", "--config", str(ini), *extra],
+                          cwd=ROOT, input=ticket + "\n", capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_cli_support_is_the_providers_consent(api: Api, setup: dict[str, Any]) -> None:
+    """On the provider's host: the support token a space admin handed over, on stdin, redeemed
+    with the provider's own token; the agent then keeps the space's directory."""
+    climate, ocean = setup["spaces"]
+    pid = setup["provider"]["id"]
+    ticket = api.post(f"/spaces/{climate}/support_tokens", token=setup["user"], json={"provider": pid, "size": 1 << 30})
+    assert ticket.status_code == 201, ticket.text
+    proc = _cli_support(setup["ini"], ticket.json()["token"], "--size", str(1 << 29))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["size"] == 1 << 29 and json.loads(proc.stdout)["space_id"] == climate
+    assert ticket.json()["token"] not in proc.stdout + proc.stderr
+    again = _cli_support(setup["ini"], ticket.json()["token"])
+    assert again.returncode != 0 and "410" in again.stderr and "already redeemed" in again.stderr
+    other, _ = register(api, "prov2")
+    elsewhere = api.post(f"/spaces/{ocean}/support_tokens", token=setup["user"], json={"provider": other["id"]})
+    refused = _cli_support(setup["ini"], elsewhere.json()["token"], "--size", str(1 << 20))
+    assert refused.returncode != 0 and f"for provider {other['id']}" in refused.stderr
+    assert _cli_support(setup["ini"], "").returncode != 0
+    follower(setup).step(timeout=0)
+    assert (setup["storage"] / str(climate)).is_dir() and not (setup["storage"] / str(ocean)).exists()
 
 
 def test_config_refuses_a_readable_token_file(tmp_path: Path) -> None:

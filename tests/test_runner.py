@@ -17,88 +17,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from control.node import runner
 from control.node.config import write_node_config
 from control.node.runner import run_batch
-from control.node.signing import verify
+from tests.support.recorder import SECRET, Recorder, recording_server, spec_dir
 
-SECRET = "runner-test-nodes-secret-0123456789"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.cancel: set[int] = set()
-        self.stale: set[int] = set()
-        self.down = False  # while set, every request is dropped unanswered, as by an API killed mid-request
-        self.dropped = 0
-        self.lock = threading.Lock()
-
-    def of(self, task_id: int, kind: str | None = None) -> list[dict[str, Any]]:
-        with self.lock:
-            return [e for e in self.events if e["task"] == task_id and (kind is None or e["event"] == kind)]
-
-    def log(self, task_id: int) -> str:
-        return "".join(e.get("data", "") for e in self.of(task_id, "log"))
-
-    def wait_for(self, task_id: int, kind: str, timeout: float = 20) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.of(task_id, kind)
-            if found:
-                return found[-1]
-            time.sleep(0.05)
-        raise AssertionError(f"no {kind} callback for task {task_id}: {self.of(task_id)}")
 
 
 @pytest.fixture
 def recorder() -> Iterator[tuple[Recorder, str]]:
-    rec = Recorder()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            if rec.down:
-                with rec.lock:
-                    rec.dropped += 1
-                self.close_connection = True
-                return
-            try:
-                node = verify(SECRET, dict(self.headers.items()), "POST", self.path, body)
-            except ValueError:
-                return self._answer(401, {"error": {"code": "unauthorized", "message": "bad signature"}})
-            task_id = int(self.path.split("/")[-2])
-            if task_id in rec.stale:
-                return self._answer(403, {"error": {"code": "forbidden", "message": "not current"}})
-            event = json.loads(body)
-            with rec.lock:
-                rec.events.append({"task": task_id, "node": node, **event})
-            self._answer(200, {"cancel": task_id in rec.cancel})
-
-        def _answer(self, status: int, payload: dict[str, Any]) -> None:
-            raw = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield rec, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with recording_server() as rec:
+        yield rec
 
 
 @pytest.fixture
@@ -106,15 +40,6 @@ def node(tmp_path: Path, recorder: tuple[Recorder, str]) -> Path:
     # task_nice 0: these tests run the runner inside pytest, which must keep its priority
     return write_node_config(tmp_path / "node.ini", name="wk1", api_url=recorder[1], node_key=SECRET,
                              workdir=str(tmp_path / "work"), task_nice=0)
-
-
-def spec_dir(tmp_path: Path, task_id: int, argv: list[str], **extra: Any) -> Path:
-    tdir = tmp_path / "work" / "tasks" / str(task_id) / "1"
-    tdir.mkdir(parents=True)
-    spec = {"id": task_id, "attempt": 1, "name": "shell", "argv": argv, "env": {}, "cwd": None, "lease": 3,
-            "timeout": 60, **extra}
-    (tdir / "spec.json").write_text(json.dumps(spec))
-    return tdir
 
 
 def test_output_and_exit_codes_are_reported(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
@@ -140,7 +65,7 @@ def test_a_task_ending_within_the_start_grace_reports_only_its_end(
     assert run_batch(str(node), [str(quick)]) == 0
     assert [e["event"] for e in rec.of(1)] == ["finished"]
     monkeypatch.setattr(runner, "START_GRACE", 0.1)
-    slow = spec_dir(tmp_path, 2, ["sleep", "1"])
+    slow = spec_dir(tmp_path, 2, ["sleep", "1"], lease=30)  # no progress report before it ends
     assert run_batch(str(node), [str(slow)]) == 0
     assert [e["event"] for e in rec.of(2)] == ["started", "finished"]
 
@@ -165,10 +90,14 @@ def test_child_env_is_filtered_and_secret_never_leaks(recorder: tuple[Recorder, 
     tdir = spec_dir(tmp_path, 5, ["sh", "-c", "env; cat spec.json 2>/dev/null; true"], env={"MINE": "yes"})
     run_batch(str(node), [str(tdir)])
     out = rec.log(5)
-    assert "MINE=yes" in out and f"ZONEFARM_TASK_DIR={tdir}" in out
+    task_dir = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("ZONEFARM_TASK_DIR="))
+    assert "MINE=yes" in out and f"HOME={task_dir}" in out
+    assert task_dir.startswith("/var/lib/zonefarm-sandbox/tasks/")  # the sandbox's, not the agent's work dir
+    assert (tdir / "work").is_dir()  # handed back to the runner once the task ended
     assert "ZONEFARM_NODES_SECRET" not in out and SECRET not in out
     for path in tdir.rglob("*"):
-        assert SECRET not in path.read_text(errors="replace"), path
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
 
 
 def test_timeout_kills_and_reports_timed_out(recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
@@ -220,14 +149,15 @@ def test_runner_and_tasks_run_niced_in_the_runners_session(recorder: tuple[Recor
     probe = ("import json, os; print(json.dumps({'nice': os.getpriority(os.PRIO_PROCESS, 0), "
              "'pgid': os.getpgid(0), 'pid': os.getpid(), 'sid': os.getsid(0), "
              "'autogroup': open('/proc/self/autogroup').read() if os.path.exists('/proc/self/autogroup') else ''}))")
-    tdir = spec_dir(tmp_path, 12, [sys.executable, "-c", probe])
+    tdir = spec_dir(tmp_path, 12, ["/usr/bin/python3", "-c", probe])  # one the task's identity may run
     runner_proc = subprocess.run([sys.executable, "-m", "control.node.runner", "run", "--node-config", str(niced),
                                   str(tdir)], start_new_session=True, capture_output=True, timeout=60)
     assert runner_proc.returncode == 0, runner_proc.stderr
     assert rec.wait_for(12, "finished")["exit_code"] == 0
     seen = json.loads((tdir / "output.log").read_text())
     assert seen["nice"] == 7
-    assert seen["pgid"] == seen["pid"]  # its own process group: the runner and zonefarm_kill signal it whole
+    # the sandbox's process group, which the runner and zonefarm_kill signal whole
+    assert seen["pgid"] == int((tdir / "child.pid").read_text()) != seen["pid"]
     assert seen["sid"] != os.getsid(0)  # the runner's session (started with its own), not ours
     if seen["autogroup"]:  # autogroup kernels: the session's group is niced too
         assert seen["autogroup"].strip().endswith("nice 7"), seen["autogroup"]
@@ -278,7 +208,7 @@ def test_api_down_for_longer_than_a_report_retries_loses_nothing(recorder: tuple
 
     rec, _ = recorder
     rec.down = True
-    tdir = spec_dir(tmp_path, 14, ["sh", "-c", "echo ran >> ../ran.log; echo out; sleep 2; echo end"], lease=1.5)
+    tdir = spec_dir(tmp_path, 14, ["sh", "-c", "echo ran >> ran.log; echo out; sleep 2; echo end"], lease=1.5)
     thread = threading.Thread(target=run_batch, args=(str(node), [str(tdir)]))
     thread.start()
     time.sleep(REPORT_PATIENCE * 2 + 1)  # every report so far has given up at least once
@@ -291,4 +221,4 @@ def test_api_down_for_longer_than_a_report_retries_loses_nothing(recorder: tuple
     finished = rec.of(14, "finished")
     assert len(finished) == 1 and finished[0]["exit_code"] == 0
     assert rec.log(14) == "out\nend\n"  # held back while the API was down, then sent once, in order
-    assert (tdir.parent / "ran.log").read_text() == "ran\n"
+    assert (tdir / "work" / "ran.log").read_text() == "ran\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.client import Api
-from tests.support.registry import MIB, created, error, group, join, provider, space, support
+from tests.support.registry import MIB, created, error, group, join, provider, resize, space, support, support_token
 
 
 def test_creator_owns_space_and_lists_show_roles(api: Api) -> None:
@@ -116,27 +116,30 @@ def test_space_groups_and_effective_users(api: Api) -> None:
     error(api.get(f"/spaces/{s}", token=dt), 403)
 
 
-def test_support_create_resize_list_revoke(api: Api) -> None:
+def test_support_token_redeem_resize_list_revoke(api: Api) -> None:
     _, ot = api.user_with_token("olga")
     member, mt = api.user_with_token("mia")
     s = space(api, ot, "data")["id"]
     join(api, ot, "spaces", s, member["id"])
-    p, _ = provider(api, "prov1")
-    msg = error(api.put(f"/spaces/{s}/providers/{p['id']}", token=ot, json={"size": MIB - 1}), 422)
-    assert "size" in msg
-    assert "size" in error(api.put(f"/spaces/{s}/providers/{p['id']}", token=ot, json={}), 422)
-    error(api.put(f"/spaces/{s}/providers/{p['id']}", token=mt, json={"size": MIB}), 403)
-    error(api.put(f"/spaces/{s}/providers/424242", token=ot, json={"size": MIB}), 404)
-    error(api.put(f"/spaces/424242/providers/{p['id']}", token=ot, json={"size": MIB}), 404)
-    made = api.put(f"/spaces/{s}/providers/{p['id']}", token=ot, json={"size": MIB})
-    assert made.status_code == 201
+    p, pt = provider(api, "prov1")
+    ticket = support_token(api, ot, s, provider=p["id"], size=MIB)
+    redeem = f"/providers/{p['id']}/supports"
+    assert "size" in error(api.post(redeem, token=pt, json={"token": ticket, "size": MIB - 1}), 422)
+    assert "token" in error(api.post(redeem, token=pt, json={}), 422)
+    error(api.post(redeem, token=mt, json={"token": ticket}), 403)          # users do not redeem
+    error(api.post("/providers/424242/supports", token=api.root, json={"token": ticket}), 404)
+    error(api.post(redeem, token=pt, json={"token": "zfs_nope"}), 404)
+    error(api.post(f"/spaces/{s}/support_tokens", token=mt, json={}), 403)  # members do not ask
+    error(api.post("/spaces/424242/support_tokens", token=ot, json={}), 404)
+    made = api.post(redeem, token=pt, json={"token": ticket})  # the size the token asks for
+    assert made.status_code == 201 and made.headers["Location"] == f"/api/v1/providers/{p['id']}/spaces/{s}"
     assert made.json()["size"] == MIB and made.json()["provider_name"] == "prov1"
     assert made.json()["space_name"] == "data"
-    resized = api.put(f"/spaces/{s}/providers/{p['id']}", token=ot, json={"size": 5 * MIB})
-    assert resized.status_code == 200 and resized.json()["size"] == 5 * MIB
+    assert resize(api, s, p["id"], 5 * MIB, pt)["size"] == 5 * MIB
     listed = api.get(f"/spaces/{s}/providers", token=mt).json()
     assert [(x["provider_id"], x["size"]) for x in listed["items"]] == [(p["id"], 5 * MIB)]
     assert api.get(f"/spaces/{s}/providers/{p['id']}", token=mt).json()["size"] == 5 * MIB
+    assert api.get(f"/providers/{p['id']}", token=mt).json()["granted"] == 5 * MIB
     error(api.delete(f"/spaces/{s}/providers/{p['id']}", token=mt), 403)
     assert api.delete(f"/spaces/{s}/providers/{p['id']}", token=ot).status_code == 204
     error(api.delete(f"/spaces/{s}/providers/{p['id']}", token=ot), 404)
@@ -150,22 +153,30 @@ def test_provider_side_of_support(api: Api) -> None:
     other = space(api, ot, "other")["id"]
     p, pt = provider(api, "prov1")
     q, qt = provider(api, "prov2")
-    # a provider cannot start a support, nor touch another provider's
+    # a provider cannot start a support on the old route, nor touch another provider's
     error(api.put(f"/spaces/{s}/providers/{p['id']}", token=pt, json={"size": MIB}), 403)
-    support(api, ot, s, p["id"])
-    support(api, ot, s, q["id"])
+    support(api, ot, s, p["id"], provider_token=pt)
+    support(api, ot, s, q["id"], provider_token=qt)
     error(api.put(f"/spaces/{s}/providers/{q['id']}", token=pt, json={"size": 2 * MIB}), 403)
     error(api.delete(f"/spaces/{s}/providers/{q['id']}", token=pt), 403)
-    # it reads what it supports, resizes and revokes its own support
+    error(api.put(f"/providers/{q['id']}/spaces/{s}", token=pt, json={"size": 2 * MIB}), 403)
+    error(api.delete(f"/providers/{q['id']}/spaces/{s}", token=pt), 403)
+    # it reads what it supports, resizes (here or on the old route) and revokes its own support
     assert api.get(f"/spaces/{s}", token=pt).status_code == 200
     error(api.get(f"/spaces/{other}", token=pt), 403)
     assert api.put(f"/spaces/{s}/providers/{p['id']}", token=pt, json={"size": 3 * MIB}).json()["size"] == 3 * MIB
     mine = api.get(f"/providers/{p['id']}/spaces", token=pt).json()["items"]
     assert [(x["space_id"], x["space_name"], x["size"]) for x in mine] == [(s, "data", 3 * MIB)]
+    assert api.get(f"/providers/{p['id']}/spaces/{s}", token=pt).json()["size"] == 3 * MIB
+    error(api.get(f"/providers/{p['id']}/spaces/{other}", token=pt), 404)
+    error(api.put(f"/providers/{p['id']}/spaces/{other}", token=pt, json={"size": MIB}), 404)
     error(api.get(f"/providers/{q['id']}/spaces", token=pt), 403)
-    assert api.delete(f"/spaces/{s}/providers/{p['id']}", token=pt).status_code == 204
+    assert api.delete(f"/providers/{p['id']}/spaces/{s}", token=pt).status_code == 204
     error(api.get(f"/spaces/{s}", token=pt), 403)
     assert api.get(f"/providers/{p['id']}/spaces", token=pt).json()["total"] == 0
+    # root revokes on the provider's behalf
+    assert api.delete(f"/providers/{q['id']}/spaces/{s}", token=api.root).status_code == 204
+    assert api.get(f"/spaces/{s}/providers", token=ot).json()["total"] == 0
 
 
 def test_deleting_a_space_drops_its_support(api: Api) -> None:

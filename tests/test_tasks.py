@@ -143,8 +143,8 @@ def test_list_filters_and_pagination(api: Api) -> None:
 
 
 def test_users_see_their_own_and_their_spaces_tasks_and_only_owners_cancel(api: Api) -> None:
-    alice, alice_token = api.user_with_token("alice")
-    _, bob_token = api.user_with_token("bob")
+    alice, alice_token = api.submitter("alice")
+    _, bob_token = api.submitter("bob")
     space = api.post("/spaces", token=alice_token, json={"name": "climate"})
     assert space.status_code == 201, space.text
     space_id = space.json()["id"]

@@ -77,22 +77,71 @@ class Settings:
         "gunicorn worker processes.")
     api_threads: int = opt(
         16,
-        "Threads per worker (long-polls hold one each).")
+        "Threads per worker (a waiting long-poll holds one; see `changes_max_polls`).")
     token_ttl: int = opt(
         3600,
         "Lifetime of user access tokens, seconds.")
+    invite_max_ttl: int = opt(
+        30 * 86400,
+        "Longest lifetime of an invite or support token, seconds. They last 7 days unless the issuer "
+        "asks otherwise (or this is shorter).")
     db_pool_size: int = opt(
         16,
         "Pooled connections per process (PostgreSQL and SQLite).")
     changes_max_wait: int = opt(
         60,
         "Longest long-poll `GET /changes` may hold, seconds.")
+    changes_max_polls: int = opt(
+        8,
+        "Long-polls one API process holds at once, and never more than half of `api_threads`: the other "
+        "threads stay free for health checks, node callbacks and ordinary requests. A poll past it is "
+        "answered 429 with Retry-After.")
+    changes_max_polls_per_principal: int = opt(
+        2,
+        "Long-polls one caller (a user, a provider or root, whatever its tokens) holds at once per API "
+        "process; more are answered 429 with Retry-After.")
+    refresh_token_ttl: int = opt(
+        30 * 86400,
+        "Lifetime of refresh tokens, seconds. Each is good for one `grant_type=refresh_token` exchange.")
+    login_max_failures: int = opt(
+        10,
+        "Failed logins one username may have within `login_window`; past it `POST /auth/token` answers "
+        "429 with Retry-After, even to the right password, until enough failures have left the window.")
+    login_max_failures_per_address: int = opt(
+        50,
+        "Failed logins one client address (the TCP peer, not X-Forwarded-For) may have within "
+        "`login_window`, whatever the usernames.")
+    login_window: int = opt(
+        900,
+        "Seconds a failed login counts against its username and address.")
     node_lease: int = opt(
         60,
         "A node silent for longer is marked lost, seconds.")
     task_lease: int = opt(
         60,
         "A running task whose runner is silent for longer is lost, seconds.")
+    task_log_max: int = opt(
+        10_000_000,
+        "Most characters of output stored per task; past it the log ends with one truncation line and the "
+        "rest is dropped (the task still runs and finishes normally).")
+    task_memory_mb_default: int = opt(
+        2048,
+        "Memory (MiB) a task gets when its `limits` name none; the task is killed and fails above it.")
+    task_memory_mb_max: int = opt(
+        16384,
+        "Most memory (MiB) a task may ask for in `limits.memory_mb`; more is refused (422).")
+    task_cpus_default: float = opt(
+        1.0,
+        "CPUs a task gets when its `limits` name none (1.5 = one and a half).")
+    task_cpus_max: float = opt(
+        8.0,
+        "Most CPUs a task may ask for in `limits.cpus`; more is refused (422).")
+    task_processes_default: int = opt(
+        512,
+        "Processes (and threads) a task may run at once when its `limits` name none.")
+    task_processes_max: int = opt(
+        4096,
+        "Most processes a task may ask for in `limits.processes`; more is refused (422).")
     callback_skew: int = opt(
         300,
         "Largest allowed clock difference on signed node requests, seconds.")
@@ -117,12 +166,49 @@ class Settings:
         "known_hosts file the dispatcher checks the workers' SSH host keys against (the cluster_manager "
         "role writes it from keys read on the workers). Empty means the account's `~/.ssh/known_hosts`. "
         "Checking is always on: a node whose key does not match is cordoned and its tasks go back to the queue.")
+    container_images: str = opt(
+        "",
+        "Images a `container` task may run: exact names or globs (`*`, `?`, `[...]`), separated by commas or "
+        "spaces, matched against the image exactly as submitted (`busybox:*` allows every busybox tag). "
+        "Empty means no image is allowed.")
+    user_max_queued: int = opt(
+        1000,
+        "Tasks one user may have waiting (queued or lost; a broadcast counts one per node). A submission over "
+        "it gets 429 with Retry-After. 0 means no limit; root has none.")
+    user_max_running: int = opt(
+        100,
+        "Tasks one user may have assigned or running when submitting more: over it, new submissions get 429 "
+        "with Retry-After until some finish. 0 means no limit; root has none.")
+    user_limit_retry_after: int = opt(
+        30,
+        "Seconds the 429 of a user over `user_max_queued` or `user_max_running` asks to wait (Retry-After).")
     artifacts_keep: int = opt(
         20,
         "Finished job directories the dispatcher keeps; older ones are deleted.")
     log_level: str = opt(
         "INFO",
         "Python log level.")
+    metrics_token: str = opt(
+        "",
+        "Bearer token `GET /metrics` requires (Prometheus' `authorization` credentials). Empty means "
+        "the endpoint is off (404). See docs/metrics.md.", secret=True)
+    retention_tasks_days: float = opt(
+        30.0,
+        "Finished tasks, with their events and logs, are deleted this many days after they finished.")
+    retention_logs_days: float = opt(
+        30.0,
+        "Logs of finished tasks are deleted this many days after the task finished (at most "
+        "`retention_tasks_days`).")
+    retention_feed_days: float = opt(
+        90.0,
+        "Change-feed entries older than this many days are deleted (never the newest); a provider "
+        "resuming from before them gets 410 and resynchronises from 0.")
+    retention_tokens_days: float = opt(
+        7.0,
+        "Expired tokens, node join tokens, invites and support tokens are deleted this many days after they expired.")
+    prune_interval: float = opt(
+        3600.0,
+        "Seconds between two runs of the pruner (one dispatcher at a time runs it).")
 
     @property
     def host(self) -> str:
@@ -139,6 +225,11 @@ class Settings:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert)
+
+    @property
+    def container_image_patterns(self) -> tuple[str, ...]:
+        """``container_images`` as a tuple of names and globs."""
+        return tuple(p for p in self.container_images.replace(",", " ").split() if p)
 
     @property
     def callback_url(self) -> str:
@@ -161,6 +252,12 @@ class Settings:
                 f"listen {self.listen} is not a loopback address and no TLS certificate is set: set tls_cert "
                 "and tls_key (ZONEFARM_TLS_CERT, ZONEFARM_TLS_KEY), listen on 127.0.0.1, or set "
                 "allow_plain_http = true if something else encrypts the traffic")
+
+    @property
+    def long_poll_slots(self) -> int:
+        """Long-polls one process may hold: ``changes_max_polls``, but at most half the threads,
+        so a flood of polls can never take the threads health checks and callbacks need."""
+        return max(0, min(self.changes_max_polls, self.api_threads // 2))
 
     def require_secrets(self) -> None:
         """Refuse to serve with a missing or weak secret: a short one can be guessed."""
@@ -217,6 +314,10 @@ def _coerce(name: str, kind: Any, raw: str, source: str) -> Any:
     return raw
 
 
+_AT_LEAST_ONE = ("changes_max_polls_per_principal", "refresh_token_ttl", "login_max_failures",
+                 "login_max_failures_per_address", "login_window")
+
+
 def load_settings(config_file: str | os.PathLike[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
@@ -243,6 +344,23 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
             values[name] = _coerce(name, f.type, raw, f"ZONEFARM_{name.upper()}")
     if values.get("dispatch_placement", "pack") not in PLACEMENTS:
         raise ConfigError(f"dispatch_placement must be {' or '.join(PLACEMENTS)}, got {values['dispatch_placement']!r}")
+    for name in _AT_LEAST_ONE:
+        if name in values and values[name] < 1:
+            raise ConfigError(f"{name} must be at least 1, got {values[name]}")
+    if values.get("changes_max_polls", 0) < 0:
+        raise ConfigError(f"changes_max_polls must not be negative, got {values['changes_max_polls']}")
+    for name in ("user_max_queued", "user_max_running", "user_limit_retry_after"):
+        if values.get(name, 0) < 0:
+            raise ConfigError(f"{name} must be 0 or more, got {values[name]}")
+    for name in ("task_log_max", "task_memory_mb_default", "task_memory_mb_max", "task_cpus_default",
+                 "task_cpus_max", "task_processes_default", "task_processes_max"):
+        if name in values and not values[name] > 0:
+            raise ConfigError(f"{name} must be more than 0, got {values[name]}")
+    for kind in ("memory_mb", "cpus", "processes"):
+        default = values.get(f"task_{kind}_default", getattr(Settings, f"task_{kind}_default", None))
+        top = values.get(f"task_{kind}_max", getattr(Settings, f"task_{kind}_max", None))
+        if default is not None and top is not None and default > top:
+            raise ConfigError(f"task_{kind}_default ({default}) is above task_{kind}_max ({top})")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

@@ -11,9 +11,11 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    410: "gone",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid",
+    429: "too_many_requests",
     500: "internal",
     503: "unavailable",
 }
@@ -55,3 +57,8 @@ def conflict(message: str) -> ApiError:
 
 def invalid(message: str) -> ApiError:
     return ApiError(422, message)
+
+
+def too_many(message: str, retry_after: int) -> ApiError:
+    """429 with Retry-After in whole seconds (at least 1): clients that honour it back off."""
+    return ApiError(429, message, headers={"Retry-After": str(max(1, int(retry_after)))})

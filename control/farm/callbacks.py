@@ -9,6 +9,11 @@ Log chunks are stored once (see docs/farm-contract.md, "Log callbacks are idempo
 each attempt's output is one contiguous run of the task's log beginning at the
 ``log_start`` recorded in its ``running`` event, so a chunk the API already holds (its
 answer was lost and the runner sent it again) is skipped, or only its new tail kept.
+
+A task's stored log is capped (setting ``task_log_max``, characters over all attempts): the
+chunk that crosses the cap is cut there and ends with one truncation line, and later
+chunks are dropped; the reports themselves are answered as usual, so the task runs on and
+finishes normally.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ from control.farm import states
 from control.farm.models import ACTIVE, TERMINAL, Node, Task, TaskEvent, TaskLog
 from control.farm.schemas import Callback, CallbackOut
 
+TRUNCATED = "\n[zonefarm: the log was truncated at {limit} characters; the rest of the output was not stored]\n"
+
 
 def final_state(task: Task, body: Callback) -> tuple[str, str]:
     """The state a ``finished`` report ends the task in, and the reason to record."""
     if body.reason is not None:
         return body.reason, f"{body.reason.replace('_', ' ')}: killed on node {task.node.name}"
+    if body.failure:  # the node ended it: a limit, or the sandbox refused what it was asked to run
+        return "failed", f"{body.failure} (exit code {body.exit_code} on node {task.node.name})"
     if body.exit_code == 0:
         return "succeeded", f"exit code 0 on node {task.node.name}"
     if task.cancel_requested:
@@ -55,13 +64,15 @@ def attempt_log_start(task_id: int, attempt: int) -> int | None:
     return int(data["log_start"])
 
 
-def append_log(task_id: int, attempt: int, text: str, offset: int | None) -> None:
+def append_log(task_id: int, attempt: int, text: str, offset: int | None, log_max: int | None = None) -> None:
     """Store a chunk once: a retried one (its answer was lost) is skipped, or only its new tail kept.
 
     ``offset`` is where the runner put the chunk in this attempt's output; without it (an
-    older runner) the chunk is appended as it comes.
+    older runner) the chunk is appended as it comes. ``log_max`` caps the task's stored log.
     """
     seq, end = log_end(task_id)
+    if log_max is not None and end >= log_max:
+        return  # the cap was reached: its truncation line is stored already
     start = attempt_log_start(task_id, attempt) if offset is not None else None
     if offset is not None and start is not None:
         held = end - start
@@ -69,11 +80,15 @@ def append_log(task_id: int, attempt: int, text: str, offset: int | None) -> Non
             return
         if offset < held:
             text = text[held - offset:]
+    if log_max is not None and end + len(text) > log_max:
+        text = text[:log_max - end] + TRUNCATED.format(limit=log_max)
     TaskLog.create(task=task_id, seq=seq, start=end, text=text)
 
 
-def report(task_id: int, node_name: str, body: Callback, lease: int) -> CallbackOut:
+def report(task_id: int, node_name: str, body: Callback, lease: int, log_max: int | None = None) -> CallbackOut:
     """Apply one report from ``node_name``; ``lease`` is how many seconds it buys the attempt.
+
+    ``log_max`` (setting ``task_log_max``) caps the characters of output stored for the task.
 
     Runs inside the caller's write transaction, the task row locked first so a callback
     and the reaper (or two callbacks) take turns.
@@ -109,7 +124,7 @@ def report(task_id: int, node_name: str, body: Callback, lease: int) -> Callback
     else:
         states.renew(task_id, task.attempt, lease_at, progress=body.percent)
         if body.event == "log" and body.data:
-            append_log(task_id, task.attempt, body.data, body.offset)
+            append_log(task_id, task.attempt, body.data, body.offset, log_max)
     current = Task.select(Task.state, Task.cancel_requested).where(Task.id == task_id).first()
     return CallbackOut(cancel=bool(current.cancel_requested) or current.state in ("cancelled", "timed_out"),
                        state=current.state, lease=lease)

@@ -4,10 +4,20 @@ Z-Node's ``{Name, Params}``: a new task type is just a playbook. Its
 ``<name>.schema.json`` (JSON Schema 2020-12) declares the params; a type without one
 takes any JSON object. Submitting an unknown name or params that do not fit is a 422
 naming the field. Schemas are compiled once and reloaded when the file changes.
+
+Beyond the schema, every type's params are held to what the worker can honour:
+
+* no string anywhere in them holds a NUL byte (no argv entry, environment value or path
+  can carry one; the runner would crash and the task sit ``assigned``);
+* ``"x-zonefarm-refused": {"<param>": "<why>"}`` names params that are refused outright
+  with that reason (the container type's ``volumes``: host paths are never mounted);
+* ``"x-zonefarm-image": "<param>"`` names the param holding a container image, which
+  must match the site's ``container_images`` (``image_problem``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -88,6 +98,23 @@ def _where(error: jsonschema.ValidationError) -> str:
     return path
 
 
+def _nul_bytes(value: Any, path: str) -> list[str]:
+    """Where a NUL byte hides in ``value``: in a string, or in a key of an object."""
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _nul_bytes(item, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        out = []
+        for key, item in value.items():
+            where = f"{path}.{key.replace(chr(0), '?')}"
+            if "\x00" in key:
+                out.append(where + " (its name)")
+            out += _nul_bytes(item, where)
+        return out
+    return []
+
+
 def validate(name: str, params: Any) -> list[str]:
     """Problems with ``params`` for task type ``name``, each naming the field; [] if fine.
 
@@ -96,11 +123,38 @@ def validate(name: str, params: Any) -> list[str]:
     playbook(name)
     if not isinstance(params, dict):
         return ["params: must be a JSON object"]
+    problems = [f"{where}: holds a NUL byte, which no argument, environment value or path can carry"
+                for where in _nul_bytes(params, "params")]
     validator = _validator(name)
     if validator is None:
-        return []
+        return problems
+    refused = validator.schema.get("x-zonefarm-refused") or {}
+    problems += [f"params.{key}: {refused[key]}" for key in sorted(refused) if key in params]
+    if problems:
+        return problems
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
     return [f"{_where(e)}: {e.message}" for e in errors]
+
+
+def image_problem(name: str, params: dict[str, Any], allowed: tuple[str, ...]) -> str | None:
+    """Why this task's container image may not run here, naming the field; None if it may.
+
+    Only for types whose schema names an image param (``x-zonefarm-image``). ``allowed``
+    holds exact names and globs (the ``container_images`` setting); empty allows none,
+    so a site runs no image its operator did not list.
+    """
+    validator = _validator(name)
+    key = validator.schema.get("x-zonefarm-image") if validator is not None else None
+    if not key or not isinstance(params.get(key), str):
+        return None
+    image = params[key]
+    if any(fnmatch.fnmatchcase(image, pattern) for pattern in allowed):
+        return None
+    if not allowed:
+        return (f"params.{key}: this site allows no container image (its container_images setting is empty); "
+                "ask the operator to list the images tasks may run")
+    return (f"params.{key}: image {image!r} is not among the images this site allows "
+            f"(container_images: {', '.join(allowed)})")
 
 
 def needs_space(name: str) -> bool:

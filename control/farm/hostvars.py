@@ -1,14 +1,19 @@
-"""A node's Ansible host variables: one function for the dispatcher's jobs and ``GET /inventory``.
+"""A node's Ansible host variables: how Ansible reaches a node is decided once, here.
 
-Both used to build their own and disagreed on the interpreter. The dispatcher's is what
-runs tasks, so its rules win: a registered interpreter is used as is, and a node without
-one gets ``auto_silent`` (what the dispatcher's jobs already fell back to through
-``ANSIBLE_INTERPRETER_PYTHON``; discovery without a warning per host). A port or user
-left empty is left out rather than sent as an empty value, so the connection's own
-default (SSH config, current user) applies.
+The dispatcher's jobs and ``GET /inventory`` used to build their own and disagreed on
+the interpreter. The dispatcher's is what runs tasks, so its rules win: a registered
+interpreter is used as is, and a node without one gets ``auto_silent`` (what the
+dispatcher's jobs already fell back to through ``ANSIBLE_INTERPRETER_PYTHON``: discovery
+without a warning per host). A port or user left empty is left out rather than sent as
+an empty value, so the connection's own default (SSH config, current user) applies.
 
-Never a secret here: the nodes secret stays in the node's own INI file, and where that
-file lives (``config_path``) is only added to a dispatch job's inventory.
+:func:`connection` is what both use. :func:`hostvars` adds what the node serves, for
+``GET /inventory`` only: label values and resource names are free text a node sends,
+and a dispatch job's inventory carries only values held to strict patterns
+(``control.farm.schemas``), so nothing a node says is ever templated by the job.
+
+Never a secret here: the node's key stays in its own INI file, and where that file
+lives (``config_path``) is only added to a dispatch job's inventory.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ DEFAULT_INTERPRETER = "auto_silent"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
-def hostvars(node: Node) -> dict[str, Any]:
-    """How Ansible reaches ``node`` and what the node serves."""
+def connection(node: Node) -> dict[str, Any]:
+    """How Ansible reaches ``node``: the same for a dispatch job and ``GET /inventory``."""
     hv: dict[str, Any] = {
         "ansible_host": node.ansible_host or "127.0.0.1",
         "ansible_connection": node.ansible_connection or "ssh",
@@ -33,7 +38,13 @@ def hostvars(node: Node) -> dict[str, Any]:
         hv["ansible_port"] = node.ansible_port
     if node.ansible_user:
         hv["ansible_user"] = node.ansible_user
-    hv.update({
+    return hv
+
+
+def hostvars(node: Node) -> dict[str, Any]:
+    """How Ansible reaches ``node`` and what the node serves (``GET /inventory``)."""
+    return {
+        **connection(node),
         "zonefarm_region": node.region,
         "zonefarm_queues": list(node.queues or []),
         "zonefarm_concurrency": node.concurrency,
@@ -42,8 +53,7 @@ def hostvars(node: Node) -> dict[str, Any]:
         "zonefarm_workdir": node.workdir,
         "zonefarm_state": node.state,
         "zonefarm_cordoned": node.cordoned,
-    })
-    return hv
+    }
 
 
 def group_name(prefix: str, value: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import peewee
 
 from control.core.models import BaseModel, JSONField, now
+from control.registry.models import Group, User
 
 NODE_STATES = ("online", "lost", "deregistered")
 ACTIVE = ("assigned", "running")
@@ -16,6 +17,9 @@ TERMINAL = ("succeeded", "failed", "cancelled", "timed_out")
 TASK_STATES = ("queued", "assigned", "running", "lost", *TERMINAL)
 TARGET_KINDS = ("any", "node", "region", "all")
 BROADCAST_KINDS = ("region", "all")
+# What a grant lets its holder target, narrowest first; each covers the ones before it.
+GRANT_TARGETS = ("single", "region", "all")
+ANY = "*"  # a grant's task type or queue: every one
 
 
 class Node(BaseModel):
@@ -65,6 +69,8 @@ class Task(BaseModel):
     owner = peewee.IntegerField(null=True, index=True)
     priority = peewee.IntegerField(default=0)
     timeout = peewee.IntegerField(default=3600)
+    # What the task may use on its node (memory_mb, cpus, processes), the site's defaults filled in.
+    limits = JSONField(null=True)
     max_attempts = peewee.IntegerField(default=3)
     attempt = peewee.IntegerField(default=0)
     state = peewee.CharField(max_length=16, default="queued")
@@ -108,6 +114,11 @@ class TaskEvent(BaseModel):
     to_state = peewee.CharField(max_length=16)
     reason = peewee.TextField(default="")
     data = JSONField(null=True)
+    # Who moved the task (control.core.actor): user:<id>, node:<name>, dispatcher:<id>...
+    actor = peewee.CharField(max_length=200, default="system")
+
+    class Meta:
+        indexes = ((("ts",), False), (("actor", "ts"), False))
 
 
 class TaskLog(BaseModel):
@@ -144,4 +155,56 @@ class NodeJoinToken(BaseModel):
     used_at = peewee.DoubleField(null=True)
 
 
-FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken]
+class Grant(BaseModel):
+    """The right to submit tasks of a type on a queue, held by a user or by a group.
+
+    Exactly one of ``user`` and ``group`` is set; a group's grant reaches every effective
+    member (nested groups included, ``control.registry.membership``). ``task_type`` and
+    ``queue`` are a name or ``*``. ``targets`` is how far a submission may reach: ``single``
+    (one run on one node: any node serving the queue, or a named one), ``region`` (also a
+    broadcast to a region) or ``all`` (also a broadcast to every node). Deleting the user
+    or group deletes its grants. The check is ``control.farm.policy``.
+    """
+
+    user = peewee.ForeignKeyField(User, null=True, on_delete="CASCADE", backref="grants")
+    group = peewee.ForeignKeyField(Group, null=True, on_delete="CASCADE", backref="grants")
+    task_type = peewee.CharField(max_length=64, default=ANY)
+    queue = peewee.CharField(max_length=100, default=ANY)
+    targets = peewee.CharField(max_length=10, default="single")
+    created_at = peewee.DoubleField(default=now)
+
+    class Meta:
+        table_name = "task_grant"  # GRANT is a reserved word in SQL
+        # One grant per holder, type and queue (NULLs differ, so each index binds one kind of holder).
+        indexes = ((("user", "task_type", "queue"), True), (("group", "task_type", "queue"), True))
+
+
+class DispatcherHealth(BaseModel):
+    """Each dispatcher's rounds, written after every round and read by ``GET /metrics``.
+
+    Histograms are kept as cumulative bucket counts (``buckets``: upper bound -> count), so
+    any API worker can expose them from the database without talking to the dispatcher.
+    """
+
+    ident = peewee.CharField(max_length=200, unique=True)
+    started_at = peewee.DoubleField(default=now)
+    last_round_at = peewee.DoubleField(default=now)
+    rounds = peewee.BigIntegerField(default=0)
+    errors = peewee.BigIntegerField(default=0)
+    duration = JSONField(default=dict)  # {"buckets": {le: n}, "sum": s, "count": n}
+    hosts = JSONField(default=dict)
+
+
+class Housekeeping(BaseModel):
+    """Named markers of background jobs: when the pruner last ran, how far the feed is pruned.
+
+    The pruner claims its turn with a guarded UPDATE of ``last_run`` (one row, both
+    databases), so two dispatchers never prune at the same time.
+    """
+
+    name = peewee.CharField(max_length=250, unique=True)
+    last_run = peewee.DoubleField(default=0)
+    value = peewee.BigIntegerField(default=0)
+
+
+FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping]

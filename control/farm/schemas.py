@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from control.core.schemas import Input
-from control.farm.models import TASK_STATES
+from control.core.schemas import MAX_ID, Input
+from control.farm.models import ANY, GRANT_TARGETS, TASK_STATES
 from control.registry.schemas import HOST
 
 NODE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -41,6 +41,9 @@ def check_workdir(path: str) -> str:
             raise ValueError(f"must not be in the system directory {tree}")
     return path
 TaskState = Literal[TASK_STATES]  # type: ignore[valid-type]
+PID_MAX = 2**22  # Linux's pid_max ceiling
+# A resource amount (cpu count, memory or disk bytes): bounded like every integer the API takes.
+Amount = Annotated[int, Field(ge=0, le=MAX_ID)] | Annotated[float, Field(ge=0, le=MAX_ID)]
 
 
 class NodeRegister(Input):
@@ -57,11 +60,11 @@ class NodeRegister(Input):
                              description="The node's INI file (0600) the runner reads the node key from")
     region: str = Field(default="default", pattern=LABEL)
     hostname: str = Field(default="", max_length=253)
-    pid: int | None = Field(default=None, ge=1)
+    pid: int | None = Field(default=None, ge=1, le=PID_MAX)
     queues: list[str] = Field(default_factory=lambda: ["default"], min_length=1, max_length=50)
     concurrency: int = Field(default=1, ge=1, le=10000)
-    resources: dict[str, int | float] = Field(default_factory=dict,
-                                              description="cpu, memory and disk (bytes), and any other")
+    resources: dict[str, Amount] = Field(default_factory=dict,
+                                         description="cpu, memory and disk (bytes), and any other")
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("workdir")
@@ -83,8 +86,8 @@ class NodeRegister(Input):
 
 
 class NodeHeartbeat(Input):
-    pid: int | None = Field(default=None, ge=1)
-    resources: dict[str, int | float] | None = None
+    pid: int | None = Field(default=None, ge=1, le=PID_MAX)
+    resources: dict[str, Amount] | None = None
 
 
 class NodeOut(BaseModel):
@@ -161,6 +164,22 @@ class Target(Input):
         return self
 
 
+class TaskLimits(Input):
+    """What a task may use on its node; each omitted value gets the site's default (settings task_*_default).
+
+    Enforced on the worker by the task sandbox (docs/security.md): under systemd as the unit's
+    MemoryMax, CPUQuota and TasksMax, in the pool of task accounts as setrlimit plus a memory
+    watchdog, for container tasks as Docker's memory, CPU and pids limits. A task over its
+    memory ends ``failed`` with a reason that says so.
+    """
+
+    memory_mb: int | None = Field(default=None, ge=16, le=1 << 24,
+                                  description="Memory of the task's processes together, MiB")
+    cpus: float | None = Field(default=None, gt=0, le=1024, description="CPUs, e.g. 0.5 or 2")
+    processes: int | None = Field(default=None, ge=1, le=1 << 22,
+                                  description="Processes and threads the task may run at once")
+
+
 class TaskCreate(Input):
     name: str = Field(min_length=1, max_length=64, description="Task type: playbooks/tasks/<name>.yml")
     params: dict[str, Any] = Field(default_factory=dict)
@@ -168,10 +187,47 @@ class TaskCreate(Input):
                               description="Default 'default'. Untargeted tasks run on nodes serving it; "
                                           "on a broadcast it narrows the nodes to those serving it")
     target: Target | None = Field(default=None, description="Omitted: any node serving the queue")
-    space: int | None = Field(default=None, ge=1, description="Space the task works for; caller must be a member")
+    space: int | None = Field(default=None, ge=1, le=MAX_ID,
+                              description="Space the task works for; caller must be a member")
+    limits: TaskLimits | None = Field(default=None, description=(
+        "Memory, CPUs and processes for the task; omitted values get the site's defaults, and more than the "
+        "site's maxima is refused (422)"))
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
     timeout: int = Field(default=3600, ge=1, le=30 * 86400, description="Seconds, per attempt, from start")
     max_attempts: int = Field(default=3, ge=1, le=100)
+
+
+GRANT_TYPE = r"^(\*|[a-z][a-z0-9_]{0,63})$"
+GRANT_QUEUE = r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,99})$"
+GrantTargets = Literal[GRANT_TARGETS]  # type: ignore[valid-type]
+
+
+class GrantCreate(Input):
+    user: int | None = Field(default=None, ge=1, description="The user it is granted to (or give group)")
+    group: int | None = Field(default=None, ge=1, description="The group it is granted to: every effective "
+                                                              "member, nested groups included (or give user)")
+    task_type: str = Field(default=ANY, pattern=GRANT_TYPE, description="A task type, or * for every one")
+    queue: str = Field(default=ANY, pattern=GRANT_QUEUE, description="A queue, or * for every one")
+    targets: GrantTargets = Field(default="single", description=(
+        "How far a submission may reach: single (one run, on any node of the queue or a named node), "
+        "region (also a broadcast to a region), all (also a broadcast to every node)"))
+
+    @model_validator(mode="after")
+    def _one_holder(self) -> GrantCreate:
+        if (self.user is None) == (self.group is None):
+            raise ValueError('give exactly one of "user" and "group"')
+        return self
+
+
+class GrantOut(BaseModel):
+    id: int
+    user: int | None
+    group: int | None
+    holder: str = Field(description="Who holds it, e.g. 'user alice' or 'group climate-team'")
+    task_type: str
+    queue: str
+    targets: GrantTargets
+    created_at: str
 
 
 class TargetOut(BaseModel):
@@ -241,18 +297,21 @@ class LogOut(BaseModel):
 class Callback(BaseModel):
     """Log text arrives verbatim: unlike other inputs, nothing here is whitespace-stripped."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     event: Literal["started", "progress", "log", "finished"]
-    attempt: int = Field(ge=1)
-    exit_code: int | None = None
+    attempt: int = Field(ge=1, le=1000)
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     outputs: dict[str, Any] | None = None
     percent: float | None = Field(default=None, ge=0, le=100)
     data: str | None = Field(default=None, max_length=512 * 1024, description="Log text (event log)")
-    offset: int | None = Field(default=None, ge=0, description=(
+    offset: int | None = Field(default=None, ge=0, le=MAX_ID, description=(
         "Character offset of data in this attempt's output (event log): a chunk the API already "
         "holds is not stored again, so a retried log callback is idempotent"))
     reason: Literal["cancelled", "timed_out"] | None = None
+    failure: str | None = Field(default=None, max_length=1000, description=(
+        "Why the node ended the task (event finished): a limit it went over ('memory limit exceeded ...'), "
+        "params the sandbox refused. The task ends failed with it as its reason"))
 
     @model_validator(mode="after")
     def _finished(self) -> Callback:

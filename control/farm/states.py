@@ -21,6 +21,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from control.core import actor as actors
 from control.core.db import database, is_postgres, write_transaction
 from control.core.models import now
 from control.farm.models import ACTIVE, TERMINAL, Node, Task, TaskEvent
@@ -71,13 +72,14 @@ def _columns(to_state: str, reason: str, row: Task, fields: dict[str, Any]) -> d
 
 
 def transition(task_id: int, to_state: str, reason: str, expect: Iterable[str] | None = None,
-               *, event_data: dict[str, Any] | None = None, **data: Any) -> bool:
+               *, event_data: dict[str, Any] | None = None, actor: str | None = None, **data: Any) -> bool:
     """Move a task to ``to_state`` if it is in one of ``expect`` (default: the legal sources).
 
     ``data`` are extra Task columns to set in the same UPDATE (``exit_code``, ``outputs``,
     ``lease_expires_at``...); the task's ``reason`` column always takes ``reason``.
     Returns False when another actor got there first or the move is not allowed from the
-    current state; nothing is written then.
+    current state; nothing is written then. The event's ``actor`` defaults to who is acting
+    now (``control.core.actor``).
     """
     if to_state not in ALLOWED:
         raise ValueError(f"unknown task state {to_state!r}")
@@ -99,7 +101,7 @@ def transition(task_id: int, to_state: str, reason: str, expect: Iterable[str] |
             if "exit_code" in data and data["exit_code"] is not None:
                 extra.setdefault("exit_code", data["exit_code"])
             TaskEvent.create(task=task_id, from_state=row.state, to_state=to_state,
-                             reason=reason, data=extra or None)
+                             reason=reason, data=extra or None, actor=actor or actors.current())
             if row.parent_id is not None:
                 summarise(row.parent_id)
             return True
@@ -183,12 +185,13 @@ def summarise(parent_id: int) -> None:
     if changed:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         TaskEvent.create(task=parent_id, from_state=parent.state, to_state=desired,
-                         reason=f"children: {summary}", data=counts)
+                         reason=f"children: {summary}", data=counts, actor=actors.current())
 
 
 def record(task_id: int, state: str, reason: str, data: dict[str, Any] | None = None) -> None:
     """An event that is not a state change (a cancel request, a kill sent)."""
-    TaskEvent.create(task=task_id, from_state=state, to_state=state, reason=reason, data=data)
+    TaskEvent.create(task=task_id, from_state=state, to_state=state, reason=reason, data=data,
+                     actor=actors.current())
 
 
 def enqueue(fields: dict[str, Any], reason: str, data: dict[str, Any] | None = None, *,
@@ -196,7 +199,7 @@ def enqueue(fields: dict[str, Any], reason: str, data: dict[str, Any] | None = N
     """A new ``queued`` task and its first event, created at ``t`` (a broadcast's rows share one)."""
     t = now() if t is None else t
     task = Task.create(**fields, state="queued", created_at=t)
-    TaskEvent.create(task=task, ts=t, to_state="queued", reason=reason, data=data)
+    TaskEvent.create(task=task, ts=t, to_state="queued", reason=reason, data=data, actor=actors.current())
     return task
 
 
@@ -222,7 +225,7 @@ def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> lis
     events: list[dict[str, Any]] = [
         {"task": task.id, "ts": t, "from_state": "queued", "to_state": "assigned",
          "reason": f"claimed by {dispatcher_id} for node {task.node.name}",
-         "data": {"node": task.node.name, "attempt": task.attempt}}
+         "data": {"node": task.node.name, "attempt": task.attempt}, "actor": f"dispatcher:{dispatcher_id}"}
         for task in claimed]
     for i in range(0, len(events), 200):
         TaskEvent.insert_many(events[i:i + 200]).execute()

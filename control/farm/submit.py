@@ -6,19 +6,24 @@ every node of a region or of the farm: a broadcast is a parent task plus one chi
 node that can take it (``control.farm.eligibility``, capacity left out: a child waits for
 a slot on its own node), each child visible and cancellable on its own, the parent's
 state summarising its children.
+
+Every submission passes ``control.farm.policy.check_submission`` (who may submit what)
+before a row is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 from typing import Any
 
+from control.core.config import Settings
 from control.core.errors import invalid
 from control.core.models import now
-from control.farm import catalogue, states
+from control.farm import catalogue, policy, states
 from control.farm.eligibility import Want, assess, available_clause
 from control.farm.models import BROADCAST_KINDS, Node
 from control.farm.schemas import TaskCreate
+from control.registry.identity import Principal
 
 
 def fan_out(kind: str, value: str | None, queue: str | None) -> list[Node]:
@@ -37,14 +42,13 @@ def _target(req: TaskCreate) -> tuple[str, str | None]:
     return "all", None
 
 
-def submit(req: TaskCreate, *, owner: int | None, who: str,
-           check_space: Callable[[int], None]) -> int:
-    """Create the task (a broadcast: its parent and children) and return its id.
+def submit(req: TaskCreate, *, principal: Principal, settings: Settings) -> int:
+    """Check the request, then create the task (a broadcast: its parent and children); its id.
 
-    ``owner`` is the submitting user's id (None for the administrator), ``who`` how events
-    name the submitter, and ``check_space`` the caller's access check for ``req.space``
-    (raises when the submitter may not use it); it runs after the params are checked, so
-    a request wrong in both says what is wrong with the params first.
+    The params first (422: schema, NUL bytes, refused fields, the site's container
+    images), so a request wrong in several ways says what is wrong with the params first;
+    then who may submit it (``control.farm.policy.check_submission``: grant, space, fair
+    use). The submitter is the task's owner (None for the administrator).
     """
     try:
         problems = catalogue.validate(req.name, req.params)
@@ -53,23 +57,32 @@ def submit(req: TaskCreate, *, owner: int | None, who: str,
         raise invalid(f"name: unknown task type {req.name!r} (known: {known})") from None
     if problems:
         raise invalid("; ".join(problems))
-    if req.space is not None:
-        check_space(req.space)
-    elif catalogue.needs_space(req.name):
+    image = catalogue.image_problem(req.name, req.params, settings.container_image_patterns)
+    if image is not None:
+        raise invalid(image)
+    if req.space is None and catalogue.needs_space(req.name):
         raise invalid(f"space: task type {req.name!r} uploads its outputs to a space's storage; give a space")
     kind, value = _target(req)
+    sub = policy.Submission(task_type=req.name, queue=req.queue, target_kind=kind, target_value=value,
+                            space=req.space)
+    nodes = fan_out(kind, value, req.queue) if kind in BROADCAST_KINDS else []
+    if kind in BROADCAST_KINDS:
+        if not nodes:
+            where = f"in region {value!r}" if kind == "region" else "in the farm"
+            serving = f" serving queue {req.queue!r}" if req.queue else ""
+            raise invalid(f"target: no online, uncordoned node{serving} {where}")
+        sub = dataclasses.replace(sub, count=len(nodes))
+    policy.check_submission(principal, settings, sub)
+    who = principal.describe()
+    owner = principal.user.id if principal.user is not None else None
     common: dict[str, Any] = dict(
         name=req.name, params=req.params, queue=req.queue or "default", space_id=req.space, owner=owner,
         priority=req.priority, timeout=req.timeout, max_attempts=req.max_attempts)
     t = now()
+    common["limits"] = req.limits.model_dump(exclude_none=True) if req.limits is not None else None
     if kind not in BROADCAST_KINDS:
         return states.enqueue({**common, "target_kind": kind, "target_value": value},
                               f"submitted by {who}", t=t).id
-    nodes = fan_out(kind, value, req.queue)
-    if not nodes:
-        where = f"in region {value!r}" if kind == "region" else "in the farm"
-        serving = f" serving queue {req.queue!r}" if req.queue else ""
-        raise invalid(f"target: no online, uncordoned node{serving} {where}")
     parent = states.enqueue({**common, "target_kind": kind, "target_value": value},
                             f"submitted by {who}: broadcast to {len(nodes)} node(s)",
                             {"nodes": [n.name for n in nodes]}, t=t)

@@ -53,6 +53,14 @@ class NodeConfig:
     # Niceness (0-19) of the runner and its tasks: batch work yields the CPU to the node's
     # own services, and to the control plane on a host that carries both.
     task_nice: int = 10
+    # The task sandbox (control.node.sandbox): its root-owned policy file ([sandbox]; empty: the
+    # built-in defaults, only when the runner is root), and the program sudo lets a runner that is
+    # not root start (the sudoers rule names exactly it and the policy path).
+    sandbox_policy: str = ""
+    sandbox_command: str = ""
+    # Images container tasks may run here (names or globs): the node refuses others even if the
+    # zone let them through (the zone's container_images is the first check).
+    container_images: tuple[str, ...] = ()
 
     def registration(self, pid: int, hostname: str, resources: dict[str, int]) -> dict[str, object]:
         """The body of ``POST /nodes/register``: everything but the key."""
@@ -130,7 +138,10 @@ def load_node_config(path: str | os.PathLike[str], *, require_key: bool = True) 
             ssh_key=sec.get("ssh_key", "").strip(), known_hosts=sec.get("known_hosts", "").strip(),
             ca_file=sec.get("ca_file", "").strip(),
             task_dirs_keep_days=sec.getfloat("task_dirs_keep_days", 7.0),
-            task_nice=_nice(sec.getint("task_nice", 10)))
+            task_nice=_nice(sec.getint("task_nice", 10)),
+            sandbox_policy=sec.get("sandbox_policy", "").strip(),
+            sandbox_command=sec.get("sandbox_command", "").strip(),
+            container_images=tuple(p for p in sec.get("container_images", "").replace(",", " ").split() if p))
     except ValueError as exc:
         raise NodeConfigError(f"{p}: {exc}") from None
 

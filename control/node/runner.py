@@ -9,14 +9,26 @@ sends only ``finished`` (the API records its ``running`` event all the same): sh
 are common (Z-Node's named functions, broadcasts), and one report instead of two halves
 the write load they put on the control plane.
 
-Per task attempt, under ``<workdir>/tasks/<id>/<attempt>/``:
-``spec.json`` (0600, written by the launch module), ``runner.pid`` (the runner's pid),
-``child.pid`` (the task's process group), ``output.log``, ``killed`` (a reason, written by
+**The runner never runs user code itself.** It stays in the node agent's account, holds the
+node key and the upload key, and hands each attempt to the task sandbox
+(``control.node.sandbox``: directly when the runner is root, through ``sudo`` otherwise),
+which runs the task's steps under an identity of its own (a pool account or a systemd
+``DynamicUser``), in a 0700 directory of that identity, with the task's limits. The task's
+environment carries no zonefarm secret and no path to one. When the sandbox has handed the
+task's directory back, the runner moves it to ``work/`` in the attempt directory and, for
+types that have one, runs the trusted ``after`` program (the pipeline's SFTP upload) in its
+own account.
+
+Per task attempt, under ``<workdir>/tasks/<id>/<attempt>/`` (0700, the agent's; files 0600):
+``spec.json`` (written by the launch module), ``runner.pid`` (the runner's pid),
+``child.pid`` (the sandbox's process group), ``output.log``, ``killed`` (a reason, written by
 ``zonefarm_kill`` before it signals, or by the runner itself on timeout or cancel),
-``outputs.json`` (optional, written by the task), ``callbacks.log`` (reports that did not land,
-status lines only) and ``done`` (when the runner let go of it;
-the node agent deletes attempts done longer ago than ``task_dirs_keep_days``). The node key is read from the node
-config file, never from argv or env, and the task's child gets a filtered environment.
+``work/`` (the task's own directory once the task has ended; ``outputs.json`` in it is the
+task's outputs), ``outputs.json``/``failure`` (written by trusted type programs only),
+``callbacks.log`` (reports that did not land, status lines only) and ``done`` (when the
+runner let go of it; the node agent deletes attempts done longer ago than
+``task_dirs_keep_days``). The node key is read from the node config file, never from argv
+or env.
 
 The runner enforces the task timeout itself as well as obeying the dispatcher's kills, so
 a task cannot outlive its timeout when the control plane is unreachable.
@@ -28,7 +40,9 @@ import argparse
 import codecs
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -108,22 +122,75 @@ class Callbacks:
         self.client.close()
 
 
-def _child_env(spec: dict[str, Any], tdir: Path, config: NodeConfig) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL",
-                                                          "TZ", "USER", "LOGNAME")}
+OUTPUTS_MAX = 1024 * 1024  # bytes of outputs.json a task may leave; more is ignored
+FAILURE_MAX = 1000  # characters of a failure reason sent to the API
+_ENV_KEEP = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+class SandboxUnavailable(RuntimeError):
+    """This runner cannot reach the task sandbox (not root, and no sudo rule configured)."""
+
+
+def sandbox_argv(config: NodeConfig) -> list[str]:
+    """How to start the task sandbox: directly as root, else through ``sudo`` exactly as its rule says."""
+    if os.geteuid() == 0:
+        return [sys.executable, "-m", "control.node.sandbox", config.sandbox_policy]
+    if not config.sandbox_policy:
+        raise SandboxUnavailable("the runner is not root and the node config names no sandbox_policy: "
+                                 "tasks cannot be given an identity of their own (see docs/security.md)")
+    command = config.sandbox_command or str(Path(sys.executable).with_name("zonefarm-sandbox"))
+    return ["sudo", "-n", command, config.sandbox_policy]
+
+
+def sandbox_env() -> dict[str, str]:
+    """The helper's environment (sudo resets it anyway): enough to find Python and the package."""
+    env = {k: v for k, v in os.environ.items() if k in (*_ENV_KEEP, "PYTHONPATH")}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    return env
+
+
+def task_env(spec: dict[str, Any]) -> dict[str, str]:
+    """The task's environment: a minimal base, the task's own ``env``, its id. No secret, no path to one."""
+    base = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
     base.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     base.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
     base["ZONEFARM_TASK_ID"] = str(spec["id"])
-    base["ZONEFARM_TASK_DIR"] = str(tdir)
-    if config.ssh_key:
-        base["ZONEFARM_SSH_KEY"] = config.ssh_key
-    if config.known_hosts:
-        base["ZONEFARM_KNOWN_HOSTS"] = config.known_hosts
     return base
 
 
+def spec_steps(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The commands to run in the sandbox, in order (``argv`` alone is one unlabelled step)."""
+    steps = spec.get("steps")
+    if steps is None and spec.get("argv"):
+        steps = [{"label": "", "argv": spec["argv"]}]
+    return list(steps or [])
+
+
+def read_task_file(directory: Path, name: str, limit: int = OUTPUTS_MAX) -> bytes | None:
+    """A regular file the task left in its directory, read without following a symlink.
+
+    The task cannot swap anything any more (its processes are gone and the directory is
+    the agent's), but it may have left ``outputs.json`` as a link to ``node.ini``: refused.
+    """
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        return fh.read(limit + 1)[:limit]
+
+
 class TaskRun:
-    """Runs one task attempt to its end and reports it."""
+    """Runs one task attempt to its end, through the sandbox, and reports it."""
 
     def __init__(self, config: NodeConfig, tdir: Path) -> None:
         self.config = config
@@ -137,6 +204,15 @@ class TaskRun:
         self.pending: list[str] = []  # output decoded but not yet delivered, in order
         self.sent = 0  # characters of this attempt's output the API has taken: the next log's offset
         self.lock = threading.Lock()
+        self.control: list[dict[str, Any]] = []  # the sandbox's reports (stderr, one JSON line each)
+        self.started_reported = False
+        self.next_progress = 0.0
+        self.next_log = 0.0
+        self.next_marker = 0.0
+
+    @property
+    def work(self) -> Path:
+        return self.tdir / "work"
 
     def _reader(self, stream: Any, out: Any) -> None:
         """Copy output to output.log and decode it as it comes.
@@ -156,6 +232,32 @@ class TaskRun:
         if tail:
             with self.lock:
                 self.pending.append(tail)
+
+    def _control_reader(self, stream: Any) -> None:
+        """The sandbox's reports; a line that is not one (sudo refusing, a traceback) goes into the log."""
+        for raw in iter(stream.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if isinstance(event, dict) and "event" in event:
+                with self.lock:
+                    self.control.append(event)
+                if event["event"] == "error":
+                    self._note(f"sandbox: {event.get('message', '')}")
+            elif line.strip():
+                self._note(f"sandbox: {line}")
+
+    def _note(self, message: str) -> None:
+        """A line of the runner's own in the task's log."""
+        with self.lock:
+            self.pending.append(f"zonefarm: {message}\n")
+
+    def _event(self, kind: str) -> dict[str, Any] | None:
+        with self.lock:
+            found = [e for e in self.control if e.get("event") == kind]
+        return found[-1] if found else None
 
     def _report(self, event: str, **data: Any) -> dict[str, Any]:
         """A non-terminal report that may fail: the task runs on and a later report catches up.
@@ -209,36 +311,56 @@ class TaskRun:
         except OSError:
             return None
 
-    def run(self) -> None:
+    def _request(self, steps: list[dict[str, Any]]) -> bytes:
         spec = self.spec
-        argv = [str(a) for a in spec["argv"]]
-        cwd = spec.get("cwd") or str(self.tdir)
-        reason = self._killed_reason()
-        if reason:  # killed between launch and start: never run it
-            self._report("started")
-            self.cb.send("finished", exit_code=-int(signal.SIGTERM), outputs={}, reason=reason)
-            return
-        try:
-            out = open(self.tdir / "output.log", "ab")
-            proc = subprocess.Popen(argv, cwd=cwd, env=_child_env(spec, self.tdir, self.config),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, process_group=0)
-        except OSError as exc:
-            self._report("started")
-            self._report("log", data=f"zonefarm: cannot start {argv[0]!r}: {exc}\n", offset=0)
-            self.cb.send("finished", exit_code=127, outputs={})
-            return
+        env = task_env(spec)
+        mode = spec.get("mode") or "task"
+        if mode == "runner":  # a trusted program: it may know where the attempt is, and nothing secret
+            env["ZONEFARM_ATTEMPT_DIR"] = str(self.tdir)
+            env["ZONEFARM_CONTAINER_IMAGES"] = " ".join(self.config.container_images)
+            if os.environ.get("PYTHONPATH"):  # where our own package is, when it is not installed
+                env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        return json.dumps({
+            "id": spec["id"], "attempt": spec["attempt"], "steps": steps, "env": env, "cwd": spec.get("cwd"),
+            "limits": spec.get("limits") or {}, "timeout": spec.get("timeout"), "mode": mode,
+            "task": {"id": spec["id"], "attempt": spec["attempt"], "name": spec.get("name", ""),
+                     "params": spec.get("params") or {}},
+        }).encode()
+
+    def _start(self, argv: list[str], env: dict[str, str], stdin: bytes | None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0,
+                                cwd=str(self.tdir))
         (self.tdir / "child.pid").write_text(str(proc.pid))
+        if stdin is not None:
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(stdin)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        return proc
+
+    def _follow(self, proc: subprocess.Popen[bytes], out: Any, control: bool) -> None:
+        """Run the supervision loop until ``proc`` ends: output, progress, timeout, kills, cancel."""
         reader = threading.Thread(target=self._reader, args=(proc.stdout, out), daemon=True)
         reader.start()
+        ctl = None
+        if control:
+            ctl = threading.Thread(target=self._control_reader, args=(proc.stderr,), daemon=True)
+        else:  # a trusted program's stderr is its output too
+            ctl = threading.Thread(target=self._reader, args=(proc.stderr, out), daemon=True)
+        ctl.start()
         try:
-            try:
-                proc.wait(START_GRACE)
-            except subprocess.TimeoutExpired:
-                self._report("started")
-            next_log = time.monotonic() + LOG_INTERVAL
-            next_progress = time.monotonic() + self.progress_every
-            next_marker = time.monotonic() + 1.0
+            if not self.started_reported:
+                try:
+                    proc.wait(START_GRACE)
+                except subprocess.TimeoutExpired:
+                    self._report("started")
+                    self.started_reported = True
+                now = time.monotonic()
+                self.next_log, self.next_progress = now + LOG_INTERVAL, now + self.progress_every
+                self.next_marker = now + 1.0
             while proc.poll() is None:
                 try:
                     proc.wait(POLL)
@@ -249,44 +371,138 @@ class TaskRun:
                     self._mark_killed("timed_out")
                     self._kill(proc)
                     continue
-                if now >= next_marker:  # zonefarm_kill signals too; this covers a lost signal
-                    next_marker = now + 1.0
+                if now >= self.next_marker:  # zonefarm_kill signals too; this covers a lost signal
+                    self.next_marker = now + 1.0
                     if self._killed_reason() and proc.poll() is None:
                         self._kill(proc)
                         continue
-                if now >= next_log and self.pending:
+                if now >= self.next_log and self.pending:
                     self._flush_log()
-                    next_log = now + LOG_INTERVAL
-                if now >= next_progress and proc.poll() is None:
+                    self.next_log = now + LOG_INTERVAL
+                if now >= self.next_progress and proc.poll() is None:
                     answer = self._report("progress")
-                    next_progress = now + self.progress_every
+                    self.started_reported = True
+                    self.next_progress = now + self.progress_every
                     if answer.get("cancel"):
                         self._mark_killed("cancelled")
                         self._kill(proc)
         except StaleAttempt:
             self._kill(proc)
             raise
-        reader.join(10)
+        finally:
+            reader.join(10)
+            ctl.join(10)
+
+    def _take_back_work(self) -> None:
+        """Move the task's directory, handed back to us by the sandbox, to ``work/`` in the attempt."""
+        result = self._event("result") or self._event("started") or {}
+        source = result.get("dir")
+        if not isinstance(source, str) or not source or self.work.exists():
+            return
+        try:
+            st = os.lstat(source)
+        except OSError:
+            return
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            self._note(f"the task's directory {source} was not handed back; its outputs are not read")
+            return
+        try:
+            os.rename(source, self.work)
+        except OSError:
+            shutil.move(source, self.work)
+
+    def run(self) -> None:
+        spec = self.spec
+        reason = self._killed_reason()
+        if reason:  # killed between launch and start: never run it
+            self._report("started")
+            self.cb.send("finished", exit_code=-int(signal.SIGTERM), outputs={}, reason=reason)
+            return
+        steps = spec_steps(spec)
+        out = open(self.tdir / "output.log", "ab")
+        failure: str | None = None
+        try:
+            if not steps:
+                raise SandboxUnavailable("the task has nothing to run (no argv and no steps)")
+            proc = self._start(sandbox_argv(self.config), sandbox_env(), self._request(steps))
+        except (OSError, SandboxUnavailable) as exc:
+            out.close()
+            self._report("started")
+            self._report("log", data=f"zonefarm: cannot start the task: {exc}\n", offset=0)
+            self.cb.send("finished", exit_code=127, outputs={}, failure=str(exc)[:FAILURE_MAX])
+            return
+        try:
+            self._follow(proc, out, control=True)
+        except StaleAttempt:
+            self._take_back_work()  # the sandbox stopped it; the directory is still ours to clean
+            raise
+        result = self._event("result")
+        error = self._event("error")
+        code = proc.returncode
+        if result is not None and isinstance(result.get("exit_code"), int):
+            code = result["exit_code"]
+            failure = result.get("reason") or None
+        elif error is not None:
+            failure = f"the task sandbox refused or could not run it: {error.get('message', '')}"
+        self._take_back_work()
+        after = spec.get("after") or []
+        if after and code == 0 and not self._killed_reason():
+            code = self._after([str(a) for a in after], out)
         out.close()
+        trusted_failure = self._trusted_failure()
+        failure = failure or trusted_failure
         self._flush_log(patience=FINISHED_PATIENCE)
-        self.cb.send("finished", **self._result(proc.returncode))
+        self.cb.send("finished", **self._result(code, failure))
+
+    def _after(self, argv: list[str], out: Any) -> int:
+        """The type's trusted follow-up (pipeline upload), in the runner's own account, with the keys."""
+        env = sandbox_env()
+        env.update(ZONEFARM_TASK_ID=str(self.spec["id"]), ZONEFARM_ATTEMPT_DIR=str(self.tdir),
+                   ZONEFARM_TASK_DIR=str(self.work))
+        if self.config.ssh_key:
+            env["ZONEFARM_SSH_KEY"] = self.config.ssh_key
+        if self.config.known_hosts:
+            env["ZONEFARM_KNOWN_HOSTS"] = self.config.known_hosts
+        try:
+            proc = self._start(argv, env, None)
+        except OSError as exc:
+            self._note(f"cannot start {argv[0]!r}: {exc}")
+            return 127
+        self._follow(proc, out, control=False)
+        return proc.returncode
+
+    def _trusted_failure(self) -> str | None:
+        try:
+            text = (self.tdir / "failure").read_text(errors="replace").strip()
+        except OSError:
+            return None
+        return text[:FAILURE_MAX] or None
 
     def _mark_killed(self, reason: str) -> None:
         marker = self.tdir / "killed"
         if not marker.exists():
             marker.write_text(reason)
 
-    def _result(self, code: int) -> dict[str, Any]:
-        outputs: dict[str, Any] = {}
-        try:
-            outputs = json.loads((self.tdir / "outputs.json").read_text())
-        except (OSError, ValueError):
-            pass
-        result: dict[str, Any] = {"exit_code": code, "outputs": outputs}
+    def _outputs(self) -> dict[str, Any]:
+        """``outputs.json`` of a trusted type program, else the task's own (a regular file, 1 MiB at most)."""
+        for directory in (self.tdir, self.work):
+            raw = read_task_file(directory, "outputs.json")
+            if raw is None:
+                continue
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                return {}
+            return data if isinstance(data, dict) else {}
+        return {}
+
+    def _result(self, code: int, failure: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = {"exit_code": code, "outputs": self._outputs()}
         try:
             result["reason"] = (self.tdir / "killed").read_text().strip()
         except OSError:
-            pass
+            if failure:
+                result["failure"] = failure[:FAILURE_MAX]
         return result
 
 
@@ -299,6 +515,12 @@ def _supervise(config: NodeConfig, tdir: Path) -> None:
         pass  # another attempt owns the task now; our report would be wrong
     except Exception as exc:  # noqa: BLE001 - recorded locally; the lease requeues the task
         (tdir / "runner.error").write_text(f"{type(exc).__name__}: {exc}\n")
+        if run is not None:  # say so rather than leave the task assigned until its lease ends
+            try:
+                run.cb.send("finished", patience=REPORT_PATIENCE, exit_code=-1, outputs={},
+                            failure=f"the runner failed: {type(exc).__name__}")
+            except Exception:  # noqa: BLE001, S110 - the lease still requeues it
+                pass
     finally:
         if run is not None:
             run.cb.close()
@@ -328,6 +550,7 @@ def lower_priority(nice: int) -> None:
 
 def run_batch(config_path: str, dirs: list[str]) -> int:
     config = load_node_config(config_path)
+    os.umask(0o077)  # logs, markers and moved work directories: the agent's alone
     lower_priority(config.task_nice)
     pid = str(os.getpid())
     for d in dirs:  # the fork launcher wrote it already; under systemd-run only we know it

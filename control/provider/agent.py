@@ -11,6 +11,10 @@ same space removes the marker.
 The INI file (section ``[provider]``) names the token *file*, never the token, and the
 agent refuses a token file others can read (``control.node.secretfile``). Its HTTP goes
 through the worker side's one API client (``control.node.client``) with bearer auth.
+
+``zonefarm provider support`` is the provider's consent to support a space: it redeems a
+support token a space admin handed over (read from stdin, so it never shows in ``ps``)
+with the provider's own token and the size it grants.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -198,6 +203,14 @@ class Follower:
         if resp.status in (401, 403):
             raise TokenRejected(f"the zone refused the provider token ({resp.status}): "
                                 f"{_error_message(resp)}")
+        if resp.status == 410:
+            # The zone pruned changes we have not seen (retention_feed_days): replay what it
+            # keeps from the start; applying the feed is idempotent.
+            log.warning("the zone no longer keeps the changes after %s (%s); resynchronising from 0",
+                        self.seq, _error_message(resp))
+            self.seq = 0
+            self._save_seq()
+            return 0
         if resp.status != 200:
             raise FeedError(f"GET /changes answered {resp.status}: {_error_message(resp)}")
         body = resp.json()
@@ -232,6 +245,33 @@ def _error_message(resp: Response) -> str:
     return resp.error_message()
 
 
+def redeem_support(config: ProviderConfig, ticket: str, size: int | None) -> dict[str, Any]:
+    """Support the space a support token names: ``POST /providers/{id}/supports`` with the
+    provider's token. Returns the support; a refusal raises with the zone's message."""
+    body: dict[str, Any] = {"token": ticket} | ({"size": size} if size is not None else {})
+    with config.client() as client:
+        resp = client.post(f"/providers/{config.provider_id}/supports", body)
+    if resp.status != 201:
+        raise RuntimeError(f"the zone refused the support token ({resp.status}): {_error_message(resp)}")
+    return dict(resp.json())
+
+
+def cmd_support(args: argparse.Namespace) -> int:
+    try:
+        config = load_provider_config(args.provider_config)
+    except ProviderConfigError as exc:
+        raise SystemExit(f"zonefarm provider: {exc}") from None
+    ticket = sys.stdin.readline().strip()
+    if not ticket:
+        raise SystemExit("zonefarm provider support: give the support token on stdin")
+    try:
+        support = redeem_support(config, ticket, args.size)
+    except (RuntimeError, TransportError) as exc:
+        raise SystemExit(f"zonefarm provider support: {exc}") from None
+    print(json.dumps(support))
+    return 0
+
+
 def cmd_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=os.environ.get("ZONEFARM_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -263,3 +303,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", dest="provider_config", required=True, help="INI file with a [provider] section")
     p.add_argument("--once", action="store_true", help="apply what the feed holds now, then exit")
     p.set_defaults(func=cmd_agent)
+    sp = provider.add_parser("support", help="consent to support a space: redeem the support token given on stdin")
+    sp.add_argument("--config", dest="provider_config", required=True, help="INI file with a [provider] section")
+    sp.add_argument("--size", type=int, help="bytes granted (default: what the token asks for)")
+    sp.set_defaults(func=cmd_support)

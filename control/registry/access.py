@@ -1,19 +1,35 @@
-"""Who may do what on groups, spaces and providers; one place so every route agrees.
+"""Who may see what and do what in the registry: the one module every route asks.
 
-Roles rank owner > admin > member (``control.registry.membership.RANK``). The rule per relation:
+Roles rank owner > admin > member (``control.registry.membership.RANK``). One rule
+holds for both groups and spaces:
 
 * **member**: read the entity and its member lists;
-* **admin**: also rename it, add or remove plain members and groups, manage support;
+* **admin**: also rename it, add or remove plain members and groups, issue and revoke
+  invites (granting no more than it may grant itself), ask providers for support
+  (support tokens) and revoke support;
 * **owner**: also delete it and grant, change or take away admin and owner roles.
+
+Writing data into a space (``WRITE_DATA``: a task's uploads) takes the member role or
+above. Who may submit which tasks (grants) is ``control.farm.policy``.
 
 Root may do everything. A stranger gets 403 for reads and writes alike (after a 404
 for an unknown id). Any member may leave by itself, but the last owner may not. A
 group joins a space (or nests in a group) only by the hand of one of its own members.
 
 A provider token may only read its region of interest: the spaces it supports, the
-groups and users in them, and itself; its one write is resizing or revoking its own
-support. Root registers and deletes providers; users may read them (to pick one
+groups and users in them, and itself; its writes are redeeming support tokens (the
+provider's consent: a space admin cannot commit its storage) and resizing or revoking
+its own support. Root registers and deletes providers; users may read them (to pick one
 for support), and a provider may update itself and rotate its token.
+
+*Visibility* is the same rule seen from the other side: the groups, spaces and
+changes a caller may list are exactly the ones it could read one by one
+(``visible_groups``, ``visible_spaces``, ``audience``). The effective relations follow
+it too: a group's parents and ancestors are listed as far as the caller sees them (its
+children, like its members, to whoever reads the group), and another user's effective
+groups and spaces only where the caller is a member itself. Resources a user owns inside
+an optional space (the farm's tasks) follow ``see_owned`` / ``cancel_owned`` /
+``submit_into_space``, so the farm asks here instead of keeping its own copy.
 
 Effective roles include the roles reached through nested groups (see
 ``control.registry.membership``). ``tests/test_permissions.py`` holds the matrix.
@@ -21,15 +37,21 @@ Effective roles include the roles reached through nested groups (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import peewee
 
-from control.core.errors import conflict, forbidden, not_found
-from control.registry import membership
-from control.registry.identity import Principal
+from control.core.errors import conflict, forbidden, invalid, not_found
+from control.registry import feed, membership
+from control.registry.identity import Principal, require_user_or_root
 from control.registry.membership import RANK
 from control.registry.models import Group, GroupUser, Provider, Space, SpaceUser, User
 
 READ = "member"
+# Writing data into a space (a task's pipeline upload) takes this role there. Every role
+# writes today (the registry has no read-only role); a viewer role would rank below it.
+WRITE_DATA = "member"
 
 
 def fetch(model: type[peewee.Model], ident: int) -> peewee.Model:
@@ -39,43 +61,54 @@ def fetch(model: type[peewee.Model], ident: int) -> peewee.Model:
     return row
 
 
-def _check(role: str | None, need: str, what: str) -> None:
+def check_role(role: str | None, need: str, what: str) -> None:
+    """The one role check: ``role`` (None: no member) must rank at least ``need``."""
     if role is None:
         raise forbidden(f"not a member of this {what}")
     if RANK[role] < RANK[need]:
         raise forbidden(f"needs the {need} role in this {what}; caller is {role}")
 
 
-def space_access(principal: Principal, space_id: int, need: str = READ) -> tuple[Space, str | None]:
-    """The space and the caller's effective role in it (None for root and providers)."""
-    space = fetch(Space, space_id)
+@dataclass(frozen=True)
+class _Entity:
+    """What differs between groups and spaces for the role check; the rule itself does not."""
+
+    model: type[peewee.Model]
+    what: str
+    role_of: Callable[[int, int], str | None]
+    provider_reads: Callable[[int], set[int]]
+    provider_rule: str
+
+
+_SPACE = _Entity(Space, "space", membership.space_role, membership.provider_spaces,
+                 "a provider may only read the spaces it supports")
+_GROUP = _Entity(Group, "group", membership.group_role, membership.provider_groups,
+                 "a provider may only read the groups of the spaces it supports")
+
+
+def _access(principal: Principal, entity: _Entity, ident: int, need: str) -> tuple[peewee.Model, str | None]:
+    row = fetch(entity.model, ident)
     if principal.is_root:
-        return space, None
+        return row, None
     if principal.provider is not None:
-        if need == READ and space.id in membership.provider_spaces(principal.provider.id):
-            return space, None
-        raise forbidden("a provider may only read the spaces it supports")
+        if need == READ and row.id in entity.provider_reads(principal.provider.id):
+            return row, None
+        raise forbidden(entity.provider_rule)
     if principal.user is None:
         raise forbidden(f"a {principal.kind} token may not do this")
-    role = membership.space_role(principal.user.id, space.id)
-    _check(role, need, "space")
-    return space, role
+    role = entity.role_of(principal.user.id, row.id)
+    check_role(role, need, entity.what)
+    return row, role
+
+
+def space_access(principal: Principal, space_id: int, need: str = READ) -> tuple[Space, str | None]:
+    """The space and the caller's effective role in it (None for root and providers)."""
+    return _access(principal, _SPACE, space_id, need)
 
 
 def group_access(principal: Principal, group_id: int, need: str = READ) -> tuple[Group, str | None]:
     """The group and the caller's effective role in it (None for root and providers)."""
-    group = fetch(Group, group_id)
-    if principal.is_root:
-        return group, None
-    if principal.provider is not None:
-        if need == READ and group.id in membership.provider_region(principal.provider.id)[1]:
-            return group, None
-        raise forbidden("a provider may only read the groups of the spaces it supports")
-    if principal.user is None:
-        raise forbidden(f"a {principal.kind} token may not do this")
-    role = membership.group_role(principal.user.id, group.id)
-    _check(role, need, "group")
-    return group, role
+    return _access(principal, _GROUP, group_id, need)
 
 
 def provider_access(principal: Principal, provider_id: int) -> Provider:
@@ -86,6 +119,24 @@ def provider_access(principal: Principal, provider_id: int) -> Provider:
     if principal.provider is not None and principal.provider.id == provider.id:
         return provider
     raise forbidden("only the administrator or the provider itself may do this")
+
+
+def provider_read(principal: Principal, provider_id: int) -> Provider:
+    """Users and root read every provider (to pick one for support); a provider only itself."""
+    if principal.provider is not None:
+        return provider_access(principal, provider_id)
+    require_user_or_root(principal)
+    return fetch(Provider, provider_id)
+
+
+def support_writer(principal: Principal, space_id: int, provider_id: int) -> Space:
+    """Revoking a support: space admins and root, and the provider itself for its own."""
+    if principal.provider is not None:
+        if principal.provider.id != provider_id:
+            raise forbidden("a provider may only change its own support")
+        return fetch(Space, space_id)
+    space, _ = space_access(principal, space_id, "admin")
+    return space
 
 
 def require_grant(principal: Principal, actor_role: str | None, *roles: str | None) -> None:
@@ -105,3 +156,142 @@ def keep_an_owner(model: type[GroupUser] | type[SpaceUser], parent: peewee.Field
     owners = model.select().where(parent == parent_id, model.role == "owner").count()
     if owners <= 1:
         raise conflict("the last owner cannot be removed or demoted")
+
+
+def new_entity_owner(principal: Principal, owner_id: int | None) -> User | None:
+    """The owner of a new group or space: the creating user, or whom root names."""
+    require_user_or_root(principal)
+    if principal.user is not None:
+        if owner_id is not None and owner_id != principal.user.id:
+            raise forbidden("only the administrator may name another owner")
+        return principal.user
+    if owner_id is None:
+        return None
+    user = User.get_or_none(User.id == owner_id)
+    if user is None:
+        raise invalid(f"owner: user {owner_id} does not exist")
+    return user
+
+
+# --- users ------------------------------------------------------------------------------
+
+
+def require_self_or_root(principal: Principal, user: User) -> None:
+    if principal.is_root:
+        return
+    if principal.user is None or principal.user.id != user.id:
+        raise forbidden("only the user itself or the administrator may do this")
+
+
+def sees_private(principal: Principal | None, user_id: int) -> bool:
+    """A user's e-mail is for itself and the administrator (None: an internal caller)."""
+    return principal is None or principal.is_root or (
+        principal.user is not None and principal.user.id == user_id)
+
+
+# --- visibility: what a caller may list -------------------------------------------------
+
+
+def visible_spaces(principal: Principal) -> set[int] | None:
+    """Space ids the caller may list; None means all (root)."""
+    if principal.is_root:
+        return None
+    if principal.provider is not None:
+        return membership.provider_spaces(principal.provider.id)
+    require_user_or_root(principal)
+    return membership.user_spaces(principal.user.id)
+
+
+def visible_groups(principal: Principal) -> set[int] | None:
+    """Group ids the caller may list; None means all (root)."""
+    if principal.is_root:
+        return None
+    if principal.provider is not None:
+        return membership.provider_groups(principal.provider.id)
+    require_user_or_root(principal)
+    return membership.user_groups(principal.user.id)
+
+
+def only_visible_groups(principal: Principal, ids: set[int]) -> set[int]:
+    """The groups of ``ids`` the caller may see (a group's parents are not its members, so
+    reading a group does not show them all)."""
+    visible = visible_groups(principal)
+    return ids if visible is None else ids & visible
+
+
+def visible_providers(principal: Principal) -> set[int] | None:
+    """Provider ids the caller may list: a provider only itself; users and root all (None)."""
+    if principal.provider is not None:
+        return {principal.provider.id}
+    require_user_or_root(principal)
+    return None
+
+
+def visible_relations_of_user(principal: Principal, user_id: int, kind: str) -> set[int] | None:
+    """Which of a user's effective groups or spaces (``kind``) the caller may list: all of
+    them for the user itself and root (None), else only those the caller sees itself.
+    Like ``/users/{id}``, this is for users and root: a provider gets 403."""
+    require_user_or_root(principal)
+    if principal.is_root or principal.user.id == user_id:
+        return None
+    return visible_spaces(principal) if kind == "spaces" else visible_groups(principal)
+
+
+def audience(principal: Principal) -> feed.Audience:
+    """The changes the caller may read: the feed's form of the visibility rules above."""
+    if principal.is_root:
+        return feed.Audience(everything=True)
+    if principal.provider is not None:
+        spaces, groups, users = membership.provider_region(principal.provider.id)
+        return feed.Audience(provider_id=principal.provider.id, spaces=frozenset(spaces),
+                             groups=frozenset(groups), users=frozenset(users))
+    if principal.user is not None:
+        uid = principal.user.id
+        return feed.Audience(spaces=frozenset(membership.user_spaces(uid)),
+                             groups=frozenset(membership.user_groups(uid)), users=frozenset({uid}))
+    raise forbidden(f"a {principal.kind} token may not read the change feed")
+
+
+# --- resources a user owns inside an optional space (the farm's tasks) ------------------
+
+
+def see_owned(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:
+    """The owner, the members of its space and the administrator see it."""
+    require_user_or_root(principal)
+    if principal.is_root:
+        return
+    uid = principal.user.id
+    if owner_id == uid:
+        return
+    if space_id is not None and membership.space_role(uid, space_id) is not None:
+        return
+    raise forbidden(f"only the submitter, members of the {what}'s space and the administrator may see it")
+
+
+def cancel_owned(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:
+    """Only the owner and the administrator stop it (space members only see it)."""
+    see_owned(principal, owner_id, space_id, what)
+    if not principal.is_root and owner_id != principal.user.id:
+        raise forbidden(f"only the submitter or the administrator may cancel a {what}")
+
+
+def submit_into_space(principal: Principal, space_id: int, writer: str | None = None) -> None:
+    """Putting a resource into a space takes membership of it; the space is a body field (422).
+
+    ``writer`` names a resource that writes data into the space (a task type with uploads,
+    e.g. "task type 'pipeline'"): that takes ``WRITE_DATA`` there, and the 403 says so.
+    """
+    require_user_or_root(principal)
+    if Space.get_or_none(Space.id == space_id) is None:
+        raise invalid(f"space: space {space_id} not found")
+    if principal.is_root:
+        return
+    role = membership.space_role(principal.user.id, space_id)
+    need = WRITE_DATA if writer is not None else READ
+    if role is not None and RANK[role] >= RANK[need]:
+        return
+    has = f"caller is {role}" if role is not None else "caller is not a member"
+    if writer is not None:
+        raise forbidden(f"space: {writer} writes its outputs into space {space_id}, which takes write "
+                        f"permission there (the {need} role or above; {has})")
+    raise forbidden(f"not a member of space {space_id}")

@@ -5,7 +5,7 @@ commit in order and a reader resuming from N can never skip a number that commit
 later. SQLite already has a single writer.
 
 Who sees what is decided by the change's scope columns against the reader's
-*audience* (computed from the registry as it is now, see ``control.web.routes.changes``):
+*audience* (computed from the registry as it is now, see ``control.registry.access.audience``):
 
 * a change scoped to a provider (``provider_id`` set: the provider itself and the
   supports it holds, including their revocation) is seen by that provider only, and
@@ -23,8 +23,10 @@ from typing import Any
 
 import peewee
 
-from control.core.db import database, is_postgres
-from control.registry.models import Change
+from control.core import actor as actors
+from control.core.db import database, is_postgres, write_transaction
+from control.core.models import now
+from control.registry.models import Change, Provider
 
 _FEED_LOCK = 0x7A6F6E65  # "zone"
 
@@ -41,11 +43,12 @@ def serialise() -> None:
 
 def record(entity: str, entity_id: int, op: str, data: dict[str, Any] | None = None, *,
            space_id: int | None = None, provider_id: int | None = None,
-           group_id: int | None = None, user_id: int | None = None) -> Change:
+           group_id: int | None = None, user_id: int | None = None, actor: str | None = None) -> Change:
+    """Append one change; ``actor`` defaults to who is acting now (``control.core.actor``)."""
     serialise()
     return Change.create(entity=entity, entity_id=entity_id, op=op, data=data,
                          space_id=space_id, provider_id=provider_id, group_id=group_id,
-                         user_id=user_id)
+                         user_id=user_id, actor=actor or actors.current())
 
 
 @dataclass(frozen=True)
@@ -97,3 +100,19 @@ def read(audience: Audience, since: int, upto: int, limit: int) -> tuple[list[Ch
     if len(rows) == limit:
         return rows, rows[-1].seq
     return rows, upto
+
+
+ACK_REFRESH = 60.0  # seconds: an unchanged position is written again at most this often
+
+
+def acknowledge(provider_id: int, since: int) -> None:
+    """Record that a provider asked for changes after ``since``: it has applied everything
+    up to it. ``GET /metrics`` shows the lag; an unchanged position is rewritten only every
+    ``ACK_REFRESH`` seconds, so a long-polling provider costs no write per poll."""
+    t = now()
+    with write_transaction():
+        (Provider.update(feed_acked_seq=since, feed_polled_at=t)
+         .where(Provider.id == provider_id,
+                Provider.feed_acked_seq.is_null() | (Provider.feed_acked_seq != since)
+                | Provider.feed_polled_at.is_null() | (Provider.feed_polled_at < t - ACK_REFRESH))
+         .execute())

@@ -87,8 +87,14 @@ class Provider(BaseModel):
     sftp_port = peewee.IntegerField(default=22)
     sftp_user = peewee.CharField(max_length=64, null=True)
     storage_path = peewee.CharField(max_length=1024, null=True)
+    # The total bytes the provider grants to all the spaces it supports; None: no limit.
+    support_limit = peewee.BigIntegerField(null=True)
     created_at = peewee.DoubleField(default=now)
     updated_at = peewee.DoubleField(default=now)
+    # The last ``since`` the provider polled ``GET /changes`` with: everything up to it is
+    # applied on its side, so the feed head minus it is the provider's lag (GET /metrics).
+    feed_acked_seq = peewee.IntegerField(null=True)
+    feed_polled_at = peewee.DoubleField(null=True)
 
 
 class Support(BaseModel):
@@ -103,15 +109,70 @@ class Support(BaseModel):
 
 
 class Token(BaseModel):
-    """Bearer tokens are stored as SHA-256 digests: a database dump leaks no credential."""
+    """Bearer tokens are stored as SHA-256 digests: a database dump leaks no credential.
+
+    A ``refresh`` token is not a bearer credential: it is exchanged once, at
+    ``POST /auth/token``, for a new access token and a new refresh token.
+    """
 
     token_hash = peewee.CharField(max_length=64, unique=True)
-    kind = peewee.CharField(max_length=10)  # "user" | "provider"
+    kind = peewee.CharField(max_length=10)  # "user" | "provider" | "refresh"
     user = peewee.ForeignKeyField(User, null=True, on_delete="CASCADE")
     provider = peewee.ForeignKeyField(Provider, null=True, on_delete="CASCADE")
     created_at = peewee.DoubleField(default=now)
     expires_at = peewee.DoubleField(null=True)
     revoked = peewee.BooleanField(default=False)
+    scope = peewee.CharField(max_length=10, default="write")  # "write" (everything) | "read"
+    last_used_at = peewee.DoubleField(null=True)  # to the minute: see identity.LAST_USED_EVERY
+
+
+class LoginFailure(BaseModel):
+    """One failed password check, counted against a key: ``user:<name>`` or ``addr:<ip>``.
+
+    Rows older than the throttle window are deleted as new failures arrive.
+    """
+
+    key = peewee.CharField(max_length=100)
+    ts = peewee.DoubleField(default=now, index=True)
+
+    class Meta:
+        indexes = ((("key", "ts"), False),)
+
+
+class Invite(BaseModel):
+    """An invitation to join a space or a group (exactly one is set), redeemed by a user
+    for itself or for a group it administers (``subject``). Like bearer tokens, only the
+    SHA-256 digest of the secret is stored."""
+
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    space = peewee.ForeignKeyField(Space, null=True, on_delete="CASCADE")
+    group = peewee.ForeignKeyField(Group, null=True, on_delete="CASCADE")
+    subject = peewee.CharField(max_length=10)  # "user" | "group"
+    role = peewee.CharField(max_length=10, default="member")
+    max_uses = peewee.IntegerField(default=1)
+    uses = peewee.IntegerField(default=0)
+    expires_at = peewee.DoubleField()
+    revoked = peewee.BooleanField(default=False)
+    created_by = peewee.IntegerField(null=True)  # user id; None for the administrator
+    created_at = peewee.DoubleField(default=now)
+
+
+class SupportToken(BaseModel):
+    """A space admin's request for storage: a provider redeems it with the size it grants.
+
+    ``provider`` None means any provider may redeem it. Single use; stored as a digest.
+    """
+
+    token_hash = peewee.CharField(max_length=64, unique=True)
+    space = peewee.ForeignKeyField(Space, on_delete="CASCADE")
+    provider = peewee.ForeignKeyField(Provider, null=True, on_delete="CASCADE")
+    size = peewee.BigIntegerField(null=True)  # bytes asked for; the provider decides
+    expires_at = peewee.DoubleField()
+    revoked = peewee.BooleanField(default=False)
+    used_at = peewee.DoubleField(null=True)
+    used_by = peewee.IntegerField(null=True)  # the provider that redeemed it
+    created_by = peewee.IntegerField(null=True)
+    created_at = peewee.DoubleField(default=now)
 
 
 class Change(BaseModel):
@@ -127,7 +188,9 @@ class Change(BaseModel):
     provider_id = peewee.IntegerField(null=True, index=True)
     group_id = peewee.IntegerField(null=True, index=True)
     user_id = peewee.IntegerField(null=True, index=True)
+    # Who made the change (control.core.actor): root, user:<id>, provider:<id>, node:<name>...
+    actor = peewee.CharField(max_length=200, default="system", index=True)
 
 
 REGISTRY_MODELS = [User, SshKey, Group, GroupUser, GroupChild, Space, SpaceUser,
-                   SpaceGroup, Provider, Support, Token, Change]
+                   SpaceGroup, Provider, Support, Token, Invite, SupportToken, Change, LoginFailure]

@@ -6,11 +6,12 @@ being silently ignored.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel, StringConstraints
+from pydantic.json_schema import SkipJsonSchema
 
-from control.core.schemas import Input
+from control.core.schemas import MAX_ID, Input
 
 USERNAME = r"^[a-z0-9][a-z0-9._-]{1,63}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$"
@@ -18,22 +19,61 @@ EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
 Role = Literal["member", "admin", "owner"]
 
 
-class TokenRequest(Input):
+# A password is taken as typed: other strings lose surrounding whitespace, a password keeps it.
+Secret = Annotated[str, StringConstraints(strip_whitespace=False)]
+# Optional, but never null: a form body cannot say null, so the document does not offer it.
+Scope = Literal["write", "read"]
+SCOPE_DOC = "`read` makes a read-only token (any write answers 403); default `write`"
+
+
+def _no_null_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # null is not one of the values the document offers
+
+
+class PasswordGrant(Input):
     grant_type: Literal["password"]
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=1024)
-    scope: str | None = None
+    username: str = Field(min_length=1, max_length=64, pattern=r"\S")
+    password: Secret = Field(min_length=1, max_length=1024)
+    scope: Scope | SkipJsonSchema[None] = Field(default=None, description=SCOPE_DOC,
+                                                json_schema_extra=_no_null_default)
+
+
+class RefreshGrant(Input):
+    grant_type: Literal["refresh_token"]
+    refresh_token: str = Field(min_length=1, max_length=200, pattern=r"\S",
+                               description="From an earlier answer; good for one exchange")
+    scope: Scope | SkipJsonSchema[None] = Field(
+        default=None, description="May narrow `write` to `read`, never widen; default: unchanged",
+        json_schema_extra=_no_null_default)
+
+
+class TokenRequest(RootModel[Annotated[PasswordGrant | RefreshGrant, Field(discriminator="grant_type")]]):
+    """OAuth2 password grant, or the refresh-token grant (as Zimfarm's dispatcher has)."""
 
 
 class TokenOut(BaseModel):
     access_token: str
     token_type: Literal["bearer"]
     expires_in: int
+    refresh_token: str = Field(description="Exchange once with grant_type=refresh_token")
+    scope: Scope
+
+
+class TokenInfo(BaseModel):
+    """A user's token as the listing shows it: never the secret, which is not stored."""
+
+    id: int
+    kind: Literal["access", "refresh"]
+    scope: Scope
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None = Field(description="To the minute; null when never used")
+    current: bool = Field(description="The token this request carries")
 
 
 class UserCreate(Input):
     username: str = Field(pattern=USERNAME)
-    password: str = Field(min_length=8, max_length=1024)
+    password: Secret = Field(min_length=8, max_length=1024)
     full_name: str = Field(default="", max_length=200)
     email: str = Field(default="", pattern=r"^$|" + EMAIL[1:], max_length=254)
     active: bool = True
@@ -42,7 +82,10 @@ class UserCreate(Input):
 class UserUpdate(Input):
     full_name: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, pattern=r"^$|" + EMAIL[1:], max_length=254)
-    password: str | None = Field(default=None, min_length=8, max_length=1024)
+    password: Secret | None = Field(default=None, min_length=8, max_length=1024,
+                                    description="Needs current_password (unless root); revokes the "
+                                                "user's other tokens")
+    current_password: Secret | None = Field(default=None, min_length=1, max_length=1024)
     active: bool | None = None
 
 
@@ -80,12 +123,15 @@ class MemberRole(Input):
 GroupRoleInSpace = Literal["member", "admin"]
 HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
 MIN_SUPPORT = 1024 * 1024
+MAX_BYTES = 2**62
+MAX_TTL = 10 * 365 * 86400  # the invite_max_ttl setting is the real bound
+LIMIT_DOC = "Total bytes the provider grants over all its supports; null: no limit"
 
 
 class GroupCreate(Input):
     name: str = Field(pattern=NAME, max_length=100)
-    owner: int | None = Field(default=None, description="User id made owner (root only); "
-                                                        "a user creating it owns it")
+    owner: int | None = Field(default=None, ge=1, le=MAX_ID,
+                              description="User id made owner (root only); a user creating it owns it")
 
 
 class GroupUpdate(Input):
@@ -150,6 +196,7 @@ class ProviderCreate(Input):
     storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024,
                                      description="Absolute directory; spaces live in "
                                                  "storage_path/<space id>")
+    support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES, description=LIMIT_DOC)
 
 
 class ProviderUpdate(Input):
@@ -160,6 +207,8 @@ class ProviderUpdate(Input):
     sftp_port: int | None = Field(default=None, ge=1, le=65535)
     sftp_user: str | None = Field(default=None, pattern=USERNAME, max_length=64)
     storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024)
+    support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES,
+                                      description=LIMIT_DOC + "; null removes the limit")
 
 
 class ProviderOut(BaseModel):
@@ -171,6 +220,8 @@ class ProviderOut(BaseModel):
     sftp_port: int
     sftp_user: str | None
     storage_path: str | None
+    support_limit: int | None = Field(description=LIMIT_DOC)
+    granted: int = Field(description="Bytes the provider grants now, over all its supports")
     created_at: str
     updated_at: str
 
@@ -181,7 +232,7 @@ class ProviderRegistered(BaseModel):
 
 
 class SupportSize(Input):
-    size: int = Field(ge=MIN_SUPPORT, le=2**62, description="Bytes; at least 1 MiB")
+    size: int = Field(ge=MIN_SUPPORT, le=MAX_BYTES, description="Bytes; at least 1 MiB")
 
 
 class SupportOut(BaseModel):
@@ -210,3 +261,114 @@ class ChangeOut(BaseModel):
 class ChangesOut(BaseModel):
     changes: list[ChangeOut]
     last_seq: int = Field(description="Resume with since=last_seq; covers changes filtered out")
+
+
+# --- invite tokens and support tokens ------------------------------------------------
+
+InviteSubject = Literal["user", "group"]
+TokenState = Literal["active", "used", "expired", "revoked"]
+SECRET = Field(min_length=1, max_length=200, description="The token as it was shown when issued")
+EXPIRES_IN = Field(default=None, ge=60, le=MAX_TTL,
+                   description="Seconds until it expires; default 7 days, at most the "
+                               "invite_max_ttl setting")
+
+
+class InviteCreate(Input):
+    role: Role = Field(default="member", description="The role the newcomer gets: at most what "
+                                                     "the issuer may grant (only an owner "
+                                                     "invites admins and owners)")
+    subject: InviteSubject = Field(default="user", description="Who redeems it: a user for "
+                                                               "itself, or a user for a group "
+                                                               "it administers")
+    uses: int = Field(default=1, ge=1, le=10_000, description="How many times it can be redeemed")
+    expires_in: int | None = EXPIRES_IN
+
+
+class InviteOut(BaseModel):
+    id: int
+    space_id: int | None
+    group_id: int | None
+    role: Role
+    subject: InviteSubject
+    uses: int = Field(description="Times redeemed")
+    max_uses: int
+    state: TokenState
+    expires_at: str
+    created_by: int | None = Field(description="Issuing user; null for the administrator")
+    created_at: str
+
+
+class InviteIssued(BaseModel):
+    invite: InviteOut
+    token: str = Field(description="The invite token; shown once, never stored in plaintext")
+
+
+class InviteRedeem(Input):
+    token: str = SECRET
+    group: int | None = Field(default=None, ge=1, le=MAX_ID,
+                              description="For an invite meant for a group: the group (which "
+                                          "the caller administers) that joins")
+
+
+class JoinedOut(BaseModel):
+    target: Literal["space", "group"]
+    target_id: int
+    target_name: str
+    member: InviteSubject
+    member_id: int
+    role: Role | None = Field(description="The new member's role; null for a nested group")
+
+
+class SupportTokenCreate(Input):
+    provider: int | None = Field(default=None, ge=1, le=MAX_ID,
+                                 description="Only this provider may redeem it; omitted: any")
+    size: int | None = Field(default=None, ge=MIN_SUPPORT, le=MAX_BYTES,
+                             description="Bytes asked for; the provider grants what it decides")
+    expires_in: int | None = EXPIRES_IN
+
+
+class SupportTokenOut(BaseModel):
+    id: int
+    space_id: int
+    provider_id: int | None = Field(description="The one provider that may redeem it; null: any")
+    size: int | None
+    state: TokenState
+    used_by: int | None = Field(description="The provider that redeemed it")
+    expires_at: str
+    created_by: int | None
+    created_at: str
+
+
+class SupportTokenIssued(BaseModel):
+    support_token: SupportTokenOut
+    token: str = Field(description="The support token to hand to the provider; shown once")
+
+
+class SupportRedeem(Input):
+    token: str = SECRET
+    size: int | None = Field(default=None, ge=MIN_SUPPORT, le=MAX_BYTES,
+                             description="Bytes the provider grants; default: what the token asks")
+
+
+# --- effective relations ----------------------------------------------------------------
+
+
+class GroupLinkOut(BaseModel):
+    id: int
+    name: str
+    direct: bool = Field(description="Also a direct parent (or child), not only through nesting")
+
+
+class UserRelationOut(BaseModel):
+    id: int = Field(description="Group or space id")
+    name: str
+    role: Role = Field(description="The user's effective role there")
+    direct: bool = Field(description="The user is also a direct member")
+    membership: list[list[int]] = Field(
+        description="Each chain of group ids (outermost first) the user is a member through")
+
+
+class ChainLink(BaseModel):
+    type: Literal["space", "group", "user"]
+    id: int
+    name: str

@@ -1,4 +1,5 @@
-"""The WSGI application: Bottle routes from the route table, JSON errors, a JSON access log."""
+"""The WSGI application: the REST API under /api/v1 (routes from the route table, JSON errors),
+the dashboard at /, ``GET /metrics`` (``control.web.metrics``), one JSON access log."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import bottle
 from control.core.config import Settings
 from control.core.db import init_database
 from control.core.errors import error_body
+from control.web.dashboard import build_dashboard
+from control.web.metrics import MetricsApp
 from control.web.routes import RESOURCES  # noqa: F401  (declares every route)
 from control.web.routing import install
 
@@ -65,10 +68,29 @@ class AccessLog:
                 }))
 
 
+class Site:
+    """``/api/...`` to the REST application, ``/metrics`` to Prometheus, everything else to the
+    dashboard (which calls the REST application in-process for every read and action)."""
+
+    def __init__(self, api: Callable[..., Iterable[bytes]], dashboard: Callable[..., Iterable[bytes]],
+                 metrics: Callable[..., Iterable[bytes]] | None = None) -> None:
+        self.api = api
+        self.dashboard = dashboard
+        self.metrics = metrics
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics" and self.metrics is not None:
+            return self.metrics(environ, start_response)
+        if path == "/api" or path.startswith("/api/"):
+            return self.api(environ, start_response)
+        return self.dashboard(environ, start_response)
+
+
 def build_app(settings: Settings, *, init_db: bool = True) -> Callable[..., Iterable[bytes]]:
     if init_db:
         init_database(settings.database_url, settings.db_pool_size)
     app = bottle.Bottle(catchall=True)
     app.default_error_handler = _json_error  # type: ignore[method-assign]
     install(app, settings)
-    return AccessLog(app)
+    return AccessLog(Site(app, build_dashboard(app, settings), MetricsApp(settings)))

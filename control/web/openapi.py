@@ -8,6 +8,7 @@ from typing import Any
 import pydantic
 
 from control import __version__
+from control.core.schemas import MAX_ID
 from control.web.routing import API_PREFIX, ROUTES, Query, RouteSpec, route
 
 ERROR_SCHEMA = {
@@ -59,12 +60,25 @@ def _query_param(name: str, q: Query) -> dict[str, Any]:
             "schema": schema}
 
 
+def path_schema(spec: RouteSpec, name: str) -> dict[str, Any]:
+    """Ids are 1..2^63-1; the server answers any other number with 404 (``routing._check_ids``)."""
+    if name in spec.str_params:
+        return {"type": "string"}
+    return {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+
+
+def _body_required(model: type[pydantic.BaseModel]) -> bool:
+    """A body whose fields are all optional (a PATCH) may be left out: it means ``{}``."""
+    return bool(model.model_json_schema(mode="validation").get("required")) or \
+        issubclass(model, pydantic.RootModel)
+
+
 def _operation(spec: RouteSpec, components: dict[str, Any]) -> dict[str, Any]:
     params: list[dict[str, Any]] = []
     for name in spec.path.split("{")[1:]:
         pname = name.split("}")[0]
         params.append({"name": pname, "in": "path", "required": True,
-                       "schema": {"type": "string" if pname in spec.str_params else "integer"}})
+                       "schema": path_schema(spec, pname)})
     params += [_query_param(n, q) for n, q in spec.query.items()]
     op: dict[str, Any] = {"summary": spec.summary, "tags": [spec.tag],
                           "operationId": spec.handler.__name__, "parameters": params,
@@ -76,7 +90,7 @@ def _operation(spec: RouteSpec, components: dict[str, Any]) -> dict[str, Any]:
     else:
         op["security"] = []
     if spec.body is not None:
-        op["requestBody"] = {"required": True, "content": {
+        op["requestBody"] = {"required": _body_required(spec.body), "content": {
             "application/json": {"schema": _request_schema(spec.body, components)}}}
     if spec.form is not None:
         schema = _request_schema(spec.form, components)

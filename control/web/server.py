@@ -1,17 +1,23 @@
-"""Serve the API with gunicorn (threaded workers, so long-polls don't starve the pool).
+"""Serve the API with gunicorn (threaded workers).
 
 Measured on this 2-core machine (BENCHMARKS.md): gunicorn served several times the
 requests of waitress for the same Bottle + peewee read.
+
+A waiting long-poll holds a thread; ``control.web.longpoll`` lets them take at most half of
+each worker's threads (``Settings.long_poll_slots``), so health checks and node callbacks
+always find one. ``serve`` hands the workers the thread count gunicorn really runs with.
 """
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import logging.handlers
 import queue
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -106,5 +112,14 @@ def load_api(settings: Settings) -> Any:
 def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
     settings.require_secrets()
     settings.require_transport()
+    # Before the fork: every worker writes its request histograms there (control.web.metrics).
+    from control.web.metrics import prepare_multiprocess_dir
+    prepare_multiprocess_dir(str(Path(settings.data_dir) / "metrics"))
     options = gunicorn_options(settings, workers=workers, threads=threads)
+    # the long-poll cap is half the threads a worker has: the ones given here, if any
+    settings = dataclasses.replace(settings, api_workers=options["workers"], api_threads=options["threads"])
+    if settings.long_poll_slots < settings.changes_max_polls:
+        logging.getLogger("zonefarm.api").warning(
+            "changes_max_polls=%d lowered to %d, half of the %d threads per worker",
+            settings.changes_max_polls, settings.long_poll_slots, settings.api_threads)
     Gunicorn(options, lambda: load_api(settings)).run()

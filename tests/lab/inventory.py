@@ -40,8 +40,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "provider": ("prov1", "prov2"),
     "worker": ("wk1", "wk2", "wk3"),
 }
-# wk3 sits in its own region, so a region task (wk1, wk2) and a broadcast (all three) differ.
-HOST_VARS: dict[str, dict[str, str]] = {"wk3": {"worker_region": "edge"}}
+# wk3 sits in its own region, so a region task (wk1, wk2) and a broadcast (all three) differ. Its
+# tasks run in the pool of task accounts; wk1 and wk2 run them as systemd DynamicUser units
+# (worker_sandbox_backend auto, systemd is PID 1): the lab sees both sandbox backends.
+HOST_VARS: dict[str, dict[str, str]] = {"wk3": {"worker_region": "edge", "worker_sandbox_backend": "pool"}}
 # Leases shorter than the defaults (60 s), so the fault tests (test_lab_faults.py) see a dead
 # worker's task requeued in seconds; heartbeats must come well inside the node lease.
 NODE_LEASE = 15

@@ -30,19 +30,29 @@ pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.slow,
               pytest.mark.timeout(1200)]  # run alone, the first test's setup deploys
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = ("wk1", "wk2", "wk3")
-# Where a shell task leaves its mark on the worker: outside the task's own directory, which is cleaned.
-MARKS = "/var/tmp/zonefarm-e2e"
+# Where a shell task's mark ends up on the worker: the task writes it in its own directory (the
+# sandbox lets it write nowhere else that lasts), which the runner keeps as the attempt's work/.
+MARKS = "/var/lib/zonefarm/work/tasks/*/*/work"
 
 
 class Api:
-    """The zone's REST API as root; every call fails the test with the JSON error it got."""
+    """The zone's REST API as root (or as a user: ``as_user``); every call fails the test with the
+    JSON error it got."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, token: str | None = None) -> None:
+        self.lab = lab
         self.base = api_base(lab)
         self.session = requests.Session()
         # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify.
         self.verify = str(ca_file(lab))
-        self.session.headers["Authorization"] = f"Bearer {lab_secrets(lab)['root_secret']}"
+        self.session.headers["Authorization"] = f"Bearer {token or lab_secrets(lab)['root_secret']}"
+
+    def as_user(self, username: str, password: str) -> Api:
+        """The same API with a user's token (OAuth2 password grant)."""
+        resp = requests.post(self.base + "/auth/token", data={"grant_type": "password", "username": username,
+                                                              "password": password}, timeout=15, verify=self.verify)
+        assert resp.status_code == 200, resp.text
+        return Api(self.lab, resp.json()["access_token"])
 
     def call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201, 204)) -> Any:
         resp = self.session.request(method, self.base + path, json=body, timeout=15, verify=self.verify)
@@ -84,7 +94,7 @@ class Api:
 
 def _mark_argv(token: str, then: str = "") -> list[str]:
     """A shell task that writes its host name into a mark file named for the test, then prints it."""
-    script = f"mkdir -p {MARKS} && {then}hostname > {MARKS}/{token} && echo ran-on=$(hostname)"
+    script = f"{then}hostname > {token} && echo ran-on=$(hostname)"
     return ["sh", "-c", script]
 
 
@@ -92,7 +102,7 @@ def _marked(lab: Lab, token: str) -> dict[str, str]:
     """Worker -> the host name its mark file holds, for each worker that has the mark."""
     found = {}
     for name in WORKERS:
-        code, out = lab.exec(name, f"cat {MARKS}/{shlex.quote(token)}")
+        code, out = lab.exec(name, f"cat {MARKS}/{shlex.quote(token)}")  # the glob finds the attempt
         if code == 0:
             found[name] = out.strip()
     return found
@@ -144,16 +154,25 @@ def api(lab: Lab, inventory: Path) -> Api:
 def space(api: Api, lab: Lab) -> dict[str, Any]:
     """A space with a user owner and a member group, supported by both providers."""
     suffix = secrets.token_hex(3)
-    alice = api.post("/users", {"username": f"alice{suffix}", "password": secrets.token_urlsafe(12)})
-    bob = api.post("/users", {"username": f"bob{suffix}", "password": secrets.token_urlsafe(12)})
+    passwords = {f"alice{suffix}": secrets.token_urlsafe(12), f"bob{suffix}": secrets.token_urlsafe(12)}
+    alice, bob = (api.post("/users", {"username": name, "password": password})
+                  for name, password in passwords.items())
     group = api.post("/groups", {"name": f"e2e-team-{suffix}", "owner": alice["id"]})
     api.put(f"/groups/{group['id']}/users/{bob['id']}", {"role": "member"})
     created = api.post("/spaces", {"name": f"e2e-space-{suffix}", "owner": alice["id"]})
     api.put(f"/spaces/{created['id']}/groups/{group['id']}", {"role": "member"})
     providers = {p["name"]: p for p in api.get("/providers?limit=100")["items"]}
     for name in ("prov1", "prov2"):
-        api.put(f"/spaces/{created['id']}/providers/{providers[name]['id']}", {"size": 2**30})
-    return {**created, "users": (alice, bob), "group": group, "providers": providers}
+        # Support takes the provider's consent: the space asks with a support token, and each
+        # provider redeems it with the token its role deployed on the host.
+        ticket = api.post(f"/spaces/{created['id']}/support_tokens", {"provider": providers[name]["id"]})
+        code, token = lab.exec(name, "cat /etc/zonefarm/provider.token")
+        assert code == 0, f"{name}: {token}"
+        resp = requests.post(f"{api.base}/providers/{providers[name]['id']}/supports", timeout=15,
+                             json={"token": ticket["token"], "size": 2**30},
+                             headers={"Authorization": f"Bearer {token.strip()}"}, verify=api.verify)
+        assert resp.status_code == 201, f"{name} redeeming: {resp.status_code} {resp.text}"
+    return {**created, "users": (alice, bob), "group": group, "providers": providers, "passwords": passwords}
 
 
 def test_space_membership_and_support_reach_the_providers_storage(api: Api, lab: Lab,
@@ -203,11 +222,19 @@ def test_broadcast_runs_once_on_every_worker(api: Api, lab: Lab) -> None:
 
 def test_pipeline_outputs_land_in_the_space_directory_on_a_provider(api: Api, lab: Lab,
                                                                      space: dict[str, Any]) -> None:
+    """Submitted by bob, an ordinary user: refused until root grants his group the pipeline type."""
     token = secrets.token_hex(8)
     params = {"prepare": [["mkdir", "-p", "out"]],
               "generate": [["sh", "-c", f"echo {token} > out/result.txt && hostname > out/host.txt"]],
               "outputs": ["out/result.txt", "out/host.txt"]}
-    task = api.task({"name": "pipeline", "params": params, "space": space["id"], "target": {"node": "wk1"}})
+    body = {"name": "pipeline", "params": params, "space": space["id"], "target": {"node": "wk1"}}
+    _, bob = space["users"]
+    as_bob = api.as_user(bob["username"], space["passwords"][bob["username"]])
+    refused = as_bob.call("POST", "/tasks", {"timeout": 120, "max_attempts": 1, **body}, expect=(403,))
+    assert "no grant to run task type 'pipeline' on node 'wk1'" in refused["error"]["message"], refused
+    api.post("/grants", {"group": space["group"]["id"], "task_type": "pipeline", "queue": "*"})
+    task = as_bob.task(body)
+    assert task["owner"] == bob["id"]
     done = api.finished(task["id"], timeout=180)
     assert (done["state"], done["node"]) == ("succeeded", "wk1"), (done, api.log(task["id"]))
     landed = {}

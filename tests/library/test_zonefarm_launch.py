@@ -65,7 +65,8 @@ def test_shell_batch_is_written_and_runner_detached(run_module: Any, node: dict[
         assert line[7:] == [str(t7), str(Path(node["workdir"]) / "tasks" / "8" / "1")]
         spec = json.loads((t7 / "spec.json").read_text())
         assert stat.S_IMODE((t7 / "spec.json").stat().st_mode) == 0o600
-        assert spec["argv"] == ["echo", "hi"] and spec["env"] == {"A": "1"} and spec["cwd"] == "/tmp"
+        assert spec["steps"] == [{"label": "", "argv": ["echo", "hi"]}]
+        assert spec["env"] == {"A": "1"} and spec["cwd"] == "/tmp" and spec["mode"] == "task"
         assert spec["lease"] == 9 and spec["attempt"] == 2 and spec["timeout"] == 30
         assert (t7 / "runner.pid").read_text() == str(pid)
     finally:
@@ -77,7 +78,7 @@ def test_command_types_run_the_given_program(run_module: Any, node: dict[str, An
     result = run_module(launch, _args(node, tasks, command=["/usr/bin/env", "helper"]))
     try:
         spec = json.loads((Path(node["workdir"]) / "tasks/3/1/spec.json").read_text())
-        assert spec["argv"] == ["/usr/bin/env", "helper"] and spec["env"] == {"B": "2"}
+        assert spec["steps"] == [{"label": "", "argv": ["/usr/bin/env", "helper"]}] and spec["env"] == {"B": "2"}
         assert spec["params"] == {"image": "x", "env": {"B": "2"}}
     finally:
         os.kill(result["runner_pid"], signal.SIGKILL)
@@ -88,16 +89,50 @@ def test_relaunching_an_attempt_is_skipped(run_module: Any, node: dict[str, Any]
     first = run_module(launch, _args(node, tasks))
     try:
         second = run_module(launch, _args(node, tasks))
-        assert second == {"changed": False, "launched": [], "skipped": [5], "runner_pid": 0}
+        assert second == {"changed": False, "launched": [], "skipped": [5], "rejected": [], "runner_pid": 0}
         assert len(_wait_record(node["record"])) == 1
     finally:
         os.kill(first["runner_pid"], signal.SIGKILL)
 
 
-def test_shell_task_without_argv_fails_naming_it(run_module: Any, node: dict[str, Any]) -> None:
-    with pytest.raises(ModuleFail, match="params.argv"):
-        run_module(launch, _args(node, [{"id": 1, "attempt": 1, "params": {}}]))
-    assert not Path(node["workdir"]).exists()
+def test_a_bad_entry_is_rejected_alone_and_the_others_launch(run_module: Any, node: dict[str, Any]) -> None:
+    """One task's params never fail the host: each bad entry comes back in ``rejected`` with why."""
+    tasks = [{"id": 1, "attempt": 1, "name": "shell", "params": {}},
+             {"id": 2, "attempt": 1, "name": "shell", "params": {"argv": ["echo", "a\x00b"]}},
+             {"id": 3, "attempt": 1, "name": "shell", "params": {"argv": ["true"], "env": {"K": "v\x00"}}},
+             {"id": 4, "attempt": 1, "name": "shell", "params": {"argv": "not a list"}},
+             {"id": 5, "attempt": 1, "name": "shell", "params": {"argv": ["true"]}, "limits": {"memory_mb": -1}},
+             {"id": 6, "attempt": 1, "name": "shell", "params": {"argv": ["echo", "{{ 6*7 }}", "{% raw %}"]}}]
+    result = run_module(launch, _args(node, tasks))
+    try:
+        assert result["launched"] == [6]
+        reasons = {r["id"]: r["reason"] for r in result["rejected"]}
+        assert sorted(reasons) == [1, 2, 3, 4, 5]
+        assert "params.argv" in reasons[1] and "params.argv[1] holds a NUL byte" in reasons[2]
+        assert "params.env.K holds a NUL byte" in reasons[3] and "params.argv must be" in reasons[4]
+        assert "limits.memory_mb" in reasons[5]
+        spec = json.loads((Path(node["workdir"]) / "tasks/6/1/spec.json").read_text())
+        assert spec["steps"][0]["argv"] == ["echo", "{{ 6*7 }}", "{% raw %}"]  # data, byte for byte
+        assert not (Path(node["workdir"]) / "tasks" / "1").exists()
+    finally:
+        os.kill(result["runner_pid"], signal.SIGKILL)
+
+
+def test_steps_and_after_make_the_pipeline_spec(run_module: Any, node: dict[str, Any]) -> None:
+    tasks = [{"id": 9, "attempt": 1, "name": "pipeline", "limits": {"memory_mb": 64, "cpus": 0.5},
+              "params": {"prepare": [["mkdir", "out"]], "generate": [["sh", "-c", "x"], ["true"]],
+                         "outputs": ["out/a"]}},
+             {"id": 10, "attempt": 1, "name": "pipeline", "params": {"generate": [], "outputs": ["a"]}}]
+    result = run_module(launch, _args(node, tasks, steps=["prepare", "generate"], after=["/bin/up", "load"]))
+    try:
+        assert result["launched"] == [9] and [r["id"] for r in result["rejected"]] == [10]
+        spec = json.loads((Path(node["workdir"]) / "tasks/9/1/spec.json").read_text())
+        assert spec["steps"] == [{"label": "stage prepare", "argv": ["mkdir", "out"]},
+                                 {"label": "stage generate", "argv": ["sh", "-c", "x"]},
+                                 {"label": "stage generate", "argv": ["true"]}]
+        assert spec["after"] == ["/bin/up", "load"] and spec["limits"] == {"memory_mb": 64, "cpus": 0.5}
+    finally:
+        os.kill(result["runner_pid"], signal.SIGKILL)
 
 
 def test_missing_config_fails(run_module: Any, node: dict[str, Any], tmp_path: Path) -> None:

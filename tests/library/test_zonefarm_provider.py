@@ -94,6 +94,15 @@ def test_changed_fields_are_patched_and_reported(api: Api, args: dict[str, Any],
     assert run(moved)["changed"] is False
 
 
+def test_the_support_limit_is_registered_and_kept(api: Api, args: dict[str, Any], run: Any) -> None:
+    limited = {**args, "support_limit": 1 << 40}
+    assert run(limited)["provider"]["support_limit"] == 1 << 40
+    assert run(limited)["changed"] is False
+    assert run(args)["changed"] is False  # omitted: left as it is
+    raised = run({**args, "support_limit": 1 << 41})
+    assert raised["changed"] is True and providers(api)[0]["support_limit"] == 1 << 41
+
+
 def test_a_lost_token_file_is_rotated(api: Api, args: dict[str, Any], run: Any) -> None:
     run(args)
     token_file = Path(args["token_path"])

@@ -141,3 +141,18 @@ class Api:
     def user_with_token(self, username: str) -> tuple[dict[str, Any], str]:
         user = self.make_user(username)
         return user, self.login(username)
+
+    def grant(self, *, user: int | None = None, group: int | None = None, task_type: str = "*",
+              queue: str = "*", targets: str = "single") -> dict[str, Any]:
+        """Root grants a user or a group the right to submit (submitting is a grant, not a given)."""
+        holder = {"user": user} if user is not None else {"group": group}
+        resp = self.post("/grants", token=self.root, json={**holder, "task_type": task_type, "queue": queue,
+                                                           "targets": targets})
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    def submitter(self, username: str, **grant: Any) -> tuple[dict[str, Any], str]:
+        """A user with a token and a grant (every type and queue unless ``grant`` narrows it)."""
+        user, token = self.user_with_token(username)
+        self.grant(user=user["id"], **grant)
+        return user, token

@@ -29,9 +29,25 @@ def provider(api: Api, name: str, **extra: Any) -> tuple[dict[str, Any], str]:
     return reg["provider"], reg["token"]
 
 
-def support(api: Api, token: str, space_id: int, provider_id: int, size: int = 10 * MIB) -> dict[str, Any]:
-    resp = api.put(f"/spaces/{space_id}/providers/{provider_id}", token=token, json={"size": size})
-    assert resp.status_code in (200, 201), resp.text
+def support_token(api: Api, token: str, space_id: int, **body: Any) -> str:
+    """A space admin (``token``) asks for support; returns the support token to hand over."""
+    return created(api.post(f"/spaces/{space_id}/support_tokens", token=token, json=body))["token"]
+
+
+def support(api: Api, token: str, space_id: int, provider_id: int, size: int = 10 * MIB,
+            provider_token: str | None = None) -> dict[str, Any]:
+    """The token flow end to end: the space admin (``token``) issues a support token for the
+    provider, which redeems it with ``size`` (with its own token, or root on its behalf)."""
+    ticket = support_token(api, token, space_id, provider=provider_id)
+    return created(api.post(f"/providers/{provider_id}/supports", token=provider_token or api.root,
+                            json={"token": ticket, "size": size}))
+
+
+def resize(api: Api, space_id: int, provider_id: int, size: int, provider_token: str | None = None) -> dict[str, Any]:
+    """Resizing is the provider's call (or root's on its behalf)."""
+    resp = api.put(f"/providers/{provider_id}/spaces/{space_id}", token=provider_token or api.root,
+                   json={"size": size})
+    assert resp.status_code == 200, resp.text
     return resp.json()
 
 

@@ -36,6 +36,7 @@ import ansible_runner
 from control.core.db import connection, write_transaction
 from control.core.paths import share_dir
 from control.farm import states
+from control.farm.dispatcher.inventory import render
 
 log = logging.getLogger("zonefarm.dispatch")
 
@@ -68,7 +69,7 @@ def ansible_env(known_hosts: str = "") -> dict[str, str]:
         "ANSIBLE_INTERPRETER_PYTHON": "auto_silent",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "ANSIBLE_NOCOLOR": "True",
-        "ANSIBLE_INVENTORY_ENABLED": "yaml",  # the job's inventory is JSON; skip probing other plugins
+        "ANSIBLE_INVENTORY_ENABLED": "yaml",  # the job's inventory is YAML (every string !unsafe)
         "ANSIBLE_DEVEL_WARNING": "False",
     }
 
@@ -101,6 +102,8 @@ class EventSink:
     def __init__(self) -> None:
         self.absent: list[tuple[str, int]] = []
         self.launched: dict[str, list[int]] = defaultdict(list)
+        # entries the launch module refused (bad params): (host, task id) -> why; only those tasks fail
+        self.rejected: dict[tuple[str, int], str] = {}
         self.failed_hosts: set[str] = set()
         self.unreachable: dict[str, str] = {}  # host -> what the connection said
 
@@ -121,6 +124,11 @@ class EventSink:
             elif action.endswith("zonefarm_launch"):
                 done = (res.get("launched") or []) + (res.get("skipped") or [])  # skipped: launched before
                 self.launched[data.get("host", "")].extend(int(i) for i in done)
+                for entry in res.get("rejected") or []:
+                    try:
+                        self.rejected[(data.get("host", ""), int(entry["id"]))] = str(entry.get("reason", ""))
+                    except (KeyError, TypeError, ValueError):
+                        continue
         return True
 
 
@@ -202,7 +210,7 @@ def run(job_dir: Path, inventory: dict[str, Any], plays: list[Path], *, forks: i
     ``cancelled`` is ansible-runner's cancel callback: when it turns true the job is
     abandoned (its claims then go back to the queue when their leases run out).
     """
-    (job_dir / "inventory" / "hosts.json").write_text(json.dumps(inventory))
+    (job_dir / "inventory" / "hosts.yml").write_text(render(inventory))
     playbook = [{"ansible.builtin.import_playbook": str(p)} for p in plays]
     (job_dir / "project" / "round.yml").write_text(json.dumps(playbook))
     sink = EventSink()
@@ -211,7 +219,7 @@ def run(job_dir: Path, inventory: dict[str, Any], plays: list[Path], *, forks: i
     try:
         runner = ansible_runner.run(
             private_data_dir=str(job_dir), playbook="round.yml",
-            inventory=str(job_dir / "inventory" / "hosts.json"),
+            inventory=str(job_dir / "inventory" / "hosts.yml"),
             forks=max(1, min(forks, len(inventory["all"]["hosts"]))), envvars=ansible_env(known_hosts),
             suppress_env_files=True, quiet=True, event_handler=sink, cancel_callback=cancelled,
             timeout=JOB_TIMEOUT, ident="job")

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from control.core import actor as actors
 from control.core.config import Settings
 from control.core.db import connection, init_database
-from control.farm import claims, nodes, reaper, states
+from control.farm import claims, nodes, reaper, retention, states, telemetry
 from control.farm.catalogue import UnknownTaskType, playbook
 from control.farm.dispatcher import CLAIM_LIMIT
 from control.farm.dispatcher import job as jobs
@@ -38,6 +39,7 @@ from control.farm.dispatcher.inventory import build_inventory
 from control.farm.models import Task
 
 log = logging.getLogger("zonefarm.dispatch")
+HEALTH_EVERY = 5.0  # seconds between health writes while idle
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Round:
     job_dir: str | None = None
     launched: dict[str, list[int]] = field(default_factory=dict)
     released: list[int] = field(default_factory=list)
+    refused: list[int] = field(default_factory=list)
     killed: list[int] = field(default_factory=list)
     ended: list[int] = field(default_factory=list)
     failed_hosts: list[str] = field(default_factory=list)
@@ -54,6 +57,7 @@ class Round:
     rc: int | None = None
     reached: bool = False  # some host answered (ok, failed or unreachable): the job itself ran
     seconds: float = 0.0
+    hosts: int = 0  # hosts in the round's inventory
 
 
 class Dispatcher:
@@ -64,6 +68,8 @@ class Dispatcher:
         self.jobs_dir = Path(settings.data_dir) / "dispatch" / "jobs"
         self.stop = threading.Event()
         self.seq = 0
+        self.stats = telemetry.RoundStats()
+        self.flushed_at = 0.0
 
     def cancelled(self) -> bool:
         """The job's cancel callback: a stopping dispatcher abandons its job.
@@ -85,6 +91,10 @@ class Dispatcher:
                         known_hosts=self.settings.dispatch_known_hosts)
 
     def run_round(self) -> Round:
+        with actors.acting(self.actor):
+            return self._run_round()
+
+    def _run_round(self) -> Round:
         started = time.monotonic()
         kills = reaper.reap(self.settings)
         tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease,
@@ -107,10 +117,11 @@ class Dispatcher:
             result = Round(job_dir=outcome.job_dir, status=outcome.status, rc=outcome.rc, reached=outcome.reached)
             reason = f"dispatch job {result.status} (rc {result.rc})"
         self._apply(result, sink, tasks, kills, reason, inventory["all"]["hosts"])
+        result.hosts = len(inventory["all"]["hosts"])
         result.seconds = time.monotonic() - started
-        log.info("round: %d launched on %d nodes, %d released, %d killed, %d ended, job %s in %.2fs",
+        log.info("round: %d launched on %d nodes, %d released, %d refused, %d killed, %d ended, job %s in %.2fs",
                  sum(len(v) for v in result.launched.values()), len(result.launched), len(result.released),
-                 len(result.killed), len(result.ended), result.status, result.seconds)
+                 len(result.refused), len(result.killed), len(result.ended), result.status, result.seconds)
         self.rotate()
         return result
 
@@ -130,6 +141,14 @@ class Dispatcher:
             nodes.record_dispatch(refused, [h for h in hosts if h not in sink.failed_hosts])
             for task in tasks:
                 host = task.node.name
+                refusal = sink.rejected.get((host, task.id))
+                if refusal is not None:
+                    # Its own params cannot run (the launch module says why): this task fails, alone;
+                    # running it again, here or elsewhere, would fail the same way.
+                    if states.transition(task.id, "failed", f"refused by node {host}: {refusal}",
+                                         expect=("assigned",)):
+                        result.refused.append(task.id)
+                    continue
                 # The launch module's own answer says what started; everything else goes back.
                 if task.id not in sink.launched.get(host, []):
                     why = f"launch failed on node {host}: {refused.get(host) or reason}"
@@ -161,15 +180,52 @@ class Dispatcher:
                 known.append(task)
         return known
 
+    @property
+    def actor(self) -> str:
+        return f"dispatcher:{self.ident}"
+
+    def record(self, done: Round, *, error: bool) -> None:
+        """Count the round; write the health row after a round that worked, or every
+        ``HEALTH_EVERY`` seconds when idle (``GET /metrics`` reads it)."""
+        worked = done.status != "idle"
+        self.stats.add(seconds=done.seconds, hosts=done.hosts, error=error, worked=worked)
+        t = time.time()
+        if not worked and t - self.flushed_at < HEALTH_EVERY:
+            return
+        try:
+            with connection():
+                telemetry.record_rounds(self.ident, self.stats, t)
+        except Exception:
+            log.exception("could not record the dispatcher's health; keeping it for the next round")
+            return
+        self.stats = telemetry.RoundStats()
+        self.flushed_at = t
+
+    def housekeeping(self) -> None:
+        """Prune past retention when it is this dispatcher's turn (``control.farm.retention``)."""
+        try:
+            with connection():
+                retention.maybe_prune(self.settings)
+        except Exception:
+            log.exception("pruning failed; it is tried again after prune_interval")
+
     def serve(self, max_rounds: int | None = None) -> None:
+        with actors.acting(self.actor):
+            self._serve(max_rounds)
+
+    def _serve(self, max_rounds: int | None) -> None:
         rounds = 0
         backoff = 0.0
         while not self.stop.is_set():
+            error = False
             try:
                 done = self.run_round()
             except Exception:
                 log.exception("dispatch round failed; retrying")
-                done = Round(status="error")
+                done, error = Round(status="error"), True
+            error = error or done.status == "error"
+            self.record(done, error=error)
+            self.housekeeping()
             rounds += 1
             if max_rounds is not None and rounds >= max_rounds:
                 return

@@ -1,7 +1,17 @@
 """The ``pipeline`` task type: Zimfarm's prepare -> generate -> upload.
 
-Upload copies each output over SFTP (paramiko) to the provider storage named in the
-batch entry's ``upload``, authenticated by the node's SSH key (``ZONEFARM_SSH_KEY``).
+The stages are the user's commands: the sandbox runs them (each an argv, in order, in the
+task's own directory, as the task's identity; the launch module turns ``prepare`` and
+``generate`` into its steps). Upload is ours: ``python -m control.node.tasktypes.pipeline
+upload``, the runner's ``after`` step, runs in the node agent's account once the stages ended
+well and the task's processes are gone, with the upload key the task never sees.
+
+Upload copies each declared output over SFTP (paramiko) to the provider storage named in
+the batch entry's ``upload``, authenticated by the node's upload key (``ZONEFARM_SSH_KEY``,
+given to this program only). Paths are relative to the SFTP account's root, which the
+provider role chroots to its storage directory: every file goes to
+``<space id>/task-<id>/<output>``, and nothing outside ``<space id>/`` is ever written (an
+output is a regular path inside the task's directory, a symlink leaving it is refused).
 Each file goes to a temporary name and is renamed when complete, so a reader on the
 provider never sees half a file; a failed transfer is retried a bounded number of times.
 Host keys come from ``ZONEFARM_KNOWN_HOSTS`` (the node config's ``known_hosts``) or the
@@ -12,30 +22,20 @@ from __future__ import annotations
 
 import os
 import posixpath
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import paramiko
-
-from control.node.tasktypes import load_spec, say, write_outputs
+from control.node.tasktypes import load_spec, say, write_failure, write_outputs
 
 UPLOAD_ATTEMPTS = 3
 UPLOAD_BACKOFF = 1.0
+EXIT_UPLOAD_FAILED = 75
 
 
-def _stage(name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> int:
-    say(f"stage {name}: {' '.join(argv)}")
-    try:
-        return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, check=False).returncode
-    except OSError as exc:
-        say(f"stage {name} cannot start: {exc}")
-        return 127
-
-
-def _outputs(tdir: Path, names: list[str]) -> list[Path]:
+def outputs_in(tdir: Path, names: list[str]) -> list[Path]:
+    """The declared outputs, each a regular file inside the task's directory (symlinks resolved)."""
     root = tdir.resolve()
     paths = []
     for name in names:
@@ -48,7 +48,19 @@ def _outputs(tdir: Path, names: list[str]) -> list[Path]:
     return paths
 
 
-def _connect(upload: dict[str, Any]) -> paramiko.SFTPClient:
+def remote_path(space_id: int, task_id: int, relative: str) -> str:
+    """Where an output lands, relative to the SFTP start directory: always in the task's own directory of its space."""
+    space = str(int(space_id))
+    own = f"{space}/task-{int(task_id)}/"
+    target = posixpath.normpath(posixpath.join(own, relative))
+    if not target.startswith(own):
+        raise ValueError(f"output {relative!r} would land outside space {space}'s {own}")
+    return target
+
+
+def _connect(upload: dict[str, Any]) -> Any:
+    import paramiko
+
     client = paramiko.SSHClient()
     known = os.environ.get("ZONEFARM_KNOWN_HOSTS")
     if known:
@@ -65,9 +77,9 @@ def _connect(upload: dict[str, Any]) -> paramiko.SFTPClient:
     return sftp
 
 
-def _makedirs(sftp: paramiko.SFTPClient, path: str) -> None:
+def _makedirs(sftp: Any, path: str) -> None:
     parts = []
-    while path not in ("", "/"):
+    while path not in ("", "/", "."):
         parts.append(path)
         path = posixpath.dirname(path)
     for part in reversed(parts):
@@ -92,16 +104,18 @@ def _upload_once(upload: dict[str, Any], files: list[tuple[Path, str]], attempt:
 
 
 def upload_outputs(spec: dict[str, Any], tdir: Path, paths: list[Path]) -> list[dict[str, Any]]:
+    import paramiko
+
     upload = spec.get("upload")
-    if not upload:
+    if not upload or not upload.get("space_id"):
         raise RuntimeError("no provider storage to upload to (does a provider support the task's space?)")
-    base = posixpath.join(upload["storage_path"], f"task-{spec['id']}")
-    files = [(p, posixpath.join(base, p.relative_to(tdir.resolve()).as_posix())) for p in paths]
+    root = tdir.resolve()
+    files = [(p, remote_path(upload["space_id"], spec["id"], p.relative_to(root).as_posix())) for p in paths]
     delay = UPLOAD_BACKOFF
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         try:
             _upload_once(upload, files, attempt)
-            return [{"path": p.relative_to(tdir.resolve()).as_posix(), "remote": r, "size": p.stat().st_size}
+            return [{"path": p.relative_to(root).as_posix(), "remote": r, "size": p.stat().st_size}
                     for p, r in files]
         except (OSError, paramiko.SSHException) as exc:
             say(f"upload attempt {attempt}/{UPLOAD_ATTEMPTS} failed: {type(exc).__name__}: {exc}")
@@ -112,26 +126,30 @@ def upload_outputs(spec: dict[str, Any], tdir: Path, paths: list[Path]) -> list[
     raise AssertionError("unreachable")
 
 
-def main() -> int:
-    tdir, spec = load_spec()
-    params = spec["params"]
-    env = dict(os.environ)
-    env.update({str(k): str(v) for k, v in (params.get("env") or {}).items()})
-    for stage in ("prepare", "generate"):
-        for argv in params.get(stage) or []:  # each stage is a list of commands (argv lists)
-            code = _stage(stage, [str(a) for a in argv], tdir, env)
-            if code:
-                say(f"stage {stage} failed with exit code {code}")
-                return code
+def upload() -> int:
+    """The ``after`` step: upload the task's declared outputs from its (handed back) directory."""
+    import paramiko
+
+    attempt_dir, spec = load_spec()
+    tdir = Path(os.environ["ZONEFARM_TASK_DIR"])
     say("stage upload")
     try:
-        uploaded = upload_outputs(spec, tdir, _outputs(tdir, list(params.get("outputs") or [])))
+        uploaded = upload_outputs(spec, tdir, outputs_in(tdir, list(spec["params"].get("outputs") or [])))
     except (OSError, ValueError, RuntimeError, paramiko.SSHException) as exc:
         say(f"upload failed: {exc}")
-        write_outputs(tdir, {"uploaded": [], "error": str(exc)})
-        return 75
-    write_outputs(tdir, {"uploaded": uploaded})
+        write_outputs(attempt_dir, {"uploaded": [], "error": str(exc)})
+        write_failure(attempt_dir, f"upload failed: {exc}")
+        return EXIT_UPLOAD_FAILED
+    write_outputs(attempt_dir, {"uploaded": uploaded})
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args != ["upload"]:
+        print("usage: python -m control.node.tasktypes.pipeline upload", file=sys.stderr)
+        return 2
+    return upload()
 
 
 if __name__ == "__main__":

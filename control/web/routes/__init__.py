@@ -5,7 +5,8 @@ and call a service in ``control.registry`` or ``control.farm``."""
 # isort: off
 from control.web.routes import health
 from control.web import openapi
-from control.web.routes import tokens, users, groups, spaces, providers, support, changes
-from control.web.routes import nodes, tasks, inventory
+from control.web.routes import tokens, roottoken, users, groups, spaces, providers, support, invites, changes
+from control.web.routes import nodes, tasks, grants, queues, inventory, audit
 
-RESOURCES = (health, openapi, tokens, users, groups, spaces, providers, support, changes, nodes, tasks, inventory)
+RESOURCES = (health, openapi, tokens, roottoken, users, groups, spaces, providers, support, invites, changes,
+             nodes, tasks, grants, queues, inventory, audit)

@@ -1,6 +1,6 @@
 """``GET /changes``: the numbered change feed, filtered to the caller, with long-polling.
 
-Audiences (see ``control.registry.feed`` for the matching rule):
+Audiences (``control.registry.access.audience``; ``control.registry.feed`` has the matching rule):
 
 * **root** sees every change;
 * a **provider** sees its region of interest: itself, its supports (and their
@@ -15,6 +15,9 @@ Long-polling holds no database connection while it waits: each round borrows a
 pooled connection, checks the newest change number (one cheap query), reads only
 when it moved, and gives the connection back before sleeping. Polling the database
 keeps it correct across gunicorn workers and processes.
+
+A waiting poll does hold a worker thread, so it first takes a slot (``control.web.longpoll``):
+past the per-process or per-caller cap it is answered at once with 429 and Retry-After.
 """
 
 from __future__ import annotations
@@ -22,29 +25,18 @@ from __future__ import annotations
 import time
 
 from control.core.db import connection, database
-from control.core.errors import conflict, forbidden
+from control.core.errors import ApiError, conflict, forbidden
 from control.core.models import iso
-from control.registry import feed, membership
+from control.farm.retention import feed_pruned_seq
+from control.registry import feed
+from control.registry.access import audience
 from control.registry.identity import Principal
 from control.registry.models import Change
 from control.registry.schemas import ChangeOut, ChangesOut
+from control.web.longpoll import SLOTS
 from control.web.routing import Context, Query, route
 
 POLL_INTERVAL = 0.2
-
-
-def audience(principal: Principal) -> feed.Audience:
-    if principal.is_root:
-        return feed.Audience(everything=True)
-    if principal.provider is not None:
-        spaces, groups, users = membership.provider_region(principal.provider.id)
-        return feed.Audience(provider_id=principal.provider.id, spaces=frozenset(spaces),
-                             groups=frozenset(groups), users=frozenset(users))
-    if principal.user is not None:
-        uid = principal.user.id
-        return feed.Audience(spaces=frozenset(membership.user_spaces(uid)),
-                             groups=frozenset(membership.user_groups(uid)), users=frozenset({uid}))
-    raise forbidden(f"a {principal.kind} token may not read the change feed")
 
 
 def change_out(change: Change) -> ChangeOut:
@@ -71,10 +63,21 @@ def _not_ahead(since: int) -> None:
                        "the zone's database was replaced, resynchronise from 0")
 
 
+def _not_pruned(since: int) -> None:
+    """Changes after ``since`` were deleted by the pruner (retention_feed_days): reading on
+    would silently skip them, so the reader must resynchronise from 0."""
+    pruned = feed_pruned_seq()
+    if 0 < since < pruned:
+        raise ApiError(410, f"since: changes up to {pruned} are no longer kept (retention_feed_days); "
+                       "resynchronise from 0")
+
+
 @route("GET", "/changes", summary="Changes after `since` in the caller's region; long-polls "
        "up to `timeout` seconds (capped by changes_max_wait) when there are none", tag="changes",
        query={"since": Query(int, 0, "Resume after this change number (last_seq)", 0, None),
-              "timeout": Query(float, 0.0, "Seconds to wait when nothing is new", 0, None),
+              "timeout": Query(float, 0.0, "Seconds to wait when nothing is new (at most "
+                               "changes_max_wait); a wait past the server's long-poll caps is "
+                               "answered 429 with Retry-After", 0, 86400),
               "limit": Query(int, 100, "Most changes returned", 1, 1000)},
        responses={200: ChangesOut})
 def list_changes(ctx: Context) -> ChangesOut:
@@ -82,12 +85,17 @@ def list_changes(ctx: Context) -> ChangesOut:
     if ctx.principal.kind not in ("root", "provider", "user"):
         raise forbidden(f"a {ctx.principal.kind} token may not read the change feed")
     _not_ahead(since)
+    _not_pruned(since)
+    if ctx.principal.provider is not None:
+        feed.acknowledge(ctx.principal.provider.id, since)
     changes, resume = _round(ctx.principal, since, limit)
     deadline = time.monotonic() + min(ctx.query["timeout"], ctx.settings.changes_max_wait)
     if not changes and time.monotonic() < deadline:
-        database.close()  # back to the pool: a waiting poll holds no connection
-        while not changes and (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(POLL_INTERVAL, left))
-            with connection():
-                changes, resume = _round(ctx.principal, resume, limit)
+        s = ctx.settings
+        with SLOTS.hold(ctx.principal.describe(), s.long_poll_slots, s.changes_max_polls_per_principal):
+            database.close()  # back to the pool: a waiting poll holds no connection
+            while not changes and (left := deadline - time.monotonic()) > 0:
+                time.sleep(min(POLL_INTERVAL, left))
+                with connection():
+                    changes, resume = _round(ctx.principal, resume, limit)
     return ChangesOut(changes=[change_out(c) for c in changes], last_seq=max(resume, since))

@@ -1,31 +1,43 @@
 """Groups: users and nested child groups as members; the creator owns the group.
 
 Nesting a group under another makes the child's effective members effective members
-of the parent; a nesting that would close a loop is refused with 409.
+of the parent; a nesting that would close a loop is refused with 409. The effective
+relations (Onezone's meaning: reached through nested groups) have their own routes:
+effective users, parents and effective parents, effective children, and every chain of
+intermediaries between the group and one of its users.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from control.core.errors import conflict, forbidden, invalid, not_found
-from control.core.models import iso, now
+from control.core.errors import not_found
+from control.core.models import iso
 from control.core.schemas import Page
-from control.registry import feed, membership
-from control.registry.access import READ, group_access
-from control.registry.identity import Principal, require_user_or_root
-from control.registry.models import Group, GroupChild, GroupUser, SpaceGroup, User
+from control.registry import groups, members, membership
+from control.registry.access import READ, fetch, group_access, only_visible_groups, visible_groups
+from control.registry.identity import require_user_or_root
+from control.registry.models import Group, GroupChild, GroupUser, User
 from control.registry.schemas import (
+    ChainLink,
     EffectiveUserOut,
     GroupCreate,
+    GroupLinkOut,
     GroupMemberOut,
     GroupOut,
     GroupUpdate,
     MemberOut,
     MemberRole,
 )
-from control.web.listing import unique_name
-from control.web.routes.members import effective_page, list_members, put_member, remove_member
+from control.web.listing import (
+    chain_page,
+    effective_page,
+    group_member_out,
+    links_page,
+    list_members,
+    member_out,
+    page_query,
+)
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 TAG = "groups"
@@ -36,27 +48,16 @@ def group_out(group: Group, role: str | None) -> GroupOut:
                     updated_at=iso(group.updated_at))
 
 
-def visible_groups(principal: Principal) -> tuple[set[int] | None, dict[int, str]]:
-    """Ids the caller may list (None: all) and its direct roles in them."""
-    if principal.is_root:
-        return None, {}
-    if principal.provider is not None:
-        return membership.provider_region(principal.provider.id)[1], {}
-    require_user_or_root(principal)
-    uid = principal.user.id
-    direct = {r.group_id: r.role for r in GroupUser.select().where(GroupUser.user == uid)}
-    return membership.user_groups(uid), direct
-
-
-
 @route("GET", "/groups", summary="List the groups the caller can see", tag=TAG,
        query=paginated_query(), responses={200: Page[GroupOut]})
 def list_groups(ctx: Context) -> dict[str, Any]:
-    ids, direct = visible_groups(ctx.principal)
+    ids = visible_groups(ctx.principal)
+    user = ctx.principal.user
+    direct = membership.direct_group_roles(user.id) if user is not None else {}
     query = Group.select()
     if ids is not None:
         query = query.where(Group.id.in_(list(ids) or [0]))
-    member = None if ids is None or ctx.principal.provider is not None else "member"
+    member = "member" if user is not None else None
     return paginate(query, ctx, Group.name, lambda g: group_out(g, direct.get(g.id, member)))
 
 
@@ -65,30 +66,9 @@ def list_groups(ctx: Context) -> dict[str, Any]:
 def create_group(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
     req: GroupCreate = ctx.body
-    unique_name(Group, req.name)
-    owner = creator(ctx.principal, req.owner)
-    group = Group.create(name=req.name)
-    feed.record("group", group.id, "create", {"name": group.name}, group_id=group.id)
-    if owner is not None:
-        row = GroupUser.create(group=group, user=owner, role="owner")
-        feed.record("group_user", row.id, "create", {"user": owner.id, "role": "owner"},
-                    group_id=group.id, user_id=owner.id)
+    group = groups.create(ctx.principal, req.name, req.owner)
     return Reply(201, group_out(group, "owner" if ctx.principal.user else None),
                  {"Location": f"/api/v1/groups/{group.id}"})
-
-
-def creator(principal: Principal, owner_id: int | None) -> User | None:
-    """The owner of a new group or space: the creating user, or whom root names."""
-    if principal.user is not None:
-        if owner_id is not None and owner_id != principal.user.id:
-            raise forbidden("only the administrator may name another owner")
-        return principal.user
-    if owner_id is None:
-        return None
-    user = User.get_or_none(User.id == owner_id)
-    if user is None:
-        raise invalid(f"owner: user {owner_id} does not exist")
-    return user
 
 
 @route("GET", "/groups/{id}", summary="Show a group", tag=TAG, responses={200: GroupOut})
@@ -101,13 +81,7 @@ def show_group(ctx: Context, id: int) -> GroupOut:
        responses={200: GroupOut})
 def update_group(ctx: Context, id: int) -> GroupOut:
     group, role = group_access(ctx.principal, id, "admin")
-    req: GroupUpdate = ctx.body
-    if req.name is not None and req.name != group.name:
-        unique_name(Group, req.name, group.id)
-        group.name = req.name
-        group.updated_at = now()
-        group.save()
-        feed.record("group", group.id, "update", {"name": group.name}, group_id=group.id)
+    groups.rename(group, ctx.body.name)
     return group_out(group, role)
 
 
@@ -115,16 +89,7 @@ def update_group(ctx: Context, id: int) -> GroupOut:
        responses={204: None})
 def delete_group(ctx: Context, id: int) -> None:
     group, _ = group_access(ctx.principal, id, "owner")
-    # Record the relations that go with it, so providers whose spaces held the group
-    # (and parents' readers) learn it left them.
-    for sg in SpaceGroup.select().where(SpaceGroup.group == group.id):
-        feed.record("space_group", sg.id, "delete", {"group": group.id},
-                    space_id=sg.space_id, group_id=group.id)
-    for link in GroupChild.select().where(GroupChild.child == group.id):
-        feed.record("group_child", link.id, "delete", {"child": group.id},
-                    group_id=link.parent_id)
-    feed.record("group", group.id, "delete", {"name": group.name}, group_id=group.id)
-    group.delete_instance(recursive=True, delete_nullable=True)
+    groups.delete(group)
 
 
 @route("GET", "/groups/{id}/users", summary="List a group's direct users", tag=TAG,
@@ -138,7 +103,8 @@ def list_group_users(ctx: Context, id: int) -> dict[str, Any]:
        tag=TAG, body=MemberRole, responses={200: MemberOut, 201: MemberOut})
 def put_group_user(ctx: Context, id: int, uid: int) -> Reply:
     _, role = group_access(ctx.principal, id, "admin")
-    return put_member(GroupUser, id, uid, ctx.body.role, ctx, role)
+    user, added = members.put(ctx.principal, role, GroupUser, id, uid, ctx.body.role)
+    return Reply(201 if added else 200, member_out(user, ctx.body.role))
 
 
 @route("DELETE", "/groups/{id}/users/{uid}", summary="Remove a user from a group", tag=TAG,
@@ -146,11 +112,7 @@ def put_group_user(ctx: Context, id: int, uid: int) -> Reply:
 def delete_group_user(ctx: Context, id: int, uid: int) -> None:
     leaving = ctx.principal.user is not None and ctx.principal.user.id == uid
     _, role = group_access(ctx.principal, id, READ if leaving else "admin")
-    remove_member(GroupUser, id, uid, ctx, role)
-
-
-def child_out(group: Group) -> GroupMemberOut:
-    return GroupMemberOut(id=group.id, name=group.name, role=None)
+    members.remove(ctx.principal, role, GroupUser, id, uid)
 
 
 @route("GET", "/groups/{id}/children", summary="List a group's direct child groups", tag=TAG,
@@ -159,7 +121,7 @@ def list_children(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
     query = (GroupChild.select(GroupChild, Group)
              .join(Group, on=(GroupChild.child == Group.id)).where(GroupChild.parent == id))
-    return paginate(query, ctx, Group.name, lambda link: child_out(link.child))
+    return paginate(query, ctx, Group.name, lambda link: group_member_out(link.child, None))
 
 
 @route("PUT", "/groups/{id}/children/{gid}",
@@ -168,26 +130,15 @@ def list_children(ctx: Context, id: int) -> dict[str, Any]:
 def put_child(ctx: Context, id: int, gid: int) -> Reply:
     parent, _ = group_access(ctx.principal, id, "admin")
     child, _ = group_access(ctx.principal, gid, READ)
-    if GroupChild.select().where(GroupChild.parent == parent.id,
-                                 GroupChild.child == child.id).exists():
-        return Reply(200, child_out(child))
-    feed.serialise()  # no concurrent nesting between the cycle check and the insert
-    if membership.would_cycle(parent.id, child.id):
-        raise conflict(f"nesting group {child.id} under group {parent.id} would make a cycle")
-    link = GroupChild.create(parent=parent, child=child)
-    feed.record("group_child", link.id, "create", {"child": child.id}, group_id=parent.id)
-    return Reply(201, child_out(child))
+    added = groups.nest(parent, child)
+    return Reply(201 if added else 200, group_member_out(child, None))
 
 
 @route("DELETE", "/groups/{id}/children/{gid}", summary="Un-nest a child group (admin)",
        tag=TAG, responses={204: None})
 def delete_child(ctx: Context, id: int, gid: int) -> None:
     parent, _ = group_access(ctx.principal, id, "admin")
-    link = GroupChild.get_or_none(GroupChild.parent == parent.id, GroupChild.child == gid)
-    if link is None:
-        raise not_found("child group", gid)
-    feed.record("group_child", link.id, "delete", {"child": gid}, group_id=parent.id)
-    link.delete_instance()
+    groups.unnest(parent, gid)
 
 
 @route("GET", "/groups/{id}/effective_users",
@@ -195,4 +146,43 @@ def delete_child(ctx: Context, id: int, gid: int) -> None:
        query=paginated_query(), responses={200: Page[EffectiveUserOut]})
 def list_group_effective_users(ctx: Context, id: int) -> dict[str, Any]:
     group_access(ctx.principal, id)
-    return effective_page(membership.effective_group_users(id), ctx)
+    return effective_page(membership.EffectiveUsers("group", id), ctx)
+
+
+@route("GET", "/groups/{id}/effective_users/{uid}/membership",
+       summary="Every chain of intermediaries through which the user belongs to the group: "
+               "[group, child group, ..., user]", tag=TAG, query=page_query(),
+       responses={200: Page[list[ChainLink]]})
+def group_membership_chains(ctx: Context, id: int, uid: int) -> dict[str, Any]:
+    group, _ = group_access(ctx.principal, id)
+    user = fetch(User, uid)
+    chains = membership.Chains.of_group(group.id, user.id)
+    if chains.total == 0:
+        raise not_found(f"member of group {group.id}: user", uid)
+    return chain_page(chains, ChainLink(type="group", id=group.id, name=group.name), user, ctx)
+
+
+@route("GET", "/groups/{id}/parents", summary="The groups this group is directly nested in (as far as the "
+       "caller sees them)", tag=TAG, query=page_query(names=True), responses={200: Page[GroupMemberOut]})
+def list_parents(ctx: Context, id: int) -> dict[str, Any]:
+    group_access(ctx.principal, id)
+    ids = only_visible_groups(ctx.principal, membership.parents(id))
+    query = Group.select().where(Group.id.in_(sorted(ids) or [0]))
+    return paginate(query, ctx, Group.name, lambda g: group_member_out(g, None))
+
+
+@route("GET", "/groups/{id}/effective_parents",
+       summary="Every group this group is nested in, directly or through other groups (as far as "
+               "the caller sees them)", tag=TAG, query=page_query(names=True), responses={200: Page[GroupLinkOut]})
+def list_effective_parents(ctx: Context, id: int) -> dict[str, Any]:
+    group_access(ctx.principal, id)
+    ids = only_visible_groups(ctx.principal, membership.ancestors([id]) - {id})
+    return links_page(ids, membership.parents(id), ctx)
+
+
+@route("GET", "/groups/{id}/effective_children",
+       summary="Every group nested in this group, directly or through other groups", tag=TAG,
+       query=page_query(names=True), responses={200: Page[GroupLinkOut]})
+def list_effective_children(ctx: Context, id: int) -> dict[str, Any]:
+    group_access(ctx.principal, id)
+    return links_page(membership.descendants([id]) - {id}, membership.children(id), ctx)

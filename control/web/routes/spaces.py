@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from control.core.errors import not_found
-from control.core.models import iso, now
+from control.core.models import iso
 from control.core.schemas import Page
-from control.registry import feed, membership
-from control.registry.access import READ, fetch, group_access, require_grant, space_access
-from control.registry.identity import Principal, require_user_or_root
-from control.registry.models import Group, Space, SpaceGroup, SpaceUser, Support
+from control.registry import members, membership, spaces
+from control.registry.access import READ, fetch, group_access, require_grant, space_access, visible_spaces
+from control.registry.identity import require_user_or_root
+from control.registry.models import Group, Space, SpaceGroup, SpaceUser, User
 from control.registry.schemas import (
+    ChainLink,
     EffectiveUserOut,
     GroupMemberOut,
     MemberOut,
@@ -25,10 +26,7 @@ from control.registry.schemas import (
     SpaceOut,
     SpaceUpdate,
 )
-from control.web.listing import unique_name
-from control.web.routes.groups import creator
-from control.web.routes.members import effective_page, list_members, put_member, remove_member
-from control.web.routes.support import support_data
+from control.web.listing import chain_page, effective_page, group_member_out, list_members, member_out, page_query
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 TAG = "spaces"
@@ -39,21 +37,10 @@ def space_out(space: Space, role: str | None) -> SpaceOut:
                     updated_at=iso(space.updated_at))
 
 
-
-def _visible(principal: Principal) -> set[int] | None:
-    """Space ids the caller may list; None means all (root)."""
-    if principal.is_root:
-        return None
-    if principal.provider is not None:
-        return membership.provider_spaces(principal.provider.id)
-    require_user_or_root(principal)
-    return membership.user_spaces(principal.user.id)
-
-
 @route("GET", "/spaces", summary="List the spaces the caller can see", tag=TAG,
        query=paginated_query(), responses={200: Page[SpaceOut]})
 def list_spaces(ctx: Context) -> dict[str, Any]:
-    ids = _visible(ctx.principal)
+    ids = visible_spaces(ctx.principal)
     query = Space.select()
     if ids is not None:
         query = query.where(Space.id.in_(sorted(ids)))
@@ -70,14 +57,7 @@ def list_spaces(ctx: Context) -> dict[str, Any]:
 def create_space(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
     req: SpaceCreate = ctx.body
-    unique_name(Space, req.name)
-    owner = creator(ctx.principal, req.owner)
-    space = Space.create(name=req.name)
-    feed.record("space", space.id, "create", {"name": space.name}, space_id=space.id)
-    if owner is not None:
-        row = SpaceUser.create(space=space, user=owner, role="owner")
-        feed.record("space_user", row.id, "create", {"user": owner.id, "role": "owner"},
-                    space_id=space.id, user_id=owner.id)
+    space = spaces.create(ctx.principal, req.name, req.owner)
     return Reply(201, space_out(space, "owner" if ctx.principal.user else None),
                  {"Location": f"/api/v1/spaces/{space.id}"})
 
@@ -92,13 +72,7 @@ def show_space(ctx: Context, id: int) -> SpaceOut:
        responses={200: SpaceOut})
 def update_space(ctx: Context, id: int) -> SpaceOut:
     space, role = space_access(ctx.principal, id, "admin")
-    req: SpaceUpdate = ctx.body
-    if req.name is not None and req.name != space.name:
-        unique_name(Space, req.name, space.id)
-        space.name = req.name
-        space.updated_at = now()
-        space.save()
-        feed.record("space", space.id, "update", {"name": space.name}, space_id=space.id)
+    spaces.rename(space, ctx.body.name)
     return space_out(space, role)
 
 
@@ -106,13 +80,7 @@ def update_space(ctx: Context, id: int) -> SpaceOut:
        tag=TAG, responses={204: None})
 def delete_space(ctx: Context, id: int) -> None:
     space, _ = space_access(ctx.principal, id, "owner")
-    # Each supporting provider gets its own revocation, scoped to it, so it learns the
-    # space is gone even though the space leaves its region with this very delete.
-    for support in Support.select().where(Support.space == space.id):
-        feed.record("support", support.id, "delete", support_data(space, support.provider_id, None),
-                    space_id=space.id, provider_id=support.provider_id)
-    feed.record("space", space.id, "delete", {"name": space.name}, space_id=space.id)
-    space.delete_instance(recursive=True, delete_nullable=True)
+    spaces.delete(space)
 
 
 @route("GET", "/spaces/{id}/users", summary="List a space's direct users", tag=TAG,
@@ -126,7 +94,8 @@ def list_space_users(ctx: Context, id: int) -> dict[str, Any]:
        tag=TAG, body=MemberRole, responses={200: MemberOut, 201: MemberOut})
 def put_space_user(ctx: Context, id: int, uid: int) -> Reply:
     _, role = space_access(ctx.principal, id, "admin")
-    return put_member(SpaceUser, id, uid, ctx.body.role, ctx, role)
+    user, added = members.put(ctx.principal, role, SpaceUser, id, uid, ctx.body.role)
+    return Reply(201 if added else 200, member_out(user, ctx.body.role))
 
 
 @route("DELETE", "/spaces/{id}/users/{uid}", summary="Remove a user from a space (admin, or itself)",
@@ -134,11 +103,7 @@ def put_space_user(ctx: Context, id: int, uid: int) -> Reply:
 def delete_space_user(ctx: Context, id: int, uid: int) -> None:
     leaving = ctx.principal.user is not None and ctx.principal.user.id == uid
     _, role = space_access(ctx.principal, id, READ if leaving else "admin")
-    remove_member(SpaceUser, id, uid, ctx, role)
-
-
-def group_member_out(group: Group, role: str) -> GroupMemberOut:
-    return GroupMemberOut(id=group.id, name=group.name, role=role)
+    members.remove(ctx.principal, role, SpaceUser, id, uid)
 
 
 @route("GET", "/spaces/{id}/groups", summary="List a space's direct member groups", tag=TAG,
@@ -160,15 +125,10 @@ def put_space_group(ctx: Context, id: int, gid: int) -> Reply:
     group = group_access(ctx.principal, gid, READ)[0] if row is None else fetch(Group, gid)
     role = ctx.body.role
     require_grant(ctx.principal, actor, role, row.role if row else None)
-    data = {"group": group.id, "role": role}
     if row is None:
-        row = SpaceGroup.create(space=space, group=group, role=role)
-        feed.record("space_group", row.id, "create", data, space_id=space.id, group_id=group.id)
+        spaces.add_group(space, group, role)
         return Reply(201, group_member_out(group, role))
-    if row.role != role:
-        row.role = role
-        row.save()
-        feed.record("space_group", row.id, "update", data, space_id=space.id, group_id=group.id)
+    spaces.set_group_role(row, role)
     return Reply(200, group_member_out(group, role))
 
 
@@ -176,12 +136,7 @@ def put_space_group(ctx: Context, id: int, gid: int) -> Reply:
        tag=TAG, responses={204: None})
 def delete_space_group(ctx: Context, id: int, gid: int) -> None:
     space, actor = space_access(ctx.principal, id, "admin")
-    row = SpaceGroup.get_or_none(SpaceGroup.space == space.id, SpaceGroup.group == gid)
-    if row is None:
-        raise not_found("member group", gid)
-    require_grant(ctx.principal, actor, row.role)
-    feed.record("space_group", row.id, "delete", {"group": gid}, space_id=space.id, group_id=gid)
-    row.delete_instance()
+    spaces.remove_group(ctx.principal, actor, space, gid)
 
 
 @route("GET", "/spaces/{id}/effective_users",
@@ -189,4 +144,17 @@ def delete_space_group(ctx: Context, id: int, gid: int) -> None:
        query=paginated_query(), responses={200: Page[EffectiveUserOut]})
 def list_space_effective_users(ctx: Context, id: int) -> dict[str, Any]:
     space_access(ctx.principal, id)
-    return effective_page(membership.effective_space_users(id), ctx)
+    return effective_page(membership.EffectiveUsers("space", id), ctx)
+
+
+@route("GET", "/spaces/{id}/effective_users/{uid}/membership",
+       summary="Every chain of intermediaries through which the user belongs to the space: "
+               "[space, group, nested group, ..., user]", tag=TAG, query=page_query(),
+       responses={200: Page[list[ChainLink]]})
+def space_membership_chains(ctx: Context, id: int, uid: int) -> dict[str, Any]:
+    space, _ = space_access(ctx.principal, id)
+    user = fetch(User, uid)
+    chains = membership.Chains.of_space(space.id, user.id)
+    if chains.total == 0:
+        raise not_found(f"member of space {space.id}: user", uid)
+    return chain_page(chains, ChainLink(type="space", id=space.id, name=space.name), user, ctx)

@@ -1,10 +1,15 @@
-"""Provider support of spaces: ``/spaces/{id}/providers/{pid}`` and ``/providers/{id}/spaces``.
+"""Provider support of spaces, which takes the provider's consent (as in Onezone).
 
-A space admin (or root) makes a provider support the space with a size in bytes
-(at least ``MIN_SUPPORT``), resizes it with the same PUT, and revokes it with DELETE.
-As in Onezone, the provider's side may resize or revoke its own support too, but
-not start one. Every change is scoped to the provider in the feed, so a provider
-sees its revocation even though the space leaves its region with it.
+1. A space admin (or root) issues a support token: ``POST /spaces/{id}/support_tokens``,
+   optionally naming the provider, the size asked for and an expiry. It is shown once.
+2. The provider redeems it with its own token, and the size it grants:
+   ``POST /providers/{id}/supports``. Root may do it on the provider's behalf.
+
+Resizing is the provider's call (``PUT /providers/{id}/spaces/{sid}``, the provider or
+root); revoking is possible from either side (``DELETE /spaces/{id}/providers/{pid}``
+for space admins, ``DELETE /providers/{id}/spaces/{sid}`` for the provider). The old
+``PUT /spaces/{id}/providers/{pid}`` only lets the provider itself resize its support:
+anyone else gets 403 pointing to the token flow.
 """
 
 from __future__ import annotations
@@ -12,15 +17,27 @@ from __future__ import annotations
 from typing import Any
 
 from control.core.errors import forbidden, not_found
-from control.core.models import iso, now
+from control.core.models import iso
 from control.core.schemas import Page
-from control.registry import feed
-from control.registry.access import fetch, provider_access, space_access
-from control.registry.models import Provider, Space, Support
-from control.registry.schemas import SupportOut, SupportSize
+from control.registry import support
+from control.registry.access import fetch, provider_access, space_access, support_writer
+from control.registry.identity import secret_lifetime
+from control.registry.models import Provider, Space, Support, SupportToken
+from control.registry.schemas import (
+    SupportOut,
+    SupportRedeem,
+    SupportSize,
+    SupportTokenCreate,
+    SupportTokenIssued,
+    SupportTokenOut,
+)
+from control.web.listing import page_query
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 TAG = "support"
+OLD_ROUTE = ("support takes the provider's consent: a space admin issues a support token "
+             "(POST /api/v1/spaces/{id}/support_tokens) and the provider redeems it with the size it "
+             "grants (POST /api/v1/providers/{pid}/supports); here only the provider resizes its support")
 
 
 def support_out(s: Support) -> SupportOut:
@@ -29,35 +46,25 @@ def support_out(s: Support) -> SupportOut:
                       updated_at=iso(s.updated_at))
 
 
-def support_data(space: Space, provider_id: int, size: int | None) -> dict[str, Any]:
-    """The feed payload of every support change; ``size`` is None on revocation."""
-    return {"space": space.id, "space_name": space.name, "provider": provider_id, "size": size}
+def token_out(t: SupportToken) -> SupportTokenOut:
+    return SupportTokenOut(id=t.id, space_id=t.space_id, provider_id=t.provider_id, size=t.size,
+                           state=support.token_state(t), used_by=t.used_by,
+                           expires_at=iso(t.expires_at), created_by=t.created_by,
+                           created_at=iso(t.created_at))
 
 
-def _writer(ctx: Context, space_id: int, provider_id: int) -> Space:
-    """Space admins and root; the provider itself only for its own support."""
-    principal = ctx.principal
-    if principal.provider is not None:
-        if principal.provider.id != provider_id:
-            raise forbidden("a provider may only change its own support")
-        return fetch(Space, space_id)
-    space, _ = space_access(principal, space_id, "admin")
-    return space
-
-
-def _joined() -> Any:
-    return Support.select(Support, Provider, Space).join(Provider).switch(Support).join(Space)
-
-
-def _find(space_id: int, provider_id: int) -> Support | None:
-    return _joined().where(Support.space == space_id, Support.provider == provider_id).first()
+def _existing(space_id: int, provider_id: int) -> Support:
+    found = support.find(space_id, provider_id)
+    if found is None:
+        raise not_found("support by provider", provider_id)
+    return found
 
 
 @route("GET", "/spaces/{id}/providers", summary="List the providers supporting a space", tag=TAG,
        query=paginated_query(), responses={200: Page[SupportOut]})
 def list_space_supports(ctx: Context, id: int) -> dict[str, Any]:
     space_access(ctx.principal, id)
-    query = _joined().where(Support.space == id)
+    query = support.joined().where(Support.space == id)
     return paginate(query, ctx, Provider.name, support_out)
 
 
@@ -65,47 +72,71 @@ def list_space_supports(ctx: Context, id: int) -> dict[str, Any]:
        tag=TAG, responses={200: SupportOut})
 def show_support(ctx: Context, id: int, pid: int) -> SupportOut:
     space_access(ctx.principal, id)
-    support = _find(id, pid)
-    if support is None:
-        raise not_found("support by provider", pid)
-    return support_out(support)
+    return support_out(_existing(id, pid))
 
 
 @route("PUT", "/spaces/{id}/providers/{pid}",
-       summary="Support a space with a size in bytes, or resize the support (space admin)",
-       tag=TAG, body=SupportSize, responses={200: SupportOut, 201: SupportOut})
-def put_support(ctx: Context, id: int, pid: int) -> Reply:
-    space = _writer(ctx, id, pid)
-    provider = fetch(Provider, pid)
-    size = ctx.body.size
-    support = _find(space.id, provider.id)
-    if support is None:
-        if ctx.principal.provider is not None:
-            raise forbidden("a provider may resize or revoke its support, not start one")
-        support = Support.create(space=space, provider=provider, size=size)
-        feed.record("support", support.id, "create", support_data(space, provider.id, size),
-                    space_id=space.id, provider_id=provider.id)
-        return Reply(201, support_out(support))
-    if support.size != size:
-        support.size = size
-        support.updated_at = now()
-        support.save()
-        feed.record("support", support.id, "update", support_data(space, provider.id, size),
-                    space_id=space.id, provider_id=provider.id)
-    return Reply(200, support_out(support))
+       summary="Resize the provider's own support (the provider only). Everyone else gets 403: "
+               "support starts with a support token (POST /spaces/{id}/support_tokens) that the "
+               "provider redeems (POST /providers/{pid}/supports)",
+       tag=TAG, body=SupportSize, responses={200: SupportOut})
+def put_support(ctx: Context, id: int, pid: int) -> SupportOut:
+    if ctx.principal.provider is None:
+        raise forbidden(OLD_ROUTE.format(id=id, pid=pid))
+    space = support_writer(ctx.principal, id, pid)
+    found = support.find(space.id, pid)
+    if found is None:
+        raise forbidden("a provider starts a support by redeeming a support token "
+                        f"(POST /api/v1/providers/{pid}/supports), not here")
+    support.resize(found, ctx.body.size)
+    return support_out(found)
 
 
 @route("DELETE", "/spaces/{id}/providers/{pid}",
        summary="Revoke a provider's support of a space (space admin, or the provider)",
        tag=TAG, responses={204: None})
 def delete_support(ctx: Context, id: int, pid: int) -> None:
-    space = _writer(ctx, id, pid)
-    support = _find(space.id, pid)
-    if support is None:
-        raise not_found("support by provider", pid)
-    feed.record("support", support.id, "delete", support_data(space, pid, None),
-                space_id=space.id, provider_id=pid)
-    support.delete_instance()
+    space = support_writer(ctx.principal, id, pid)
+    support.revoke(_existing(space.id, pid))
+
+
+@route("POST", "/spaces/{id}/support_tokens",
+       summary="Ask a provider for support (space admin): a support token, shown once, for the "
+               "provider to redeem", tag=TAG, body=SupportTokenCreate, responses={201: SupportTokenIssued})
+def create_support_token(ctx: Context, id: int) -> Reply:
+    space, _ = space_access(ctx.principal, id, "admin")
+    req: SupportTokenCreate = ctx.body
+    ttl = secret_lifetime(req.expires_in, ctx.settings.invite_max_ttl)
+    row, token = support.issue_token(ctx.principal, space, req.provider, req.size, ttl)
+    return Reply(201, SupportTokenIssued(support_token=token_out(row), token=token),
+                 {"Cache-Control": "no-store"})
+
+
+@route("GET", "/spaces/{id}/support_tokens",
+       summary="The support tokens issued for a space and their state (space admin); never the "
+               "tokens themselves", tag=TAG, query=page_query(), responses={200: Page[SupportTokenOut]})
+def list_support_tokens(ctx: Context, id: int) -> dict[str, Any]:
+    space, _ = space_access(ctx.principal, id, "admin")
+    return paginate(support.tokens_of(space), ctx, None, token_out)
+
+
+@route("DELETE", "/spaces/{id}/support_tokens/{tid}", summary="Revoke a support token (space admin)",
+       tag=TAG, responses={204: None})
+def delete_support_token(ctx: Context, id: int, tid: int) -> None:
+    space, _ = space_access(ctx.principal, id, "admin")
+    support.revoke_token(support.find_token(space, tid))
+
+
+@route("POST", "/providers/{id}/supports",
+       summary="Redeem a support token (the provider, or root on its behalf) with the size it "
+               "grants; refused past the provider's support_limit", tag=TAG, body=SupportRedeem,
+       responses={201: SupportOut})
+def redeem_support_token(ctx: Context, id: int) -> Reply:
+    provider = provider_access(ctx.principal, id)
+    req: SupportRedeem = ctx.body
+    made = support.redeem(provider, req.token, req.size)
+    return Reply(201, support_out(made),
+                 {"Location": f"/api/v1/providers/{provider.id}/spaces/{made.space_id}"})
 
 
 @route("GET", "/providers/{id}/spaces",
@@ -113,4 +144,28 @@ def delete_support(ctx: Context, id: int, pid: int) -> None:
        query=paginated_query(), responses={200: Page[SupportOut]})
 def list_provider_supports(ctx: Context, id: int) -> dict[str, Any]:
     provider_access(ctx.principal, id)
-    return paginate(_joined().where(Support.provider == id), ctx, Space.name, support_out)
+    return paginate(support.joined().where(Support.provider == id), ctx, Space.name, support_out)
+
+
+@route("GET", "/providers/{id}/spaces/{sid}", summary="One support of the provider (administrator or itself)",
+       tag=TAG, responses={200: SupportOut})
+def show_provider_support(ctx: Context, id: int, sid: int) -> SupportOut:
+    provider_access(ctx.principal, id)
+    return support_out(_existing(fetch(Space, sid).id, id))
+
+
+@route("PUT", "/providers/{id}/spaces/{sid}",
+       summary="Resize a support (the provider, or root on its behalf); refused past the "
+               "provider's support_limit", tag=TAG, body=SupportSize, responses={200: SupportOut})
+def resize_support(ctx: Context, id: int, sid: int) -> SupportOut:
+    provider_access(ctx.principal, id)
+    found = _existing(fetch(Space, sid).id, id)
+    support.resize(found, ctx.body.size)
+    return support_out(found)
+
+
+@route("DELETE", "/providers/{id}/spaces/{sid}",
+       summary="Revoke a support (the provider, or root on its behalf)", tag=TAG, responses={204: None})
+def revoke_provider_support(ctx: Context, id: int, sid: int) -> None:
+    provider_access(ctx.principal, id)
+    support.revoke(_existing(fetch(Space, sid).id, id))

@@ -8,11 +8,13 @@ those of the spaces they belong to; only the submitter or the administrator canc
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import peewee
+from pydantic import BaseModel, Field
 
-from control.core.errors import conflict, forbidden, invalid, not_found
+from control.core.errors import conflict, invalid, not_found
 from control.core.models import iso
 from control.core.schemas import Page
 from control.farm import callbacks, catalogue, states, submit
@@ -33,8 +35,8 @@ from control.farm.schemas import (
     TaskTypeOut,
 )
 from control.registry import membership
-from control.registry.identity import Principal, require_user_or_root
-from control.registry.models import Space
+from control.registry.access import cancel_owned, see_owned
+from control.registry.identity import require_user_or_root
 from control.web.routing import Context, Query, Reply, route
 
 TAG = "tasks"
@@ -69,33 +71,6 @@ def get_task(task_id: int) -> Task:
     return task
 
 
-def _can_see(principal: Principal, task: Task) -> None:
-    require_user_or_root(principal)
-    if principal.is_root:
-        return
-    uid = principal.user.id
-    if task.owner == uid:
-        return
-    if task.space_id is not None and membership.space_role(uid, task.space_id) is not None:
-        return
-    raise forbidden("only the submitter, members of the task's space and the administrator may see it")
-
-
-def _can_cancel(principal: Principal, task: Task) -> None:
-    _can_see(principal, task)
-    if not principal.is_root and task.owner != principal.user.id:
-        raise forbidden("only the submitter or the administrator may cancel a task")
-
-
-def _check_space(principal: Principal, space_id: int) -> None:
-    if Space.get_or_none(Space.id == space_id) is None:
-        raise invalid(f"space: space {space_id} not found")
-    if principal.is_root:
-        return
-    if membership.space_role(principal.user.id, space_id) is None:
-        raise forbidden(f"not a member of space {space_id}")
-
-
 @route("GET", "/task-types", summary="The task-type catalogue and each type's params schema", tag=TAG,
        responses={200: TaskTypeList})
 def list_task_types(ctx: Context) -> list[TaskTypeOut]:
@@ -103,13 +78,12 @@ def list_task_types(ctx: Context) -> list[TaskTypeOut]:
     return [TaskTypeOut(name=n, params_schema=catalogue.schema(n)) for n in catalogue.names()]
 
 
-@route("POST", "/tasks", summary="Submit a task (per node, per region, broadcast, or any node of a queue)",
+@route("POST", "/tasks", summary="Submit a task (per node, per region, broadcast, or any node of a queue); "
+                                 "needs a grant (GET /grants) unless root",
        tag=TAG, body=TaskCreate, responses={201: TaskDetail})
 def create_task(ctx: Context) -> Reply:
     require_user_or_root(ctx.principal)
-    principal = ctx.principal
-    created = submit.submit(ctx.body, owner=principal.user.id if principal.user is not None else None,
-                            who=principal.describe(), check_space=lambda space: _check_space(principal, space))
+    created = submit.submit(ctx.body, principal=ctx.principal, settings=ctx.settings)
     return Reply(201, lambda: detail(get_task(created)), {"Location": f"/api/v1/tasks/{created}"})
 
 
@@ -127,9 +101,44 @@ TASK_FILTERS = {
     "queue": Query(str, None, "Queue"),
     "parent": Query(int, None, "Child runs of this broadcast", 1, None),
     "space": Query(int, None, "Space id", 1, None),
+    "owner": Query(int, None, "Submitter's user id", 1, None),
+    "created_after": Query(str, None, "Submitted at or after this time (ISO 8601; UTC unless it says)"),
+    "created_before": Query(str, None, "Submitted before this time (ISO 8601; UTC unless it says)"),
     "limit": Query(int, 50, "Page size", 1, 500),
     "offset": Query(int, 0, "Rows to skip", 0, None),
 }
+
+
+def _epoch(name: str, value: str) -> float:
+    """An ISO 8601 time from the query string as epoch seconds (stored times are epoch floats)."""
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"{name}: not an ISO 8601 time: {value!r}") from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _filtered(ctx: Context) -> peewee.ModelSelect:
+    """The tasks the caller may see that match the query's filters: the list's and the counts'."""
+    q = ctx.query
+    query = _with_node()
+    if not ctx.principal.is_root:
+        uid = ctx.principal.user.id
+        spaces = list(membership.user_spaces(uid))
+        query = query.where((Task.owner == uid) | Task.space_id.in_(spaces or [0]))
+    if q.get("state"):
+        query = query.where(Task.state == q["state"])
+    if q["node"]:
+        query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
+    for key, column in (("name", Task.name), ("queue", Task.queue), ("parent", Task.parent),
+                        ("space", Task.space_id), ("owner", Task.owner)):
+        if q[key] is not None:
+            query = query.where(column == q[key])
+    if q["created_after"]:
+        query = query.where(Task.created_at >= _epoch("created_after", q["created_after"]))
+    if q["created_before"]:
+        query = query.where(Task.created_at < _epoch("created_before", q["created_before"]))
+    return query
 
 
 @route("GET", "/tasks", summary="List tasks, newest first", tag=TAG, query=TASK_FILTERS,
@@ -137,29 +146,33 @@ TASK_FILTERS = {
 def list_tasks(ctx: Context) -> dict[str, Any]:
     require_user_or_root(ctx.principal)
     q = ctx.query
-    query = _with_node()
-    if not ctx.principal.is_root:
-        uid = ctx.principal.user.id
-        spaces = list(membership.user_spaces(uid))
-        query = query.where((Task.owner == uid) | Task.space_id.in_(spaces or [0]))
-    if q["state"]:
-        query = query.where(Task.state == q["state"])
-    if q["node"]:
-        query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
-    for key, column in (("name", Task.name), ("queue", Task.queue), ("parent", Task.parent),
-                        ("space", Task.space_id)):
-        if q[key] is not None:
-            query = query.where(column == q[key])
+    query = _filtered(ctx)
     total = query.count()
     rows = query.order_by(Task.id.desc()).limit(q["limit"]).offset(q["offset"])
     return {"items": [task_out(t) for t in rows], "total": total, "limit": q["limit"], "offset": q["offset"]}
+
+
+class TaskCounts(BaseModel):
+    total: int
+    counts: dict[str, int] = Field(description="Every task state, with how many tasks are in it")
+
+
+@route("GET", "/tasks/counts", summary="How many tasks are in each state (the list's filters, but state)",
+       tag=TAG, query={k: v for k, v in TASK_FILTERS.items() if k not in ("state", "limit", "offset")},
+       responses={200: TaskCounts})
+def count_tasks(ctx: Context) -> TaskCounts:
+    require_user_or_root(ctx.principal)
+    rows = _filtered(ctx).select(Task.state, peewee.fn.COUNT(Task.id)).group_by(Task.state).tuples()
+    counts = dict.fromkeys(TASK_STATES, 0)
+    counts.update({state: n for state, n in rows})
+    return TaskCounts(total=sum(counts.values()), counts=counts)
 
 
 @route("GET", "/tasks/{id}", summary="Show a task; a queued one says why it is not starting", tag=TAG,
        responses={200: TaskDetail})
 def show_task(ctx: Context, id: int) -> TaskDetail:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     return detail(task)
 
 
@@ -167,7 +180,7 @@ def show_task(ctx: Context, id: int) -> TaskDetail:
        responses={200: EventList})
 def task_events(ctx: Context, id: int) -> list[EventOut]:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     return [EventOut(ts=iso(e.ts), from_state=e.from_state, to_state=e.to_state, reason=e.reason, data=e.data)
             for e in TaskEvent.select().where(TaskEvent.task == id).order_by(TaskEvent.id)]
 
@@ -177,7 +190,7 @@ def task_events(ctx: Context, id: int) -> list[EventOut]:
        responses={200: LogOut})
 def task_log(ctx: Context, id: int) -> LogOut:
     task = get_task(id)
-    _can_see(ctx.principal, task)
+    see_owned(ctx.principal, task.owner, task.space_id, "task")
     offset = ctx.query["offset"]
     first = (TaskLog.select(TaskLog.start).where(TaskLog.task == id, TaskLog.start <= offset)
              .order_by(TaskLog.start.desc()).first())
@@ -205,7 +218,7 @@ def task_log(ctx: Context, id: int) -> LogOut:
 def cancel_task(ctx: Context, id: int) -> TaskDetail:
     states.lock_task(id)
     task = get_task(id)
-    _can_cancel(ctx.principal, task)
+    cancel_owned(ctx.principal, task.owner, task.space_id, "task")
     if not states.cancel(id, ctx.principal.describe()):
         raise conflict(f"task {id} has already ended ({task.state})")
     return detail(get_task(id))
@@ -215,4 +228,4 @@ def cancel_task(ctx: Context, id: int) -> TaskDetail:
        summary="A node reports on a task it runs (signed by the node): started, progress, log, finished",
        tag=TAG, body=Callback, auth="node", responses={200: CallbackOut})
 def task_callback(ctx: Context, id: int) -> CallbackOut:
-    return callbacks.report(id, ctx.principal.node, ctx.body, ctx.settings.task_lease)
+    return callbacks.report(id, ctx.principal.node, ctx.body, ctx.settings.task_lease, ctx.settings.task_log_max)

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from control.core.errors import conflict, forbidden, invalid, not_found
-from control.core.models import iso, now
+from control.core.errors import ApiError, forbidden
+from control.core.models import iso
 from control.core.schemas import Page
-from control.registry import feed
-from control.registry.identity import Principal, require_root, require_user_or_root
-from control.registry.models import SshKey, User
-from control.registry.passwords import hash_password
-from control.registry.schemas import KeyCreate, KeyOut, UserCreate, UserOut, UserUpdate
+from control.registry import membership, users
+from control.registry.access import require_self_or_root, sees_private, visible_relations_of_user
+from control.registry.identity import Principal, change_password, require_root, require_user_or_root
+from control.registry.models import Group, Space, SshKey, User
+from control.registry.schemas import KeyCreate, KeyOut, UserCreate, UserOut, UserRelationOut, UserUpdate
 from control.registry.sshkeys import parse_key
-from control.web.routes.members import record_user_departures
+from control.web.listing import page_query, relations_page
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 
 def user_out(user: User, principal: Principal | None = None) -> UserOut:
-    sees_email = principal is None or principal.is_root or (
-        principal.user is not None and principal.user.id == user.id)
+    sees_email = sees_private(principal, user.id)
     return UserOut(id=user.id, username=user.username, full_name=user.full_name,
                    email=user.email if sees_email else None, active=user.active,
                    created_at=iso(user.created_at), updated_at=iso(user.updated_at))
@@ -34,24 +33,6 @@ def _openssh(line: str) -> str:
     return parse_key(line)[3]
 
 
-def get_user(user_id: int) -> User:
-    user = User.get_or_none(User.id == user_id)
-    if user is None:
-        raise not_found("user", user_id)
-    return user
-
-
-def _feed_data(user: User) -> dict[str, Any]:
-    return {"username": user.username, "full_name": user.full_name, "active": user.active}
-
-
-def _require_self_or_root(principal: Principal, user: User) -> None:
-    if principal.is_root:
-        return
-    if principal.user is None or principal.user.id != user.id:
-        raise forbidden("only the user itself or the administrator may do this")
-
-
 @route("GET", "/users", summary="List users", tag="users", query=paginated_query(),
        responses={200: Page[UserOut]})
 def list_users(ctx: Context) -> dict[str, Any]:
@@ -64,37 +45,33 @@ def list_users(ctx: Context) -> dict[str, Any]:
 def create_user(ctx: Context) -> Reply:
     require_root(ctx.principal)
     req: UserCreate = ctx.body
-    if User.select().where(User.username == req.username).exists():
-        raise conflict(f"username {req.username!r} is taken")
-    user = User.create(username=req.username, full_name=req.full_name, email=req.email,
-                       active=req.active, password_hash=hash_password(req.password))
-    feed.record("user", user.id, "create", _feed_data(user), user_id=user.id)
+    user = users.create(req.username, req.password, req.full_name, req.email, req.active)
     return Reply(201, user_out(user, ctx.principal), {"Location": f"/api/v1/users/{user.id}"})
 
 
 @route("GET", "/users/{id}", summary="Show a user", tag="users", responses={200: UserOut})
 def show_user(ctx: Context, id: int) -> UserOut:
     require_user_or_root(ctx.principal)
-    return user_out(get_user(id), ctx.principal)
+    return user_out(users.get(id), ctx.principal)
 
 
 @route("PATCH", "/users/{id}", summary="Update a user (itself or the administrator)", tag="users",
        body=UserUpdate, responses={200: UserOut})
-def update_user(ctx: Context, id: int) -> UserOut:
-    user = get_user(id)
-    _require_self_or_root(ctx.principal, user)
+def update_user(ctx: Context, id: int) -> UserOut | ApiError:
+    user = users.get(id)
+    require_self_or_root(ctx.principal, user)
     req: UserUpdate = ctx.body
     changes = req.model_dump(exclude_unset=True)
     if "active" in changes and not ctx.principal.is_root:
         raise forbidden("only the administrator may activate or deactivate a user")
-    for field in ("full_name", "email", "active"):
-        if changes.get(field) is not None:
-            setattr(user, field, changes[field])
     if changes.get("password"):
-        user.password_hash = hash_password(changes["password"])
-    user.updated_at = now()
-    user.save()
-    feed.record("user", user.id, "update", _feed_data(user), user_id=user.id)
+        # The one path for a new password: the current one (or root), throttled, and every
+        # other token of the user revoked. A refusal is returned so its throttle record commits.
+        refused = change_password(ctx.principal, user, changes["password"], changes.get("current_password"),
+                                  max_failures=ctx.settings.login_max_failures, window=ctx.settings.login_window)
+        if refused is not None:
+            return refused
+    users.update(user, changes)
     return user_out(user, ctx.principal)
 
 
@@ -102,16 +79,13 @@ def update_user(ctx: Context, id: int) -> UserOut:
        responses={204: None})
 def delete_user(ctx: Context, id: int) -> None:
     require_root(ctx.principal)
-    user = get_user(id)
-    record_user_departures(user.id)
-    feed.record("user", user.id, "delete", {"username": user.username}, user_id=user.id)
-    user.delete_instance(recursive=True, delete_nullable=True)
+    users.delete(users.get(id))
 
 
 @route("GET", "/users/{id}/keys", summary="List a user's SSH public keys", tag="users",
        responses={200: {"type": "array", "items": {"$ref": "#/components/schemas/KeyOut"}}})
 def list_keys(ctx: Context, id: int) -> list[KeyOut]:
-    user = get_user(id)
+    user = users.get(id)
     if not (ctx.principal.is_root or ctx.principal.kind == "user"):
         raise forbidden("only users and the administrator may read keys")
     return [key_out(k) for k in SshKey.select().where(SshKey.user == user).order_by(SshKey.id)]
@@ -120,27 +94,37 @@ def list_keys(ctx: Context, id: int) -> list[KeyOut]:
 @route("POST", "/users/{id}/keys", summary="Add an SSH public key", tag="users", body=KeyCreate,
        responses={201: KeyOut})
 def add_key(ctx: Context, id: int) -> Reply:
-    user = get_user(id)
-    _require_self_or_root(ctx.principal, user)
+    user = users.get(id)
+    require_self_or_root(ctx.principal, user)
     req: KeyCreate = ctx.body
-    try:
-        _, line, fingerprint, _ = parse_key(req.key)
-    except ValueError as exc:
-        raise invalid(f"key: {exc}") from None
-    if SshKey.select().where(SshKey.user == user, SshKey.fingerprint == fingerprint).exists():
-        raise conflict(f"key {fingerprint} is already registered for this user")
-    key = SshKey.create(user=user, name=req.name, key=line, fingerprint=fingerprint)
-    feed.record("user_key", key.id, "create", {"fingerprint": fingerprint}, user_id=user.id)
-    return Reply(201, key_out(key))
+    return Reply(201, key_out(users.add_key(user, req.name, req.key)))
 
 
 @route("DELETE", "/users/{id}/keys/{fingerprint}", summary="Delete an SSH key by fingerprint",
        tag="users", str_params=("fingerprint",), responses={204: None})
 def delete_key(ctx: Context, id: int, fingerprint: str) -> None:
-    user = get_user(id)
-    _require_self_or_root(ctx.principal, user)
-    key = SshKey.get_or_none(SshKey.user == user, SshKey.fingerprint == fingerprint.lower())
-    if key is None:
-        raise not_found("key", fingerprint)
-    feed.record("user_key", key.id, "delete", {"fingerprint": key.fingerprint}, user_id=user.id)
-    key.delete_instance()
+    user = users.get(id)
+    require_self_or_root(ctx.principal, user)
+    users.delete_key(user, fingerprint)
+
+
+@route("GET", "/users/{id}/effective_groups",
+       summary="The groups the user belongs to, directly or through nested groups, and through which "
+               "(another user sees only the groups it is in itself)", tag="users", query=page_query(names=True),
+       responses={200: Page[UserRelationOut]})
+def list_effective_groups(ctx: Context, id: int) -> dict[str, Any]:
+    user = users.get(id)
+    seen = visible_relations_of_user(ctx.principal, user.id, "groups")
+    entries = [e for e in membership.user_group_relations(user.id) if seen is None or e["id"] in seen]
+    return relations_page(Group, entries, ctx)
+
+
+@route("GET", "/users/{id}/effective_spaces",
+       summary="The spaces the user can reach, directly or through (nested) groups, and through which "
+               "(another user sees only the spaces it is in itself)", tag="users", query=page_query(names=True),
+       responses={200: Page[UserRelationOut]})
+def list_effective_spaces(ctx: Context, id: int) -> dict[str, Any]:
+    user = users.get(id)
+    seen = visible_relations_of_user(ctx.principal, user.id, "spaces")
+    entries = [e for e in membership.user_space_relations(user.id) if seen is None or e["id"] in seen]
+    return relations_page(Space, entries, ctx)

@@ -9,7 +9,7 @@ from playhouse.migrate import SchemaMigrator
 
 from control.migrations import add_column_if_missing
 
-VERSION = 5
+VERSION = 7
 
 
 def up(db: peewee.Database, migrator: SchemaMigrator) -> None:

@@ -1,0 +1,67 @@
+"""Attack: a task taking the worker's memory, processes or CPU.
+
+Before the sandbox a task had no limit at all (and ``limits`` was not even a field). Now a
+task carries ``limits`` (memory_mb, cpus, processes; the site's defaults fill what it left
+out) and the sandbox enforces them. Over its memory it is killed and ends ``failed`` with
+a reason that says so; over its processes it cannot fork; over its CPU time it is stopped.
+Here the pool-of-accounts path (setrlimit and the memory watchdog); the systemd path
+(MemoryMax, TasksMax, CPUQuota) runs in the lab (tests/lab/test_lab_sandbox.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.secfarm import SecFarm
+
+pytestmark = pytest.mark.slow
+SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the farm: worker side
+
+GROW = ("import time\nb = []\nfor i in range(64):\n    b.append(bytearray(8 << 20))\n    time.sleep(0.05)\n"
+        "print('survived', flush=True)\n")
+
+
+@SQLITE
+def test_over_its_memory_a_task_fails_saying_so(farm: SecFarm) -> None:
+    farm.add_node("wk1")
+    farm.start_dispatcher("d1")
+    hog = farm.submit("shell", {"argv": ["/usr/bin/python3", "-c", GROW]}, limits={"memory_mb": 64},
+                      max_attempts=1)
+    small = farm.submit("shell", {"argv": ["/usr/bin/python3", "-c", "b = bytearray(8 << 20); print('fine')"]},
+                        limits={"memory_mb": 64})
+    done = farm.wait(hog["id"], timeout=90)
+    assert done["state"] == "failed", done
+    assert "memory limit exceeded" in done["reason"] and "64 MiB" in done["reason"], done["reason"]
+    assert "survived" not in farm.log(hog["id"])
+    assert "memory limit exceeded" in farm.log(hog["id"])  # the user sees why in the log too
+    assert farm.wait(small["id"])["state"] == "succeeded" and farm.log(small["id"]) == "fine\n"
+
+
+@SQLITE
+def test_a_task_cannot_fork_past_its_processes(farm: SecFarm) -> None:
+    farm.add_node("wk1")
+    farm.start_dispatcher("d1")
+    bomb = farm.submit("shell", {"argv": ["sh", "-c", "for i in $(seq 40); do sleep 3 & done; wait; echo all-forked"]},
+                       limits={"processes": 8}, max_attempts=1)
+    done = farm.wait(bomb["id"], timeout=60)
+    assert "all-forked" not in farm.log(bomb["id"])
+    assert done["state"] == "failed" and "fork" in farm.log(bomb["id"]).lower(), farm.log(bomb["id"])
+
+
+@SQLITE
+def test_a_task_over_its_cpu_time_is_stopped(farm: SecFarm) -> None:
+    farm.add_node("wk1")
+    farm.start_dispatcher("d1")
+    spin = farm.submit("shell", {"argv": ["sh", "-c", "while :; do :; done"]}, limits={"cpus": 0.5}, timeout=4,
+                       max_attempts=1)
+    done = farm.wait(spin["id"], timeout=60)
+    assert done["state"] in ("failed", "timed_out"), done
+    if done["state"] == "failed":  # the CPU budget (0.5 CPU x 4 s) ran out before the wall-clock timeout
+        assert "CPU time limit exceeded" in done["reason"], done["reason"]
+
+
+@SQLITE
+def test_limits_above_the_site_maximum_are_refused(farm: SecFarm) -> None:
+    resp = farm.api.post("/tasks", token=farm.api.root,
+                         json={"name": "shell", "params": {"argv": ["true"]}, "limits": {"memory_mb": 20000}})
+    assert resp.status_code == 422 and "limits.memory_mb" in resp.text, resp.text
