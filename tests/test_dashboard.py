@@ -137,7 +137,8 @@ def test_dashboard_in_a_browser(farm: Farm, live_server: LiveServer, api: Api, b
     base = live_server.url
     alice = api.make_user("alice", full_name="Alice Liddell", email="alice@example.org")
     api.grant(user=alice["id"])  # submitting is a grant
-    api.make_user("bob")
+    bob = api.make_user("bob")
+    api.grant(user=bob["id"])
     farm.add_node("wk1", region="eu", concurrency=2)
 
     # log in (the login page first)
