@@ -293,16 +293,21 @@ class TaskRun:
             self.sent += len(chunk)
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the sandbox's process group (through sudo, which relays it, when we are not root).
+
+        The sandbox stops the task and hands its directory back; a runner that is not root
+        may signal only sudo in that group, so a refused signal is not an error.
+        """
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             return
         try:
             proc.wait(KILL_GRACE)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
 
     def _killed_reason(self) -> str | None:
