@@ -267,7 +267,8 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
                  "worker_python": sys.executable, "worker_labels": {}, "worker_heartbeat_interval": 15,
                  "worker_task_nice": 0, "worker_upload_key": "/k", "worker_upload_known_hosts": "/h",
                  "worker_sandbox_policy": "/etc/zonefarm-sandbox.ini", "common_venv": "/opt/zonefarm/venv",
-                 "worker_container_images": ["ghcr.io/openzim/*", "busybox:*"]},
+                 "worker_container_images": ["ghcr.io/openzim/*", "busybox:*"],
+                 "worker_ca_file": "/etc/zonefarm/ca.pem"},
         "tasks": [{"name": "Write", "no_log": True, "ansible.builtin.template": {
             "src": str(ROOT / "roles" / "worker" / "templates" / "node.ini.j2"), "dest": str(dest),
             "mode": "0600"}}],
@@ -286,3 +287,4 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
     assert config.sandbox_command == "/opt/zonefarm/venv/bin/zonefarm-sandbox"
     assert config.container_images == ("ghcr.io/openzim/*", "busybox:*")
     assert config.node_key not in proc.stdout + proc.stderr
+    assert config.ca_file == "/etc/zonefarm/ca.pem"
