@@ -217,14 +217,16 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.docker
 def test_container_task(farm: Farm, busybox_image: str) -> None:
-    farm.add_node("wk1")
+    farm.add_node("wk1", container_images="zonefarm-test/*")  # the node's own list (the zone's checks first)
     farm.start_dispatcher("d1")
-    task = farm.submit("container", {"image": busybox_image, "command": ["sh", "-c", "echo hi $WHO"],
+    uid = 'while read k v rest; do [ "$k" = Uid: ] && echo $v; done < /proc/self/status'
+    task = farm.submit("container", {"image": busybox_image, "command": ["sh", "-c", f"echo hi $WHO; {uid}"],
                                      "env": {"WHO": "container"}, "pull": "missing"})
     missing = farm.submit("container", {"image": "zonefarm-test/absent:1", "pull": "never"}, max_attempts=1)
     done = farm.wait(task["id"])
     assert done["state"] == "succeeded", farm.log(task["id"])
-    assert farm.log(task["id"]) == "hi container\n"
+    greeting, uid = farm.log(task["id"]).splitlines()
+    assert greeting == "hi container" and int(uid) >= 60100  # a task account of the sandbox's, never root
     gone = farm.wait(missing["id"])
     assert gone["state"] == "failed" and gone["exit_code"] == 125
     assert "pull is 'never'" in farm.log(missing["id"])
@@ -234,7 +236,7 @@ def test_container_task(farm: Farm, busybox_image: str) -> None:
 def test_container_cancel_stops_the_container(farm: Farm, busybox_image: str) -> None:
     import docker
 
-    farm.add_node("wk1")
+    farm.add_node("wk1", container_images="zonefarm-test/*")
     farm.start_dispatcher("d1")
     task = farm.submit("container", {"image": busybox_image, "command": ["sleep", "300"], "pull": "never"})
     farm.wait(task["id"], ("running",))

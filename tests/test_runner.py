@@ -222,3 +222,25 @@ def test_api_down_for_longer_than_a_report_retries_loses_nothing(recorder: tuple
     assert len(finished) == 1 and finished[0]["exit_code"] == 0
     assert rec.log(14) == "out\nend\n"  # held back while the API was down, then sent once, in order
     assert (tdir / "work" / "ran.log").read_text() == "ran\n"
+
+
+def test_sandbox_directories_left_behind_are_pruned(tmp_path: Path) -> None:
+    """A runner that died before taking a task's directory back leaves it in the sandbox's tree."""
+    from control.node.agent import prune_sandbox_dirs
+    from control.node.config import load_node_config
+
+    root = tmp_path / "sandbox"
+    policy = tmp_path / "policy.ini"
+    policy.write_text(f"[sandbox]\nroot = {root}\n")
+    mine = root / "tasks" / str(os.geteuid())
+    old, fresh, foreign = mine / "1-1-aa", mine / "2-1-bb", mine / "3-1-cc"
+    for d in (old, fresh, foreign):
+        d.mkdir(parents=True)
+    os.chown(foreign, 60199, 60199)  # not handed back yet: the task account's until it is
+    past = time.time() - 8 * 86400
+    for d in (old, foreign):
+        os.utime(d, (past, past))
+    config = load_node_config(write_node_config(tmp_path / "node.ini", name="wk1", api_url="http://127.0.0.1:1",
+                                                node_key=SECRET, sandbox_policy=str(policy)))
+    assert prune_sandbox_dirs(config, keep_seconds=7 * 86400) == [str(old)]
+    assert fresh.exists() and foreign.exists() and not old.exists()

@@ -19,7 +19,7 @@ from typing import Any
 from control.core.config import Settings
 from control.core.errors import invalid
 from control.core.models import now
-from control.farm import catalogue, policy, states
+from control.farm import catalogue, limits, policy, states
 from control.farm.eligibility import Want, assess, available_clause
 from control.farm.models import BROADCAST_KINDS, Node
 from control.farm.schemas import TaskCreate
@@ -46,7 +46,8 @@ def submit(req: TaskCreate, *, principal: Principal, settings: Settings) -> int:
     """Check the request, then create the task (a broadcast: its parent and children); its id.
 
     The params first (422: schema, NUL bytes, refused fields, the site's container
-    images), so a request wrong in several ways says what is wrong with the params first;
+    images, limits above the site's maxima), so a request wrong in several ways says what
+    is wrong with the params first;
     then who may submit it (``control.farm.policy.check_submission``: grant, space, fair
     use). The submitter is the task's owner (None for the administrator).
     """
@@ -62,6 +63,7 @@ def submit(req: TaskCreate, *, principal: Principal, settings: Settings) -> int:
         raise invalid(image)
     if req.space is None and catalogue.needs_space(req.name):
         raise invalid(f"space: task type {req.name!r} uploads its outputs to a space's storage; give a space")
+    task_limits = limits.effective(req.limits, settings)  # 422 above the site's maxima
     kind, value = _target(req)
     sub = policy.Submission(task_type=req.name, queue=req.queue, target_kind=kind, target_value=value,
                             space=req.space)
@@ -79,7 +81,7 @@ def submit(req: TaskCreate, *, principal: Principal, settings: Settings) -> int:
         name=req.name, params=req.params, queue=req.queue or "default", space_id=req.space, owner=owner,
         priority=req.priority, timeout=req.timeout, max_attempts=req.max_attempts)
     t = now()
-    common["limits"] = req.limits.model_dump(exclude_none=True) if req.limits is not None else None
+    common["limits"] = task_limits
     if kind not in BROADCAST_KINDS:
         return states.enqueue({**common, "target_kind": kind, "target_value": value},
                               f"submitted by {who}", t=t).id

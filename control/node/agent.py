@@ -133,13 +133,40 @@ def prune_task_dirs(workdir: str, keep_seconds: float, now: float | None = None)
     return removed
 
 
+def prune_sandbox_dirs(config: NodeConfig, keep_seconds: float, now: float | None = None) -> list[str]:
+    """Delete task directories left in the sandbox's tree (a runner that died before taking them back).
+
+    Only what is this agent's: ``<sandbox root>/tasks/<our uid>/``, entries handed back to us
+    (a directory the sandbox has not handed back yet is still the task account's, and stays
+    until whoever takes that account next hands it back) and older than ``keep_seconds``.
+    """
+    from control.node.sandbox import SandboxError, load_policy
+
+    try:
+        root = Path(load_policy(config.sandbox_policy).root) / "tasks" / str(os.geteuid())
+    except SandboxError:
+        return []
+    cutoff = (time.time() if now is None else now) - keep_seconds
+    removed = []
+    for entry in root.glob("*") if root.is_dir() else []:
+        try:
+            st = entry.lstat()
+        except OSError:
+            continue
+        if entry.is_dir() and not entry.is_symlink() and st.st_uid == os.geteuid() and st.st_mtime < cutoff:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(str(entry))
+    return removed
+
+
 def agent(config: NodeConfig, stop: threading.Event, interval: float) -> None:
     """Register, then heartbeat; re-register when the API no longer knows the node."""
     registered = False
     next_prune = 0.0
     while not stop.is_set():
         if time.monotonic() >= next_prune:
-            pruned = prune_task_dirs(config.workdir, config.task_dirs_keep_days * 86400)
+            keep = config.task_dirs_keep_days * 86400
+            pruned = prune_task_dirs(config.workdir, keep) + prune_sandbox_dirs(config, keep)
             if pruned:
                 log.info("pruned %d finished task directories", len(pruned))
             next_prune = time.monotonic() + 3600

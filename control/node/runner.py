@@ -133,8 +133,8 @@ class SandboxUnavailable(RuntimeError):
 
 def sandbox_argv(config: NodeConfig) -> list[str]:
     """How to start the task sandbox: directly as root, else through ``sudo`` exactly as its rule says."""
-    if os.geteuid() == 0:
-        return [sys.executable, "-m", "control.node.sandbox", config.sandbox_policy]
+    if os.geteuid() == 0:  # the file itself, isolated (-I) and without site (-S): standard library only
+        return [sys.executable, "-I", "-S", str(Path(__file__).with_name("sandbox.py")), config.sandbox_policy]
     if not config.sandbox_policy:
         raise SandboxUnavailable("the runner is not root and the node config names no sandbox_policy: "
                                  "tasks cannot be given an identity of their own (see docs/security.md)")
@@ -293,16 +293,21 @@ class TaskRun:
             self.sent += len(chunk)
 
     def _kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the sandbox's process group (through sudo, which relays it, when we are not root).
+
+        The sandbox stops the task and hands its directory back; a runner that is not root
+        may signal only sudo in that group, so a refused signal is not an error.
+        """
         try:
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):
             return
         try:
             proc.wait(KILL_GRACE)
         except subprocess.TimeoutExpired:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
+            except (ProcessLookupError, PermissionError):
                 pass
 
     def _killed_reason(self) -> str | None:

@@ -861,10 +861,8 @@ class Helper:
         finally:
             if dir_fd >= 0:
                 owner = os.fstat(dir_fd).st_uid
-                if owner not in (0, self.caller.uid):
+                if owner != self.caller.uid:  # the last unit's dynamic user, or root if no unit started
                     hand_back(dir_fd, owner, self.caller.uid, self.caller.gid)
-                else:
-                    os.fchown(dir_fd, self.caller.uid, self.caller.gid)
                 os.close(dir_fd)
                 try:  # the unit's directory moves next to the pool's, where the agent can take it
                     os.rename(state_dir, self.name, src_dir_fd=private_fd, dst_dir_fd=agent_fd)
