@@ -37,9 +37,10 @@ pytestmark = pytest.mark.slow
 LEASE = 30  # far longer than the outages here: a runner that keeps retrying must never be declared lost
 TASKS = 40
 OUTAGE = 7.0  # longer than a started/progress/log report retries: the runner must ride it out
-# cwd is the attempt dir (<work>/tasks/<id>/<attempt>): one line "ran-<id>-<attempt>" per run of the command,
-# kept across attempts. It goes to the task's output too, so a task ending while the API is down has a log to send.
-COMMAND = ["sh", "-c", "echo ran-$ZONEFARM_TASK_ID-$(basename $PWD) | tee -a ../ran.log; sleep 0.5"]
+# cwd is the task's own sandbox directory (named <id>-<attempt>-<random>), the only place a sandboxed task may
+# write, which the runner moves to <work>/tasks/<id>/<attempt>/work/ when the task ends: one line
+# "ran-<id>-<attempt>" in its ran.log per run of the command. It goes to the task's output too, so a task ending while the API is down has a log to send.
+COMMAND = ["sh", "-c", "echo ran-$ZONEFARM_TASK_ID-$(basename $PWD | cut -d- -f2) | tee -a ran.log; sleep 0.5"]
 
 
 class ControlPlane:
@@ -146,9 +147,9 @@ def _runs(farm: Farm) -> tuple[Counter[str], dict[int, int]]:
     ran: Counter[str] = Counter()
     launched: Counter[int] = Counter()
     for work in farm.nodes.values():
-        for log in work.glob("tasks/*/ran.log"):
+        for log in work.glob("tasks/*/*/work/ran.log"):
             for line in log.read_text().splitlines():
-                assert line.startswith(f"ran-{log.parent.name}-"), line
+                assert line == f"ran-{log.parent.parent.parent.name}-{log.parent.parent.name}", line
                 ran[line.removeprefix("ran-")] += 1
         for spec in work.glob("tasks/*/*/spec.json"):
             launched[int(spec.parent.parent.name)] += 1
@@ -169,7 +170,8 @@ def _assert_exactly_once(farm: Farm, plane: ControlPlane, ids: list[int]) -> dic
         # a retried attempt after `lost` is legitimate; the completion is the last attempt's own run
         assert ran[f"{task_id}-{task['attempt']}"] == 1, (task_id, task["attempt"], states)
         assert launched[task_id] <= task["attempt"] == states.count("assigned"), (task_id, states)
-        assert f"ran-{task_id}-{task['attempt']}\n" in farm.log(task_id)  # its output made it through the outage
+        # its output made it through the outage, once: a second run of the attempt would print it again
+        assert farm.log(task_id).count(f"ran-{task_id}-{task['attempt']}\n") == 1, (task_id, farm.log(task_id))
     lines = plane.requests()
     callbacks = [line for line in lines if str(line.get("path", "")).endswith("/callback")]
     assert callbacks, "no callback reached the API"
