@@ -39,7 +39,8 @@ TASKS = 40
 OUTAGE = 7.0  # longer than a started/progress/log report retries: the runner must ride it out
 # cwd is the task's own sandbox directory (named <id>-<attempt>-<random>), the only place a sandboxed task may
 # write, which the runner moves to <work>/tasks/<id>/<attempt>/work/ when the task ends: one line
-# "ran-<id>-<attempt>" in its ran.log per run of the command. It goes to the task's output too, so a task ending while the API is down has a log to send.
+# "ran-<id>-<attempt>" in its ran.log per run of the command. It goes to the task's output too, so a task
+# ending while the API is down has a log to send.
 COMMAND = ["sh", "-c", "echo ran-$ZONEFARM_TASK_ID-$(basename $PWD | cut -d- -f2) | tee -a ran.log; sleep 0.5"]
 
 
