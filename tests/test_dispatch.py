@@ -219,12 +219,13 @@ def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_container_task(farm: Farm, busybox_image: str) -> None:
     farm.add_node("wk1", container_images="zonefarm-test/*")  # the node's own list (the zone's checks first)
     farm.start_dispatcher("d1")
-    uid = 'while read k v rest; do [ "$k" = Uid: ] && echo $v; done < /proc/self/status'
+    # (`||`, not `&&`: a loop ends with its last command's status, and a line that is not Uid: must not fail it)
+    uid = 'while read k v rest; do [ "$k" != Uid: ] || echo $v; done < /proc/self/status'
     task = farm.submit("container", {"image": busybox_image, "command": ["sh", "-c", f"echo hi $WHO; {uid}"],
                                      "env": {"WHO": "container"}, "pull": "missing"})
     missing = farm.submit("container", {"image": "zonefarm-test/absent:1", "pull": "never"}, max_attempts=1)
     done = farm.wait(task["id"])
-    assert done["state"] == "succeeded", farm.log(task["id"])
+    assert done["state"] == "succeeded", (done["reason"], farm.log(task["id"]))
     greeting, uid = farm.log(task["id"]).splitlines()
     assert greeting == "hi container" and int(uid) >= 60100  # a task account of the sandbox's, never root
     gone = farm.wait(missing["id"])
