@@ -51,7 +51,8 @@ def validate(role: str, provided: dict[str, Any], tmp_path: Path) -> subprocess.
         # (less those taken from site-wide zonefarm_* vars, which this inventory does not set)
         "vars": {**{k: v for k, v in defaults(role).items() if "{{ zonefarm_" not in str(v)},
                  "common_user": "zonefarm", "common_group": "zonefarm", "common_config_dir": "/etc/zonefarm",
-                 "common_data_dir": "/var/lib/zonefarm", "common_venv": "/opt/zonefarm/venv"},
+                 "common_data_dir": "/var/lib/zonefarm", "common_venv": "/opt/zonefarm/venv",
+                 "common_ca_src": "/controller/pki/ca.pem", "common_ca_file": "/etc/zonefarm/ca.pem"},
         "tasks": [{"name": "Validate", "ansible.builtin.validate_argument_spec": {
             "argument_spec": spec(role), "provided_arguments": provided}}]}]))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "json",
