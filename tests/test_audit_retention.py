@@ -42,7 +42,7 @@ def test_actors_are_recorded_and_root_reads_the_audit(api: Api) -> None:
     assert roots["items"] and all(i["actor"] == "root" and i["kind"] == "change" for i in roots["items"])
     events = api.get("/audit", token=api.root, params={"kind": "task_event", "entity_id": task["id"]}).json()
     assert events["total"] == 1
-    future = api.get("/audit", token=api.root, params={"after": "2999-01-01T00:00:00"}).json()
+    future = api.get("/audit", token=api.root, params={"after": "2999-01-01T00:00:00Z"}).json()
     assert future["total"] == 0 and future["items"] == []
     page = api.get("/audit", token=api.root, params={"limit": 2, "offset": 1}).json()
     assert page["items"] == items[1:3]

@@ -73,6 +73,7 @@ def test_schemathesis_finds_nothing(db_url: str, tmp_path: Path, who: str) -> No
     selected = re.search(r"Selected: (\d+)/(\d+)", output)
     tested = re.search(r"Tested: (\d+)", output)
     assert selected and tested, output[-5000:]
-    assert int(selected[1]) == int(selected[2]) == int(tested[1]) == len(operations), output[-5000:]
+    # every route was selected and tested (the CLI may or may not count the document itself)
+    assert int(selected[1]) == int(selected[2]) == int(tested[1]) >= len(operations), output[-5000:]
     generated = re.search(r"(\d+) generated, (\d+) passed", output)
     assert generated and generated[1] == generated[2] and int(generated[1]) > 10 * len(operations), output[-5000:]

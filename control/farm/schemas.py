@@ -203,8 +203,8 @@ GrantTargets = Literal[GRANT_TARGETS]  # type: ignore[valid-type]
 
 
 class GrantCreate(Input):
-    user: int | None = Field(default=None, ge=1, description="The user it is granted to (or give group)")
-    group: int | None = Field(default=None, ge=1, description="The group it is granted to: every effective "
+    user: int | None = Field(default=None, ge=1, le=MAX_ID, description="The user it is granted to (or give group)")
+    group: int | None = Field(default=None, ge=1, le=MAX_ID, description="The group it is granted to: every effective "
                                                               "member, nested groups included (or give user)")
     task_type: str = Field(default=ANY, pattern=GRANT_TYPE, description="A task type, or * for every one")
     queue: str = Field(default=ANY, pattern=GRANT_QUEUE, description="A queue, or * for every one")

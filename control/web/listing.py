@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
+from control.core.errors import invalid
 from control.registry import membership
 from control.registry.members import Relation, relation
 from control.registry.models import Group, Space, User
@@ -98,3 +101,21 @@ def chain_page(chains: membership.Chains, head: ChainLink, user: User, ctx: Cont
     items = [[head, *(ChainLink(type="group", id=g, name=groups[g].name) for g in chain[:-1]), tail]
              for chain in page]
     return {"items": items, "total": chains.total, "limit": limit, "offset": offset}
+
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
+
+
+def query_time(name: str, value: str) -> float:
+    """An RFC 3339 time from the query string (the ``date-time`` format the OpenAPI document
+    declares, offset included) as epoch seconds, the form times are stored in. Python's parser
+    takes more than RFC 3339 and not all of it (a lower-case ``t``/``z``, a leap second
+    ``:60``, which counts as the second before it), so the pattern decides what is a time."""
+    if not RFC3339.match(value):
+        raise invalid(f"{name}: not an RFC 3339 time (e.g. 2026-11-30T09:00:00Z): {value!r}")
+    text = re.sub(r"([T ]\d\d:\d\d):60", r"\1:59", value.upper())
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise invalid(f"{name}: not an RFC 3339 time (e.g. 2026-11-30T09:00:00Z): {value!r}") from None
+    return when.timestamp()

@@ -15,7 +15,7 @@ from control.core.models import iso
 from control.core.schemas import Page
 from control.farm.audit import KINDS, AuditEntry, AuditFilter, search
 from control.registry.identity import require_root
-from control.web.routes.tasks import _epoch
+from control.web.listing import query_time
 from control.web.routing import Context, Query, route
 
 
@@ -44,8 +44,8 @@ def audit_out(entry: AuditEntry) -> AuditOut:
               "kind": Query(str, None, "Only this kind", enum=KINDS),
               "entity": Query(str, None, "Only this entity (`task` for task events)"),
               "entity_id": Query(int, None, "Only this entity id (the task id for task events)", 0, None),
-              "after": Query(str, None, "At or after this time (ISO 8601; UTC unless it says)"),
-              "before": Query(str, None, "Before this time (ISO 8601; UTC unless it says)"),
+              "after": Query(str, None, "At or after this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
+              "before": Query(str, None, "Before this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
               "limit": Query(int, 50, "Page size", 1, 500),
               "offset": Query(int, 0, "Rows to skip", 0, 100000)},
        responses={200: Page[AuditOut]})
@@ -53,8 +53,8 @@ def list_audit(ctx: Context) -> dict[str, Any]:
     require_root(ctx.principal)
     q = ctx.query
     f = AuditFilter(actor=q["actor"], kind=q["kind"], entity=q["entity"], entity_id=q["entity_id"],
-                    after=_epoch("after", q["after"]) if q["after"] else None,
-                    before=_epoch("before", q["before"]) if q["before"] else None)
+                    after=query_time("after", q["after"]) if q["after"] else None,
+                    before=query_time("before", q["before"]) if q["before"] else None)
     entries, total = search(f, q["limit"], q["offset"])
     return {"items": [audit_out(e) for e in entries], "total": total, "limit": q["limit"],
             "offset": q["offset"]}

@@ -8,13 +8,12 @@ those of the spaces they belong to; only the submitter or the administrator canc
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import peewee
 from pydantic import BaseModel, Field
 
-from control.core.errors import conflict, invalid, not_found
+from control.core.errors import conflict, not_found
 from control.core.models import iso
 from control.core.schemas import Page
 from control.farm import callbacks, catalogue, states, submit
@@ -37,6 +36,7 @@ from control.farm.schemas import (
 from control.registry import membership
 from control.registry.access import cancel_owned, see_owned
 from control.registry.identity import require_user_or_root
+from control.web.listing import query_time
 from control.web.routing import Context, Query, Reply, route
 
 TAG = "tasks"
@@ -102,20 +102,11 @@ TASK_FILTERS = {
     "parent": Query(int, None, "Child runs of this broadcast", 1, None),
     "space": Query(int, None, "Space id", 1, None),
     "owner": Query(int, None, "Submitter's user id", 1, None),
-    "created_after": Query(str, None, "Submitted at or after this time (ISO 8601; UTC unless it says)"),
-    "created_before": Query(str, None, "Submitted before this time (ISO 8601; UTC unless it says)"),
+    "created_after": Query(str, None, "Submitted at or after this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
+    "created_before": Query(str, None, "Submitted before this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
     "limit": Query(int, 50, "Page size", 1, 500),
     "offset": Query(int, 0, "Rows to skip", 0, None),
 }
-
-
-def _epoch(name: str, value: str) -> float:
-    """An ISO 8601 time from the query string as epoch seconds (stored times are epoch floats)."""
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise invalid(f"{name}: not an ISO 8601 time: {value!r}") from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _filtered(ctx: Context) -> peewee.ModelSelect:
@@ -135,9 +126,9 @@ def _filtered(ctx: Context) -> peewee.ModelSelect:
         if q[key] is not None:
             query = query.where(column == q[key])
     if q["created_after"]:
-        query = query.where(Task.created_at >= _epoch("created_after", q["created_after"]))
+        query = query.where(Task.created_at >= query_time("created_after", q["created_after"]))
     if q["created_before"]:
-        query = query.where(Task.created_at < _epoch("created_before", q["created_before"]))
+        query = query.where(Task.created_at < query_time("created_before", q["created_before"]))
     return query
 
 
