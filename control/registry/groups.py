@@ -1,4 +1,4 @@
-"""Groups: create, rename, delete, and nest one group in another (no cycles).
+"""Groups: delete, and nest one group in another (no cycles); ``owned`` creates and renames them.
 
 Nesting a group under another makes the child's effective members effective members
 of the parent; a nesting that would close a loop is refused with 409. Every write
@@ -8,33 +8,8 @@ appends its change to the feed, scoped so the group's readers see it.
 from __future__ import annotations
 
 from control.core.errors import conflict, not_found
-from control.core.models import now
-from control.registry import feed, members, membership
-from control.registry.access import new_entity_owner
-from control.registry.identity import Principal
-from control.registry.models import Group, GroupChild, GroupUser, SpaceGroup
-from control.registry.names import unique_name
-
-
-def create(principal: Principal, name: str, owner_id: int | None) -> Group:
-    """A new group; its owner is the creating user, or whom root names (or none)."""
-    unique_name(Group, name)
-    owner = new_entity_owner(principal, owner_id)
-    group = Group.create(name=name)
-    feed.record("group", group.id, "create", {"name": group.name}, group_id=group.id)
-    if owner is not None:
-        members.add(GroupUser, group.id, owner, "owner")
-    return group
-
-
-def rename(group: Group, name: str | None) -> None:
-    if name is None or name == group.name:
-        return
-    unique_name(Group, name, group.id)
-    group.name = name
-    group.updated_at = now()
-    group.save()
-    feed.record("group", group.id, "update", {"name": group.name}, group_id=group.id)
+from control.registry import feed, membership, owned
+from control.registry.models import Group, GroupChild, SpaceGroup
 
 
 def delete(group: Group) -> None:
@@ -46,7 +21,7 @@ def delete(group: Group) -> None:
     for link in GroupChild.select().where(GroupChild.child == group.id):
         feed.record("group_child", link.id, "delete", {"child": group.id},
                     group_id=link.parent_id)
-    feed.record("group", group.id, "delete", {"name": group.name}, group_id=group.id)
+    owned.record_delete(group)
     group.delete_instance(recursive=True, delete_nullable=True)
 
 

@@ -1,4 +1,4 @@
-"""Spaces: create, rename, delete, and their member groups with a role each.
+"""Spaces: delete, and their member groups with a role each; ``owned`` creates and renames them.
 
 Their users are kept by ``control.registry.members``; provider support by
 ``control.registry.support``. Every write appends its change to the feed.
@@ -7,40 +7,17 @@ Their users are kept by ``control.registry.members``; provider support by
 from __future__ import annotations
 
 from control.core.errors import not_found
-from control.core.models import now
-from control.registry import feed, members, support
-from control.registry.access import new_entity_owner, require_grant
+from control.registry import feed, owned, support
+from control.registry.access import require_grant
 from control.registry.identity import Principal
-from control.registry.models import Group, Space, SpaceGroup, SpaceUser, Support
-from control.registry.names import unique_name
-
-
-def create(principal: Principal, name: str, owner_id: int | None) -> Space:
-    """A new space; its owner is the creating user, or whom root names (or none)."""
-    unique_name(Space, name)
-    owner = new_entity_owner(principal, owner_id)
-    space = Space.create(name=name)
-    feed.record("space", space.id, "create", {"name": space.name}, space_id=space.id)
-    if owner is not None:
-        members.add(SpaceUser, space.id, owner, "owner")
-    return space
-
-
-def rename(space: Space, name: str | None) -> None:
-    if name is None or name == space.name:
-        return
-    unique_name(Space, name, space.id)
-    space.name = name
-    space.updated_at = now()
-    space.save()
-    feed.record("space", space.id, "update", {"name": space.name}, space_id=space.id)
+from control.registry.models import Group, Space, SpaceGroup, Support
 
 
 def delete(space: Space) -> None:
     # Each supporting provider gets its own revocation, scoped to it, so it learns the
     # space is gone even though the space leaves its region with this very delete.
     support.record_revocations(support.joined().where(Support.space == space.id))
-    feed.record("space", space.id, "delete", {"name": space.name}, space_id=space.id)
+    owned.record_delete(space)
     space.delete_instance(recursive=True, delete_nullable=True)
 
 

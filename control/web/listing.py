@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
+import peewee
+
 from control.core.errors import invalid
 from control.registry import membership
 from control.registry.members import Relation, relation
@@ -44,6 +46,13 @@ def page_rows(rows: list[Any], ctx: Context, name_of: Callable[[Any], str],
     limit, offset = ctx.query["limit"], ctx.query["offset"]
     return {"items": [to_out(r) for r in rows[offset:offset + limit]], "total": len(rows),
             "limit": limit, "offset": offset}
+
+
+def visible_rows(model: type[peewee.Model], ids: set[int] | None) -> peewee.ModelSelect:
+    """The rows of ``model`` a visibility rule (``access.visible_*``) lets the caller list:
+    those of ``ids``, or all where it answers None."""
+    query = model.select()
+    return query if ids is None else query.where(model.id.in_(sorted(ids)))
 
 
 def names(model: type[Group] | type[Space], ids: Iterable[int]) -> dict[int, Any]:

@@ -110,16 +110,21 @@ def route(method: str, path: str, *, summary: str, tag: str,
           responses: dict[int, Any] | None = None, auth: str = "bearer",
           query: dict[str, Query] | None = None,
           str_params: tuple[str, ...] = (),
-          read_only_ok: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+          read_only_ok: bool = False,
+          name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a route. ``responses`` maps status to a pydantic model, ``None`` (no body) or a
     JSON-schema dict. Path parameters are integers unless named in ``str_params``.
     ``read_only_ok`` lets a read-only token make this write (only revoking itself needs it).
+    ``name`` is the operation id where one function, made per kind of resource (groups and
+    spaces), serves several routes; by default it is the function's own name.
 
     A handler answers with a value, a ``Reply`` or ``None`` (204), or raises an ``ApiError``.
     It may also *return* an ``ApiError``: its transaction then commits before the error is
     sent, which is how a refusal keeps a record of itself (a failed login is counted)."""
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name is not None:
+            fn.__name__ = fn.__qualname__ = name
         ROUTES.append(RouteSpec(method.upper(), path, fn, summary, tag, body, form,
                                 responses or {200: None}, auth, query or {}, str_params,
                                 read_only_ok))

@@ -19,6 +19,7 @@ from control.registry.access import fetch, provider_access, provider_read, visib
 from control.registry.identity import require_root
 from control.registry.models import Provider
 from control.registry.schemas import ProviderCreate, ProviderOut, ProviderRegistered, ProviderUpdate
+from control.web.listing import visible_rows
 from control.web.routing import Context, Reply, paginate, paginated_query, route
 
 TAG = "providers"
@@ -35,10 +36,7 @@ def provider_out(p: Provider) -> ProviderOut:
 @route("GET", "/providers", summary="List providers (a provider token sees itself)", tag=TAG,
        query=paginated_query(), responses={200: Page[ProviderOut]})
 def list_providers(ctx: Context) -> dict[str, Any]:
-    ids = visible_providers(ctx.principal)
-    query = Provider.select()
-    if ids is not None:
-        query = query.where(Provider.id.in_(sorted(ids)))
+    query = visible_rows(Provider, visible_providers(ctx.principal))
     return paginate(query, ctx, Provider.name, provider_out)
 
 
