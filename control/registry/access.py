@@ -78,12 +78,13 @@ class _Entity:
     role_of: Callable[[int, int], str | None]
     provider_reads: Callable[[int], set[int]]
     provider_rule: str
+    user_reads: Callable[[int], set[int]]
 
 
 _SPACE = _Entity(Space, "space", membership.space_role, membership.provider_spaces,
-                 "a provider may only read the spaces it supports")
+                 "a provider may only read the spaces it supports", membership.user_spaces)
 _GROUP = _Entity(Group, "group", membership.group_role, membership.provider_groups,
-                 "a provider may only read the groups of the spaces it supports")
+                 "a provider may only read the groups of the spaces it supports", membership.user_groups)
 
 
 def _access(principal: Principal, entity: _Entity, ident: int, need: str) -> tuple[peewee.Model, str | None]:
@@ -192,24 +193,23 @@ def sees_private(principal: Principal | None, user_id: int) -> bool:
 # --- visibility: what a caller may list -------------------------------------------------
 
 
-def visible_spaces(principal: Principal) -> set[int] | None:
-    """Space ids the caller may list; None means all (root)."""
+def _visible(principal: Principal, entity: _Entity) -> set[int] | None:
     if principal.is_root:
         return None
     if principal.provider is not None:
-        return membership.provider_spaces(principal.provider.id)
+        return entity.provider_reads(principal.provider.id)
     require_user_or_root(principal)
-    return membership.user_spaces(principal.user.id)
+    return entity.user_reads(principal.user.id)
+
+
+def visible_spaces(principal: Principal) -> set[int] | None:
+    """Space ids the caller may list; None means all (root)."""
+    return _visible(principal, _SPACE)
 
 
 def visible_groups(principal: Principal) -> set[int] | None:
     """Group ids the caller may list; None means all (root)."""
-    if principal.is_root:
-        return None
-    if principal.provider is not None:
-        return membership.provider_groups(principal.provider.id)
-    require_user_or_root(principal)
-    return membership.user_groups(principal.user.id)
+    return _visible(principal, _GROUP)
 
 
 def only_visible_groups(principal: Principal, ids: set[int]) -> set[int]:

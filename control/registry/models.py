@@ -30,10 +30,17 @@ class SshKey(BaseModel):
         indexes = ((("user", "fingerprint"), True),)
 
 
-class Group(BaseModel):
+class Owned(BaseModel):
+    """What a group and a space both are: a unique name, owned through their members' roles.
+    Abstract: each subclass has its own table with these columns."""
+
     name = peewee.CharField(max_length=100, unique=True)
     created_at = peewee.DoubleField(default=now)
     updated_at = peewee.DoubleField(default=now)
+
+
+class Group(Owned):
+    pass
 
 
 class GroupUser(BaseModel):
@@ -53,10 +60,8 @@ class GroupChild(BaseModel):
         indexes = ((("parent", "child"), True),)
 
 
-class Space(BaseModel):
-    name = peewee.CharField(max_length=100, unique=True)
-    created_at = peewee.DoubleField(default=now)
-    updated_at = peewee.DoubleField(default=now)
+class Space(Owned):
+    pass
 
 
 class SpaceUser(BaseModel):
