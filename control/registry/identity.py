@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import peewee
 
 from control.core.db import write_transaction
-from control.core.errors import ApiError, forbidden, invalid, too_many, unauthorized
+from control.core.errors import ApiError, forbidden, invalid, not_found, too_many, unauthorized
 from control.core.models import now
 from control.registry import throttle
 from control.registry.models import Provider, Token, User
@@ -79,6 +79,25 @@ def secret_lifetime(expires_in: int | None, max_ttl: int) -> int:
 def gone(message: str) -> ApiError:
     """A token that existed but can no longer be used: 410, so a client tells it from a typo."""
     return ApiError(410, message, "gone")
+
+
+def issued_secret(listing: peewee.ModelSelect, ident: int, what: str) -> peewee.Model:
+    """One issued invite or support token of ``listing`` (a target's own), by id: 404 when
+    the id is another target's, so an admin of one space cannot reach another's."""
+    row = listing.where(listing.model.id == ident).first()
+    if row is None:
+        raise not_found(what, ident)
+    return row
+
+
+def revoke_secret(row: peewee.Model) -> bool:
+    """Revoke an invite or support token. Revoked ones stay listed (state ``revoked``);
+    revoking twice changes nothing and answers False, so nothing is recorded twice."""
+    if row.revoked:
+        return False
+    row.revoked = True
+    row.save()
+    return True
 
 
 def find_secret(model: type[peewee.Model], plain: str) -> peewee.Model | None:

@@ -21,7 +21,7 @@ from control.core.errors import conflict, forbidden, invalid, not_found
 from control.core.models import iso, now
 from control.registry import feed, groups, members, spaces
 from control.registry.access import group_access
-from control.registry.identity import Principal, find_secret, gone, new_secret
+from control.registry.identity import Principal, find_secret, gone, issued_secret, new_secret, revoke_secret
 from control.registry.models import Group, GroupChild, GroupUser, Invite, Space, SpaceGroup, SpaceUser, User
 
 GROUP_ROLES_IN_SPACE = ("member", "admin")
@@ -77,19 +77,12 @@ def listing(target: Space | Group) -> peewee.ModelSelect:
 
 
 def find(target: Space | Group, invite_id: int) -> Invite:
-    invite = listing(target).where(Invite.id == invite_id).first()
-    if invite is None:
-        raise not_found("invite", invite_id)
-    return invite
+    return issued_secret(listing(target), invite_id, "invite")
 
 
 def revoke(invite: Invite) -> None:
-    """Revoked invites stay listed (state ``revoked``); revoking twice changes nothing."""
-    if invite.revoked:
-        return
-    invite.revoked = True
-    invite.save()
-    feed.record("invite", invite.id, "delete", _feed_data(invite), **_scope(invite))
+    if revoke_secret(invite):
+        feed.record("invite", invite.id, "delete", _feed_data(invite), **_scope(invite))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import peewee
 from control.core.errors import conflict, forbidden, invalid, not_found
 from control.core.models import iso, now
 from control.registry import feed
-from control.registry.identity import Principal, find_secret, gone, new_secret
+from control.registry.identity import Principal, find_secret, gone, issued_secret, new_secret
 from control.registry.models import Provider, Space, Support, SupportToken
 
 
@@ -128,18 +128,7 @@ def tokens_of(space: Space) -> peewee.ModelSelect:
 
 
 def find_token(space: Space, token_id: int) -> SupportToken:
-    row = tokens_of(space).where(SupportToken.id == token_id).first()
-    if row is None:
-        raise not_found("support token", token_id)
-    return row
-
-
-def revoke_token(row: SupportToken) -> None:
-    """Revoked tokens stay listed (state ``revoked``); revoking twice changes nothing."""
-    if row.revoked:
-        return
-    row.revoked = True
-    row.save()
+    return issued_secret(tokens_of(space), token_id, "support token")
 
 
 def redeem(provider: Provider, token: str, size: int | None) -> Support:

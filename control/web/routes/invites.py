@@ -21,32 +21,13 @@ from control.web.listing import page_query
 from control.web.routing import Context, Reply, paginate, route
 
 TAG = "invites"
-ACCESS = {"spaces": space_access, "groups": group_access}
+ACCESS = {"space": space_access, "group": group_access}
 
 
 def invite_out(i: Invite) -> InviteOut:
     return InviteOut(id=i.id, space_id=i.space_id, group_id=i.group_id, role=i.role, subject=i.subject,
                      uses=i.uses, max_uses=i.max_uses, state=invites.state(i),
                      expires_at=iso(i.expires_at), created_by=i.created_by, created_at=iso(i.created_at))
-
-
-def _issue(ctx: Context, kind: str, ident: int) -> Reply:
-    target, actor = ACCESS[kind](ctx.principal, ident, "admin")
-    req: InviteCreate = ctx.body
-    require_grant(ctx.principal, actor, req.role)  # an invite grants no more than its issuer may
-    ttl = secret_lifetime(req.expires_in, ctx.settings.invite_max_ttl)
-    invite, token = invites.issue(ctx.principal, target, req.subject, req.role, req.uses, ttl)
-    return Reply(201, InviteIssued(invite=invite_out(invite), token=token), {"Cache-Control": "no-store"})
-
-
-def _list(ctx: Context, kind: str, ident: int) -> dict[str, Any]:
-    target, _ = ACCESS[kind](ctx.principal, ident, "admin")
-    return paginate(invites.listing(target), ctx, None, invite_out)
-
-
-def _revoke(ctx: Context, kind: str, ident: int, iid: int) -> None:
-    target, _ = ACCESS[kind](ctx.principal, ident, "admin")
-    invites.revoke(invites.find(target, iid))
 
 
 def _join(ctx: Context, kind: str) -> Reply:
@@ -59,56 +40,41 @@ def _join(ctx: Context, kind: str) -> Reply:
                                 member_id=member.id, role=joined.role))
 
 
-@route("POST", "/spaces/{id}/invites",
-       summary="Issue an invite token to the space (admin): the role it grants (at most the "
-               "issuer's), who redeems it, uses and expiry; the token is shown once",
-       tag=TAG, body=InviteCreate, responses={201: InviteIssued})
-def create_space_invite(ctx: Context, id: int) -> Reply:
-    return _issue(ctx, "spaces", id)
+def _invite_routes(kind: str, issued: str, joining_group: str) -> None:
+    """Declare the invite routes of spaces or groups (``kind``): issue, list, revoke and join;
+    ``issued`` and ``joining_group`` finish the summaries where the two kinds differ."""
+    access, base = ACCESS[kind], f"/{kind}s"
+
+    @route("POST", base + "/{id}/invites", summary=f"Issue an invite token to the {kind} (admin){issued}",
+           tag=TAG, body=InviteCreate, responses={201: InviteIssued}, name=f"create_{kind}_invite")
+    def create(ctx: Context, id: int) -> Reply:
+        target, actor = access(ctx.principal, id, "admin")
+        req: InviteCreate = ctx.body
+        require_grant(ctx.principal, actor, req.role)  # an invite grants no more than its issuer may
+        ttl = secret_lifetime(req.expires_in, ctx.settings.invite_max_ttl)
+        invite, token = invites.issue(ctx.principal, target, req.subject, req.role, req.uses, ttl)
+        return Reply(201, InviteIssued(invite=invite_out(invite), token=token), {"Cache-Control": "no-store"})
+
+    @route("GET", base + "/{id}/invites", summary=f"The {kind}'s invites and their state (admin); never the tokens",
+           tag=TAG, query=page_query(), responses={200: Page[InviteOut]}, name=f"list_{kind}_invites")
+    def listing(ctx: Context, id: int) -> dict[str, Any]:
+        target, _ = access(ctx.principal, id, "admin")
+        return paginate(invites.listing(target), ctx, None, invite_out)
+
+    @route("DELETE", base + "/{id}/invites/{iid}", summary=f"Revoke an invite to the {kind} (admin)", tag=TAG,
+           responses={204: None}, name=f"delete_{kind}_invite")
+    def revoke(ctx: Context, id: int, iid: int) -> None:
+        target, _ = access(ctx.principal, id, "admin")
+        invites.revoke(invites.find(target, iid))
+
+    @route("POST", base + "/join",
+           summary=f"Join a {kind} with an invite token: as the caller, or (with `group`) {joining_group}; "
+                   "410 for an expired, used-up or revoked token",
+           tag=TAG, body=InviteRedeem, responses={201: JoinedOut}, name=f"join_{kind}")
+    def join(ctx: Context) -> Reply:
+        return _join(ctx, kind)
 
 
-@route("GET", "/spaces/{id}/invites", summary="The space's invites and their state (admin); never the tokens",
-       tag=TAG, query=page_query(), responses={200: Page[InviteOut]})
-def list_space_invites(ctx: Context, id: int) -> dict[str, Any]:
-    return _list(ctx, "spaces", id)
-
-
-@route("DELETE", "/spaces/{id}/invites/{iid}", summary="Revoke an invite to the space (admin)", tag=TAG,
-       responses={204: None})
-def delete_space_invite(ctx: Context, id: int, iid: int) -> None:
-    _revoke(ctx, "spaces", id, iid)
-
-
-@route("POST", "/spaces/join",
-       summary="Join a space with an invite token: as the caller, or (with `group`) as a group the "
-               "caller administers; 410 for an expired, used-up or revoked token",
-       tag=TAG, body=InviteRedeem, responses={201: JoinedOut})
-def join_space(ctx: Context) -> Reply:
-    return _join(ctx, "space")
-
-
-@route("POST", "/groups/{id}/invites",
-       summary="Issue an invite token to the group (admin); a group invited nests as a child",
-       tag=TAG, body=InviteCreate, responses={201: InviteIssued})
-def create_group_invite(ctx: Context, id: int) -> Reply:
-    return _issue(ctx, "groups", id)
-
-
-@route("GET", "/groups/{id}/invites", summary="The group's invites and their state (admin); never the tokens",
-       tag=TAG, query=page_query(), responses={200: Page[InviteOut]})
-def list_group_invites(ctx: Context, id: int) -> dict[str, Any]:
-    return _list(ctx, "groups", id)
-
-
-@route("DELETE", "/groups/{id}/invites/{iid}", summary="Revoke an invite to the group (admin)", tag=TAG,
-       responses={204: None})
-def delete_group_invite(ctx: Context, id: int, iid: int) -> None:
-    _revoke(ctx, "groups", id, iid)
-
-
-@route("POST", "/groups/join",
-       summary="Join a group with an invite token: as the caller, or (with `group`) nesting a group "
-               "the caller administers; 410 for an expired, used-up or revoked token",
-       tag=TAG, body=InviteRedeem, responses={201: JoinedOut})
-def join_group(ctx: Context) -> Reply:
-    return _join(ctx, "group")
+_invite_routes("space", ": the role it grants (at most the issuer's), who redeems it, uses and expiry; "
+               "the token is shown once", "as a group the caller administers")
+_invite_routes("group", "; a group invited nests as a child", "nesting a group the caller administers")

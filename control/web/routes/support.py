@@ -21,7 +21,7 @@ from control.core.models import iso
 from control.core.schemas import Page
 from control.registry import support
 from control.registry.access import fetch, provider_access, space_access, support_writer
-from control.registry.identity import secret_lifetime
+from control.registry.identity import revoke_secret, secret_lifetime
 from control.registry.models import Provider, Space, Support, SupportToken
 from control.registry.schemas import (
     SupportOut,
@@ -124,7 +124,7 @@ def list_support_tokens(ctx: Context, id: int) -> dict[str, Any]:
        tag=TAG, responses={204: None})
 def delete_support_token(ctx: Context, id: int, tid: int) -> None:
     space, _ = space_access(ctx.principal, id, "admin")
-    support.revoke_token(support.find_token(space, tid))
+    revoke_secret(support.find_token(space, tid))
 
 
 @route("POST", "/providers/{id}/supports",
