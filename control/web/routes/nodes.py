@@ -8,6 +8,7 @@ node itself can change its registration; an enrolled node gets its key once, her
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from control.core.errors import forbidden
@@ -141,27 +142,20 @@ def show_node(ctx: Context, name: str) -> NodeOut:
     return _one_out(nodes.get(name))
 
 
-@route("POST", "/nodes/{name}/cordon", summary="Cordon a node: it takes no new task (administrator)",
-       tag=TAG, str_params=("name",), responses={200: NodeOut})
-def cordon_node(ctx: Context, name: str) -> NodeOut:
-    require_root(ctx.principal)
-    return _one_out(nodes.cordon(name))
+def _administer(verb: str, summary: str, change: Callable[[str], Node]) -> None:
+    """Declare ``POST /nodes/{name}/<verb>``: an administrator's change to a node's flags."""
+
+    @route("POST", f"/nodes/{{name}}/{verb}", summary=f"{summary} (administrator)", tag=TAG,
+           str_params=("name",), responses={200: NodeOut}, name=f"{verb}_node")
+    def administer(ctx: Context, name: str) -> NodeOut:
+        require_root(ctx.principal)
+        return _one_out(change(name))
 
 
-@route("POST", "/nodes/{name}/uncordon", summary="Uncordon a node (also ends a drain) (administrator)",
-       tag=TAG, str_params=("name",), responses={200: NodeOut})
-def uncordon_node(ctx: Context, name: str) -> NodeOut:
-    require_root(ctx.principal)
-    return _one_out(nodes.uncordon(name))
-
-
-@route("POST", "/nodes/{name}/drain",
-       summary="Drain a node: cordon it and let its tasks finish; `drained` turns true when empty "
-               "(administrator)",
-       tag=TAG, str_params=("name",), responses={200: NodeOut})
-def drain_node(ctx: Context, name: str) -> NodeOut:
-    require_root(ctx.principal)
-    return _one_out(nodes.drain(name))
+_administer("cordon", "Cordon a node: it takes no new task", nodes.cordon)
+_administer("uncordon", "Uncordon a node (also ends a drain)", nodes.uncordon)
+_administer("drain", "Drain a node: cordon it and let its tasks finish; `drained` turns true when empty",
+            nodes.drain)
 
 
 @route("DELETE", "/nodes/{name}", summary="Deregister a node; refused while tasks run there (administrator)",

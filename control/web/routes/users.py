@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from control.core.errors import ApiError, forbidden
@@ -108,23 +109,22 @@ def delete_key(ctx: Context, id: int, fingerprint: str) -> None:
     users.delete_key(user, fingerprint)
 
 
-@route("GET", "/users/{id}/effective_groups",
-       summary="The groups the user belongs to, directly or through nested groups, and through which "
-               "(another user sees only the groups it is in itself)", tag="users", query=page_query(names=True),
-       responses={200: Page[UserRelationOut]})
-def list_effective_groups(ctx: Context, id: int) -> dict[str, Any]:
-    user = users.get(id)
-    seen = visible_relations_of_user(ctx.principal, user.id, "groups")
-    entries = [e for e in membership.user_group_relations(user.id) if seen is None or e["id"] in seen]
-    return relations_page(Group, entries, ctx)
+def _effective_relations(kind: str, model: type[Group] | type[Space],
+                         relations: Callable[[int], list[dict[str, Any]]], how: str) -> None:
+    """Declare ``GET /users/{id}/effective_<kind>``: the user's groups or spaces and through which."""
+
+    @route("GET", f"/users/{{id}}/effective_{kind}",
+           summary=f"The {kind} the user {how}, and through which (another user sees only the {kind} it is "
+                   "in itself)", tag="users", query=page_query(names=True), responses={200: Page[UserRelationOut]},
+           name=f"list_effective_{kind}")
+    def effective(ctx: Context, id: int) -> dict[str, Any]:
+        user = users.get(id)
+        seen = visible_relations_of_user(ctx.principal, user.id, kind)
+        entries = [e for e in relations(user.id) if seen is None or e["id"] in seen]
+        return relations_page(model, entries, ctx)
 
 
-@route("GET", "/users/{id}/effective_spaces",
-       summary="The spaces the user can reach, directly or through (nested) groups, and through which "
-               "(another user sees only the spaces it is in itself)", tag="users", query=page_query(names=True),
-       responses={200: Page[UserRelationOut]})
-def list_effective_spaces(ctx: Context, id: int) -> dict[str, Any]:
-    user = users.get(id)
-    seen = visible_relations_of_user(ctx.principal, user.id, "spaces")
-    entries = [e for e in membership.user_space_relations(user.id) if seen is None or e["id"] in seen]
-    return relations_page(Space, entries, ctx)
+_effective_relations("groups", Group, membership.user_group_relations,
+                     "belongs to, directly or through nested groups")
+_effective_relations("spaces", Space, membership.user_space_relations,
+                     "can reach, directly or through (nested) groups")
