@@ -688,11 +688,8 @@ class Dashboard:
 
     def _groups(self, session: Session, name: str, offset: int) -> dict[str, Any]:
         page = self._get(session, "/groups", name=name, limit=CARDS, offset=offset)
-        detail = {}
-        for group in page["items"]:
-            children = self._try(session, f"/groups/{group['id']}/children", limit=100)
-            members = self._try(session, f"/groups/{group['id']}/effective_users", limit=100)
-            detail[group["id"]] = {"children": children, "members": members}
+        detail = self._cards(session, "groups", page, children=("children", 100),
+                             members=("effective_users", 100))
         names = {g["id"]: g["name"] for g in page["items"]}
         for d in detail.values():
             for member in (d["members"] or {"items": []})["items"]:
@@ -703,14 +700,19 @@ class Dashboard:
 
     def _spaces(self, session: Session, name: str, offset: int) -> dict[str, Any]:
         page = self._get(session, "/spaces", name=name, limit=CARDS, offset=offset)
-        detail = {}
-        for space in page["items"]:
-            supports = self._try(session, f"/spaces/{space['id']}/providers", limit=100)
-            groups = self._try(session, f"/spaces/{space['id']}/groups", limit=100)
-            members = self._try(session, f"/spaces/{space['id']}/effective_users", limit=1)
-            detail[space["id"]] = {"supports": supports, "groups": groups,
-                                   "members": members["total"] if members else None}
+        detail = self._cards(session, "spaces", page, supports=("providers", 100), groups=("groups", 100),
+                             members=("effective_users", 1))
+        for d in detail.values():  # a space's card counts its effective members
+            d["members"] = d["members"]["total"] if d["members"] else None
         return {"page": page, "detail": detail}
+
+    def _cards(self, session: Session, kind: str, page: dict[str, Any],
+               **parts: tuple[str, int]) -> dict[int, dict[str, Any]]:
+        """What each card of a group or space page shows: per item, each of ``parts``
+        (name: (its sub-list, how many)) as the API answers it, None where it refuses."""
+        return {item["id"]: {part: self._try(session, f"/{kind}/{item['id']}/{sub}", limit=limit)
+                             for part, (sub, limit) in parts.items()}
+                for item in page["items"]}
 
     def _providers(self, session: Session, name: str, offset: int) -> dict[str, Any]:
         page = self._get(session, "/providers", name=name, limit=PAGE, offset=offset)
