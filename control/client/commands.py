@@ -610,36 +610,6 @@ def space() -> None:
     """Spaces: list, create, invite and join, and the providers supporting them."""
 
 
-@space.command("ls")
-@click.option("--name", help="Case-insensitive substring of the name.")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
-@json_option
-@pass_ctx
-def space_ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
-    """List the spaces you can see, with your role in each."""
-    query: dict[str, Any] = {"limit": limit, "offset": offset}
-    if name:
-        query["name"] = name
-    page = obj.client.get("/spaces", params=query)
-    if as_json:
-        emit_json(page)
-        return
-    table(("ID", "NAME", "ROLE", "CREATED"),
-          [(s["id"], s["name"], s["role"], short_time(s["created_at"])) for s in page["items"]])
-    _more(page)
-
-
-@space.command("create")
-@click.argument("name")
-@json_option
-@pass_ctx
-def space_create(obj: Ctx, name: str, as_json: bool) -> None:
-    """Create a space; you become its owner."""
-    s = obj.client.post("/spaces", json={"name": name})
-    emit_json(s) if as_json else click.echo(clean(f"space {s['id']} {s['name']} created"))
-
-
 def _support_hint(space_ref: str, provider_ref: str) -> str:
     return (f"support takes the provider's consent: ask for it with `zonefarm space support-token "
             f"{space_ref} --provider {provider_ref} --size SIZE` and hand the token to the provider, who "
@@ -905,31 +875,61 @@ def _list_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--revoke", type=click.IntRange(1), metavar="ID", help="Revoke this invite.")(f)
 
 
-@space.command("invite")
-@click.argument("space_ref", metavar="SPACE")
-@_invite_options
-@pass_ctx
-def space_invite(obj: Ctx, space_ref: str, role: str, uses: int, ttl: int | None, subject: str,
-                 as_json: bool) -> None:
-    """Invite someone to SPACE (admin): print an invite token, shown once, for `zonefarm space join`."""
-    _issue_invite(obj, "spaces", space_ref, role, uses, ttl, subject, as_json)
+def _owned_commands(entities: click.Group, kind: str, invite_note: str = "") -> None:
+    """The commands spaces and groups share: ls, create, invite, join and invites."""
+    what, upper = kind[:-1], kind[:-1].upper()
+
+    @entities.command("ls", help=f"List the {kind} you can see, with your role in each.")
+    @click.option("--name", help="Case-insensitive substring of the name.")
+    @click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
+    @click.option("--offset", type=click.IntRange(0), default=0)
+    @json_option
+    @pass_ctx
+    def ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
+        query: dict[str, Any] = {"limit": limit, "offset": offset}
+        if name:
+            query["name"] = name
+        page = obj.client.get(f"/{kind}", params=query)
+        if as_json:
+            emit_json(page)
+            return
+        table(("ID", "NAME", "ROLE", "CREATED"),
+              [(e["id"], e["name"], e["role"], short_time(e["created_at"])) for e in page["items"]])
+        _more(page)
+
+    @entities.command("create", help=f"Create a {what}; you become its owner.")
+    @click.argument("name")
+    @json_option
+    @pass_ctx
+    def create(obj: Ctx, name: str, as_json: bool) -> None:
+        e = obj.client.post(f"/{kind}", json={"name": name})
+        emit_json(e) if as_json else click.echo(clean(f"{what} {e['id']} {e['name']} created"))
+
+    @entities.command("invite", help=f"Invite someone to {upper} (admin): print an invite token, shown once, "
+                                     f"for `zonefarm {what} join`.{invite_note}")
+    @click.argument("ref", metavar=upper)
+    @_invite_options
+    @pass_ctx
+    def invite(obj: Ctx, ref: str, role: str, uses: int, ttl: int | None, subject: str, as_json: bool) -> None:
+        _issue_invite(obj, kind, ref, role, uses, ttl, subject, as_json)
+
+    @entities.command("join", help=f"Join the {what} an invite token names (the token on stdin, so it never "
+                                   "shows in `ps`).")
+    @_join_options
+    @pass_ctx
+    def join(obj: Ctx, as_group: str | None, token_stdin: bool, as_json: bool) -> None:
+        _join(obj, kind, as_group, token_stdin, as_json)
+
+    @entities.command("invites", help=f"List {upper}'s invites and their state (admin; never the tokens), "
+                                      "or revoke one.")
+    @click.argument("ref", metavar=upper)
+    @_list_options
+    @pass_ctx
+    def invites(obj: Ctx, ref: str, revoke: int | None, limit: int, offset: int, as_json: bool) -> None:
+        _invites(obj, kind, ref, revoke, limit, offset, as_json)
 
 
-@space.command("join")
-@_join_options
-@pass_ctx
-def space_join(obj: Ctx, as_group: str | None, token_stdin: bool, as_json: bool) -> None:
-    """Join the space an invite token names (the token on stdin, so it never shows in `ps`)."""
-    _join(obj, "spaces", as_group, token_stdin, as_json)
-
-
-@space.command("invites")
-@click.argument("space_ref", metavar="SPACE")
-@_list_options
-@pass_ctx
-def space_invites(obj: Ctx, space_ref: str, revoke: int | None, limit: int, offset: int, as_json: bool) -> None:
-    """List SPACE's invites and their state (admin; never the tokens), or revoke one."""
-    _invites(obj, "spaces", space_ref, revoke, limit, offset, as_json)
+_owned_commands(space, "spaces")
 
 
 # ---------------------------------------------------------------------------- groups
@@ -940,64 +940,7 @@ def group() -> None:
     """Groups: list, create, invite and join."""
 
 
-@group.command("ls")
-@click.option("--name", help="Case-insensitive substring of the name.")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
-@json_option
-@pass_ctx
-def group_ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
-    """List the groups you can see, with your role in each."""
-    query: dict[str, Any] = {"limit": limit, "offset": offset}
-    if name:
-        query["name"] = name
-    page = obj.client.get("/groups", params=query)
-    if as_json:
-        emit_json(page)
-        return
-    table(("ID", "NAME", "ROLE", "CREATED"),
-          [(g["id"], g["name"], g["role"], short_time(g["created_at"])) for g in page["items"]])
-    _more(page)
-
-
-@group.command("create")
-@click.argument("name")
-@json_option
-@pass_ctx
-def group_create(obj: Ctx, name: str, as_json: bool) -> None:
-    """Create a group; you become its owner."""
-    g = obj.client.post("/groups", json={"name": name})
-    emit_json(g) if as_json else click.echo(clean(f"group {g['id']} {g['name']} created"))
-
-
-@group.command("invite")
-@click.argument("group_ref", metavar="GROUP")
-@_invite_options
-@pass_ctx
-def group_invite(obj: Ctx, group_ref: str, role: str, uses: int, ttl: int | None, subject: str,
-                 as_json: bool) -> None:
-    """Invite someone to GROUP (admin): print an invite token, shown once, for `zonefarm group join`.
-
-    An invite --for group nests the joining group as a child (role member).
-    """
-    _issue_invite(obj, "groups", group_ref, role, uses, ttl, subject, as_json)
-
-
-@group.command("join")
-@_join_options
-@pass_ctx
-def group_join(obj: Ctx, as_group: str | None, token_stdin: bool, as_json: bool) -> None:
-    """Join the group an invite token names (the token on stdin, so it never shows in `ps`)."""
-    _join(obj, "groups", as_group, token_stdin, as_json)
-
-
-@group.command("invites")
-@click.argument("group_ref", metavar="GROUP")
-@_list_options
-@pass_ctx
-def group_invites(obj: Ctx, group_ref: str, revoke: int | None, limit: int, offset: int, as_json: bool) -> None:
-    """List GROUP's invites and their state (admin; never the tokens), or revoke one."""
-    _invites(obj, "groups", group_ref, revoke, limit, offset, as_json)
+_owned_commands(group, "groups", "\n\nAn invite --for group nests the joining group as a child (role member).")
 
 
 # ---------------------------------------------------------------------------- changes
