@@ -149,13 +149,18 @@ def _argv(value, where):
     return [_text(a, f"{where}[{i}]") for i, a in enumerate(value)]
 
 
-def _env(value):
+def _object(value, where):
+    """An object of the entry, or an empty one where it is absent; BadEntry for anything else."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise BadEntry("params.env must be an object")
+        raise BadEntry(f"{where} must be an object")
+    return value
+
+
+def _env(value):
     out = {}
-    for key, item in value.items():
+    for key, item in _object(value, "params.env").items():
         _text(key, "params.env name")
         if not key or "=" in key:
             raise BadEntry(f"params.env name {key!r} is not a variable name")
@@ -164,10 +169,7 @@ def _env(value):
 
 
 def _limits(value):
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadEntry("limits must be an object")
+    value = _object(value, "limits")
     out = {}
     for key in ("memory_mb", "cpus", "processes"):
         item = value.get(key)
