@@ -376,10 +376,17 @@ def _more(page: dict[str, Any]) -> None:
         note(f"({shown} of {page['total']} shown; more with --offset {page['offset'] + shown})")
 
 
-@task.command("show")
-@click.argument("task_id", type=click.IntRange(1), metavar="ID")
-@json_option
-@pass_ctx
+def _task_command(name: str, *options: Callable[..., Any]) -> Callable[[Callable[..., Any]], click.Command]:
+    """``zonefarm task NAME ID``: a command about one task, with its ``options``, --json and the client."""
+    def declare(f: Callable[..., Any]) -> click.Command:
+        f = json_option(pass_ctx(f))
+        for option in reversed(options):
+            f = option(f)
+        return task.command(name)(click.argument("task_id", type=click.IntRange(1), metavar="ID")(f))
+    return declare
+
+
+@_task_command("show")
 def task_show(obj: Ctx, task_id: int, as_json: bool) -> None:
     """Show a task: state, placement, parameters, timing, result."""
     t = obj.client.get(f"/tasks/{task_id}")
@@ -407,10 +414,7 @@ def task_show(obj: Ctx, task_id: int, as_json: bool) -> None:
         table(("RUN", "NODE", "STATE"), [(c["id"], c["node"], c["state"]) for c in t["children"]])
 
 
-@task.command("why")
-@click.argument("task_id", type=click.IntRange(1), metavar="ID")
-@json_option
-@pass_ctx
+@_task_command("why")
 def task_why(obj: Ctx, task_id: int, as_json: bool) -> None:
     """Say why a task is where it is: a queued one's blockers, else its last transition."""
     client = obj.client
@@ -432,12 +436,8 @@ def task_why(obj: Ctx, task_id: int, as_json: bool) -> None:
               [(short_time(e["ts"]), e["from_state"], e["to_state"], e["reason"]) for e in events[-10:]])
 
 
-@task.command("logs")
-@click.argument("task_id", type=click.IntRange(1), metavar="ID")
-@click.option("-f", "--follow", is_flag=True,
-              help="Keep printing until the task ends; exit with its exit code.")
-@json_option
-@pass_ctx
+@_task_command("logs", click.option("-f", "--follow", is_flag=True,
+                                    help="Keep printing until the task ends; exit with its exit code."))
 def task_logs(obj: Ctx, task_id: int, follow: bool, as_json: bool) -> None:
     """Print a task's output (stdout and stderr, as the node captured it)."""
     client = obj.client
@@ -458,10 +458,7 @@ def task_logs(obj: Ctx, task_id: int, follow: bool, as_json: bool) -> None:
         _exit(exit_status(final))
 
 
-@task.command("cancel")
-@click.argument("task_id", type=click.IntRange(1), metavar="ID")
-@json_option
-@pass_ctx
+@_task_command("cancel")
 def task_cancel(obj: Ctx, task_id: int, as_json: bool) -> None:
     """Cancel a task: a queued one at once, a running one is killed on its node."""
     t = obj.client.post(f"/tasks/{task_id}/cancel")
@@ -736,11 +733,9 @@ def space_support_token(obj: Ctx, space_ref: str, provider_ref: str | None, size
     for key, value in (("size", size_bytes), ("expires_in", ttl)):
         if value is not None:
             body[key] = value
-    issued = client.post(f"/spaces/{space_id}/support_tokens", json=body)
-    if as_json:
-        emit_json(issued)
+    issued = _issue_secret(client, f"/spaces/{space_id}/support_tokens", body, as_json)
+    if issued is None:
         return
-    click.echo(issued["token"])
     row = issued["support_token"]
     asked = f"{size(row['size'])} asked" if row["size"] else "no size asked"
     who = f"provider {row['provider_id']}" if row["provider_id"] else "any provider"
@@ -761,20 +756,39 @@ def space_support_tokens(obj: Ctx, space_ref: str, revoke: int | None, limit: in
     """List the support tokens issued for SPACE and their state (never the tokens), or revoke one."""
     client = obj.client
     space_id = _resolve(client, "/spaces", space_ref, "space")
+    _list_or_revoke(client, f"/spaces/{space_id}/support_tokens", revoke, limit, offset, as_json,
+                    {"space_id": space_id, "support_token": revoke, "revoked": True},
+                    f"support token {revoke} of space {space_id} revoked",
+                    ("ID", "PROVIDER", "SIZE", "STATE", "USED BY", "EXPIRES", "CREATED"),
+                    lambda t: (t["id"], t["provider_id"] or "any", size(t["size"]), t["state"], t["used_by"],
+                               short_time(t["expires_at"]), short_time(t["created_at"])))
+
+
+def _issue_secret(client: Client, path: str, body: dict[str, Any], as_json: bool) -> dict[str, Any] | None:
+    """Issue an invite or support token: with --json all of the answer, else the token alone on
+    stdout (shown once; it can be piped) and the answer back for the note on stderr."""
+    issued = client.post(path, json=body)
+    if as_json:
+        emit_json(issued)
+        return None
+    click.echo(issued["token"])
+    return issued
+
+
+def _list_or_revoke(client: Client, path: str, revoke: int | None, limit: int, offset: int, as_json: bool,
+                    revoked: dict[str, Any], revoked_line: str, columns: tuple[str, ...],
+                    row: Callable[[dict[str, Any]], tuple[Any, ...]]) -> None:
+    """List the invites or support tokens at ``path`` (their state, never the tokens), or with
+    ``revoke`` revoke one and say so (``revoked`` as JSON, else ``revoked_line``)."""
     if revoke is not None:
-        client.delete(f"/spaces/{space_id}/support_tokens/{revoke}")
-        if as_json:
-            emit_json({"space_id": space_id, "support_token": revoke, "revoked": True})
-        else:
-            click.echo(f"support token {revoke} of space {space_id} revoked")
+        client.delete(f"{path}/{revoke}")
+        emit_json(revoked) if as_json else click.echo(revoked_line)
         return
-    page = client.get(f"/spaces/{space_id}/support_tokens", params={"limit": limit, "offset": offset})
+    page = client.get(path, params={"limit": limit, "offset": offset})
     if as_json:
         emit_json(page)
         return
-    table(("ID", "PROVIDER", "SIZE", "STATE", "USED BY", "EXPIRES", "CREATED"),
-          [(t["id"], t["provider_id"] or "any", size(t["size"]), t["state"], t["used_by"],
-            short_time(t["expires_at"]), short_time(t["created_at"])) for t in page["items"]])
+    table(columns, [row(item) for item in page["items"]])
     _more(page)
 
 
@@ -810,11 +824,9 @@ def _issue_invite(obj: Ctx, kind: str, ref: str, role: str, uses: int, ttl: int 
     body: dict[str, Any] = {"role": role, "uses": uses, "subject": subject}
     if ttl is not None:
         body["expires_in"] = ttl
-    issued = client.post(f"/{kind}/{ident}/invites", json=body)
-    if as_json:
-        emit_json(issued)
+    issued = _issue_secret(client, f"/{kind}/{ident}/invites", body, as_json)
+    if issued is None:
         return
-    click.echo(issued["token"])
     inv = issued["invite"]
     join = f"zonefarm {what} join" + (" --as-group GROUP" if inv["subject"] == "group" else "")
     note(clean(f"invite {inv['id']} to {what} {ident}: {inv['role']}, for a {inv['subject']}, "
@@ -841,21 +853,12 @@ def _invites(obj: Ctx, kind: str, ref: str, revoke: int | None, limit: int, offs
     what = kind[:-1]
     client = obj.client
     ident = _resolve(client, f"/{kind}", ref, what)
-    if revoke is not None:
-        client.delete(f"/{kind}/{ident}/invites/{revoke}")
-        if as_json:
-            emit_json({f"{what}_id": ident, "invite": revoke, "revoked": True})
-        else:
-            click.echo(f"invite {revoke} to {what} {ident} revoked")
-        return
-    page = client.get(f"/{kind}/{ident}/invites", params={"limit": limit, "offset": offset})
-    if as_json:
-        emit_json(page)
-        return
-    table(("ID", "ROLE", "FOR", "USES", "STATE", "EXPIRES", "CREATED"),
-          [(i["id"], i["role"], i["subject"], f"{i['uses']}/{i['max_uses']}", i["state"],
-            short_time(i["expires_at"]), short_time(i["created_at"])) for i in page["items"]])
-    _more(page)
+    _list_or_revoke(client, f"/{kind}/{ident}/invites", revoke, limit, offset, as_json,
+                    {f"{what}_id": ident, "invite": revoke, "revoked": True},
+                    f"invite {revoke} to {what} {ident} revoked",
+                    ("ID", "ROLE", "FOR", "USES", "STATE", "EXPIRES", "CREATED"),
+                    lambda i: (i["id"], i["role"], i["subject"], f"{i['uses']}/{i['max_uses']}", i["state"],
+                               short_time(i["expires_at"]), short_time(i["created_at"])))
 
 
 def _join_options(f: Callable[..., Any]) -> Callable[..., Any]:
