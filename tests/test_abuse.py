@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +17,17 @@ import requests
 from control.core.config import Settings
 from control.core.db import connection, init_database
 from control.farm.claims import claim
-from control.web.app import build_app
 from control.web.longpoll import SLOTS
-from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.conftest import NODES_SECRET, ROOT_SECRET, own_server
 from tests.support.apiproc import ApiProcess, api_env
 from tests.support.client import Api
 from tests.support.nodes import SignedNode
 from tests.support.pg import free_port
 from tests.support.registry import MIB, error, provider, space, support_token
-from tests.support.server import LiveServer
 from tests.support.waiting import wait_for
 
 BIG = 2**63  # one past the largest id
 HUGE = 8033693338579941457920
-
-
-@contextmanager
-def own_server(db_url: str, tmp_path: Path, **overrides: Any) -> Iterator[Api]:
-    settings = Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                        data_dir=str(tmp_path / "d"), listen="127.0.0.1:0", **overrides)
-    server = LiveServer(build_app(settings)).start()
-    try:
-        yield Api(server.url, ROOT_SECRET)
-    finally:
-        server.stop()
 
 
 def _timed(fn: Any) -> tuple[Any, float]:

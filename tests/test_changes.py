@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from control.core.config import Settings
-from control.web.app import build_app
-from tests.conftest import ROOT_SECRET
+from tests.conftest import own_server
 from tests.support.client import Api
 from tests.support.registry import MIB, error, group, join, provider, resize, space, support
-from tests.support.server import LiveServer
 
 
 def feed(api: Api, token: str, since: int = 0, **params: Any) -> dict[str, Any]:
@@ -206,18 +201,6 @@ def test_long_poll_returns_empty_when_nothing_changes(api: Api) -> None:
     api.make_user("unrelated")  # outside the provider's region: the poll keeps waiting
     body = feed(api, pt, last, timeout=0.6)
     assert body["changes"] == [] and body["last_seq"] == last + 1
-
-
-@contextmanager
-def own_server(db_url: str, tmp_path: Path, **overrides: Any) -> Iterator[Api]:
-    """A live server with settings of the test's choosing, on the test's database."""
-    settings = Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret="n" * 20,
-                        data_dir=str(tmp_path / "d"), listen="127.0.0.1:0", **overrides)
-    server = LiveServer(build_app(settings)).start()
-    try:
-        yield Api(server.url, ROOT_SECRET)
-    finally:
-        server.stop()
 
 
 def test_long_poll_is_capped_by_changes_max_wait(db_url: str, tmp_path: Path) -> None:

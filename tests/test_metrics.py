@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.core.config import Settings
-from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.conftest import NODES_SECRET, ROOT_SECRET, farm_test_settings
 from tests.support import registry
 from tests.support.apiproc import ApiProcess, api_env
 from tests.support.client import Api
@@ -29,17 +28,7 @@ LEASE = 20
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
-                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3,
-                    metrics_token=TOKEN)
-
-
-@pytest.fixture
-def farm(api: Api, live_server: LiveServer, settings: Settings, tmp_path: Path) -> Iterator[Farm]:
-    f = Farm(api, live_server.url, settings, tmp_path, lease=LEASE, nodes_secret=NODES_SECRET)
-    yield f
-    f.stop()
+    return farm_test_settings(db_url, tmp_path, LEASE, metrics_token=TOKEN)
 
 
 def scrape(base: str, token: str | None = TOKEN) -> dict[str, list[tuple[dict[str, str], float, str]]]:
@@ -170,12 +159,3 @@ def test_request_histograms_add_up_across_gunicorn_workers(tmp_path: Path, start
     assert count == 40
     workers = {f.split("_")[-1] for f in files if f.startswith("histogram_")}
     assert workers, files  # one file per worker that served (usually both)
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[ApiProcess]]:
-    procs: list[ApiProcess] = []
-    yield procs
-    for p in procs:
-        if p.proc.poll() is None:
-            p.stop()

@@ -20,11 +20,9 @@ import pytest
 
 import control.migrations as migrations
 from control.core.db import database, init_database, make_database
-from tests.conftest import _close_db
-from tests.support.pg import PgCluster
+from tests.conftest import _close_db, pg_database
 
 ZONEFARM = str(Path(sys.executable).with_name("zonefarm"))
-_seq = iter(range(10**6))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -33,12 +31,8 @@ def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    cluster: PgCluster = request.getfixturevalue("pg_cluster")
-    name = f"zf_mig_{os.getpid()}_{next(_seq)}"
-    cluster.sql(f"CREATE DATABASE {name}")
-    yield cluster.url(name)
-    _close_db()
-    cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with pg_database(request.getfixturevalue("pg_cluster")) as url:
+        yield url
 
 
 def _zonefarm(db_url: str, *args: str) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,16 +26,6 @@ SECRETS = {"ZONEFARM_ROOT_SECRET": ROOT_SECRET, "ZONEFARM_NODES_SECRET": NODES_S
 
 def _upgrade(env: dict[str, str], *extra: str) -> None:
     subprocess.run([ZONEFARM, *extra, "db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
-
-
-@pytest.fixture
-def started(tmp_path: Path) -> Iterator[list[ApiProcess]]:
-    """Collects every server a test starts and stops the ones still running."""
-    procs: list[ApiProcess] = []
-    yield procs
-    for p in procs:
-        if p.proc.poll() is None:
-            p.stop()
 
 
 def _start(started: list[ApiProcess], tmp_path: Path, env: dict[str, str],

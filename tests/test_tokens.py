@@ -12,24 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import requests
 from argon2 import PasswordHasher, extract_parameters
 
-from control.core.config import Settings
 from control.core.db import connection, init_database
 from control.registry.models import User
-from control.web.app import build_app
-from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.conftest import NODES_SECRET, ROOT_SECRET, own_server
 from tests.support.apiproc import ApiProcess, api_env, clean_env
 from tests.support.client import Api
 from tests.support.pg import free_port
 from tests.support.registry import error
-from tests.support.server import LiveServer
 
 PW = "password123"
 
@@ -41,18 +35,6 @@ def grant(api: Api, username: str, password: str = PW, **extra: str) -> requests
 
 def refresh(api: Api, token: str, **extra: str) -> requests.Response:
     return api.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": token, **extra})
-
-
-@contextmanager
-def own_server(db_url: str, tmp_path: Path, **overrides: Any) -> Iterator[Api]:
-    """A live server with settings of the test's choosing, on the test's database."""
-    settings = Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                        data_dir=str(tmp_path / "d"), listen="127.0.0.1:0", **overrides)
-    server = LiveServer(build_app(settings)).start()
-    try:
-        yield Api(server.url, ROOT_SECRET)
-    finally:
-        server.stop()
 
 
 # --- login throttling ------------------------------------------------------------------------
