@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +31,7 @@ from control.client.commands import TASK_STATES, parse_duration, parse_params, p
 from control.client.watch import exit_status
 from control.core.config import Settings
 from control.web.app import build_app
-from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.conftest import NODES_SECRET, ROOT_SECRET, farm_test_settings
 from tests.support.apiproc import ApiProcess, api_env, clean_env
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
@@ -52,17 +51,7 @@ def token_ttl() -> int:
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path, token_ttl: int) -> Settings:
-    return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
-                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3,
-                    token_ttl=token_ttl)
-
-
-@pytest.fixture
-def farm(api: Api, live_server: LiveServer, settings: Settings, tmp_path: Path) -> Iterator[Farm]:
-    f = Farm(api, live_server.url, settings, tmp_path, lease=LEASE, nodes_secret=NODES_SECRET)
-    yield f
-    f.stop()
+    return farm_test_settings(db_url, tmp_path, LEASE, token_ttl=token_ttl)
 
 
 @dataclass
