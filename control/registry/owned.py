@@ -11,10 +11,9 @@ from control.core.models import now
 from control.registry import feed, members
 from control.registry.access import new_entity_owner
 from control.registry.identity import Principal
-from control.registry.models import Group, GroupUser, Space, SpaceUser
+from control.registry.models import Group, GroupUser, Owned, Space, SpaceUser
 from control.registry.names import unique_name
 
-Owned = Group | Space
 USERS: dict[type[Owned], members.Relation] = {Group: GroupUser, Space: SpaceUser}
 
 

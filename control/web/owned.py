@@ -20,7 +20,7 @@ from control.core.schemas import Page
 from control.registry import members, membership, owned
 from control.registry.access import READ, fetch
 from control.registry.identity import Principal, require_user_or_root
-from control.registry.models import User
+from control.registry.models import Owned, User
 from control.registry.schemas import (
     ChainLink,
     EffectiveUserOut,
@@ -38,7 +38,7 @@ from control.web.routing import Context, Reply, paginated_query, route
 class OwnedKind:
     """What differs between the group and the space routes; the routes themselves do not."""
 
-    model: type[owned.Owned]
+    model: type[Owned]
     out: type[GroupOut]  # GroupOut or SpaceOut
     create: type[GroupCreate]  # GroupCreate or SpaceCreate
     update: type[GroupUpdate]  # GroupUpdate or SpaceUpdate
@@ -53,7 +53,7 @@ class OwnedKind:
     def name(self) -> str:
         return owned.kind(self.model)
 
-    def to_out(self, entity: owned.Owned, role: str | None) -> GroupOut:
+    def to_out(self, entity: Owned, role: str | None) -> GroupOut:
         return self.out(id=entity.id, name=entity.name, role=role, created_at=iso(entity.created_at),
                         updated_at=iso(entity.updated_at))
 
