@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from control.core.config import Settings
-from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.conftest import ROOT_SECRET, farm_test_settings
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
 from tests.support.server import LiveServer
@@ -49,16 +49,7 @@ def db_url(sqlite_template: Path, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
-                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3)
-
-
-@pytest.fixture
-def farm(api: Api, live_server: LiveServer, settings: Settings, tmp_path: Path) -> Iterator[Farm]:
-    f = Farm(api, live_server.url, settings, tmp_path, lease=LEASE, nodes_secret=NODES_SECRET)
-    yield f
-    f.stop()
+    return farm_test_settings(db_url, tmp_path, LEASE)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 from control.core.config import Settings
 from control.node.config import write_node_config
 from control.node.signing import derive_node_key
-from tests.conftest import NODES_SECRET, ROOT_SECRET
+from tests.conftest import NODES_SECRET, farm_test_settings
 from tests.support.apiproc import clean_env
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
@@ -40,17 +40,7 @@ LEASE = 4
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
     """Short leases so lost runners are noticed within seconds; the test images allowed."""
-    return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
-                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3,
-                    container_images="zonefarm-test/*")
-
-
-@pytest.fixture
-def farm(api: Api, live_server: LiveServer, settings: Settings, tmp_path: Path) -> Iterator[Farm]:
-    f = Farm(api, live_server.url, settings, tmp_path, lease=LEASE, nodes_secret=NODES_SECRET)
-    yield f
-    f.stop()
+    return farm_test_settings(db_url, tmp_path, LEASE, container_images="zonefarm-test/*")
 
 
 def test_shell_per_node_region_and_broadcast(farm: Farm) -> None:

@@ -22,10 +22,8 @@ import pytest
 
 from control.core.config import Settings
 from control.farm.dispatcher.job import ansible_env, host_key_refusal
-from tests.conftest import NODES_SECRET, ROOT_SECRET
-from tests.support.client import Api
+from tests.conftest import farm_test_settings
 from tests.support.farm import ROOT, Farm
-from tests.support.server import LiveServer
 from tests.test_dispatch import Sshd
 
 pytestmark = pytest.mark.slow
@@ -34,16 +32,7 @@ LEASE = 4
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path) -> Settings:
-    return Settings(database=db_url, root_secret=ROOT_SECRET, nodes_secret=NODES_SECRET,
-                    data_dir=str(tmp_path / "data"), listen="127.0.0.1:0", changes_max_wait=10,
-                    task_lease=LEASE, node_lease=120, dispatch_interval=0.2, artifacts_keep=3)
-
-
-@pytest.fixture
-def farm(api: Api, live_server: LiveServer, settings: Settings, tmp_path: Path) -> Iterator[Farm]:
-    f = Farm(api, live_server.url, settings, tmp_path, lease=LEASE, nodes_secret=NODES_SECRET)
-    yield f
-    f.stop()
+    return farm_test_settings(db_url, tmp_path, LEASE)
 
 
 @pytest.fixture
