@@ -131,6 +131,20 @@ class Deployed:
     dist: list[str]
     first: subprocess.CompletedProcess[str]
 
+    @classmethod
+    def prepare(cls, base: Path, **values: str) -> Deployed:
+        """A local site under ``base``, not played yet: fresh secrets (and ``values``) in a 0600
+        extra-vars file, a free port for the API, the collection built."""
+        values = {"zonefarm_root_secret": secrets.token_hex(20), "zonefarm_nodes_secret": secrets.token_hex(20),
+                  **values}
+        secrets_file = base / "secrets.yml"
+        secrets_file.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+        secrets_file.chmod(0o600)
+        listen = f"127.0.0.1:{_free_port()}"
+        env = _env(ZONEFARM_LOCAL_ROOT=str(base / "root"), ZONEFARM_LOCAL_LISTEN=listen)
+        dist = _build(base, env)
+        return cls(base / "root", listen, values, secrets_file, env, dist, None)  # type: ignore[arg-type]
+
     def play(self, *extra: str, playbook: str = "site.yml") -> subprocess.CompletedProcess[str]:
         return _run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", playbook,
                      "--extra-vars", f"@{self.secrets_file}", *self.dist, *extra], self.env)
@@ -161,20 +175,12 @@ class Deployed:
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    base = tmp_path_factory.mktemp("deploy")
-    values = {"zonefarm_root_secret": secrets.token_hex(20), "zonefarm_nodes_secret": secrets.token_hex(20)}
-    secrets_file = base / "secrets.yml"
-    secrets_file.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
-    secrets_file.chmod(0o600)
-    listen = f"127.0.0.1:{_free_port()}"
-    env = _env(ZONEFARM_LOCAL_ROOT=str(base / "root"), ZONEFARM_LOCAL_LISTEN=listen)
-    dist = _build(base, env)
-    deployed = Deployed(base / "root", listen, values, secrets_file, env, dist, None)  # type: ignore[arg-type]
+    deployed = Deployed.prepare(tmp_path_factory.mktemp("deploy"))
     try:
         deployed.first = deployed.play()
         yield deployed
     finally:
-        _run(["scripts/down.sh"], env, timeout=120)
+        _run(["scripts/down.sh"], deployed.env, timeout=120)
 
 
 @pytest.mark.timeout(900)
@@ -336,24 +342,16 @@ def test_zone_on_postgresql(pg_cluster: PgCluster, tmp_path: Path) -> None:
     name = f"zf_deploy_{os.getpid()}"
     pg_cluster.sql(f"CREATE DATABASE {name}")
     url = pg_cluster.url(name)
-    values = {"zonefarm_root_secret": secrets.token_hex(20), "zonefarm_nodes_secret": secrets.token_hex(20),
-              "zonefarm_database_url": url}
-    secrets_file = tmp_path / "secrets.yml"
-    secrets_file.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
-    secrets_file.chmod(0o600)
-    listen = f"127.0.0.1:{_free_port()}"
-    env = _env(ZONEFARM_LOCAL_ROOT=str(tmp_path / "root"), ZONEFARM_LOCAL_LISTEN=listen)
-    dist = _build(tmp_path, env)
+    site = Deployed.prepare(tmp_path, zonefarm_database_url=url)
     try:
-        done = _run([str(VENV_BIN / "ansible-playbook"), "-i", "inventory/local.yml", "playbooks/zone.yml",
-                     "--extra-vars", f"@{secrets_file}", *dist], env)
+        done = site.play(playbook="playbooks/zone.yml")
         out = done.stdout + done.stderr
         assert done.returncode == 0, out[-6000:]
         assert pg_cluster.password not in out, "the database password leaked into the output"
-        health = requests.get(f"http://{listen}/api/v1/healthz", timeout=10).json()
+        health = requests.get(f"http://{site.listen}/api/v1/healthz", timeout=10).json()
         assert health["status"] == "ok" and "Postgres" in health["database"], health
         assert health["schema_version"] >= 1
         assert not (tmp_path / "root" / "data" / "zonefarm.db").exists(), "SQLite was used instead"
     finally:
-        _run(["scripts/down.sh"], env, timeout=120)
+        _run(["scripts/down.sh"], site.env, timeout=120)
         pg_cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
