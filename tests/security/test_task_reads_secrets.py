@@ -9,6 +9,7 @@ as an identity of its own and every one of those is 0600/0700 and someone else's
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,11 +49,21 @@ def test_a_task_reads_no_secret_and_no_other_task(farm: SecFarm) -> None:
     targets = [conf / "node.ini", conf / "upload_ed25519", conf / "zonefarm.ini",
                finished / "output.log", finished / "spec.json", finished / "work" / "data.txt", finished,
                f"{running_dir}/mine.txt", running_dir]
-    bob = farm.submit("shell", {"argv": ["sh", "-c", PROBE, "probe", *map(str, targets)]})
-    assert farm.wait(bob["id"])["state"] == "succeeded"
+    # what docs/security.md says a pool task still may: read world-readable system files (never write
+    # them), and reach the network (here the API on loopback)
+    system = ('; [ -s /etc/os-release ] && cat /etc/os-release >/dev/null && echo SYSTEM-READ; '
+              'if touch /usr/zonefarm-probe 2>/dev/null; then echo SYSTEM-WRITTEN; else echo SYSTEM-READ-ONLY; fi; '
+              f'/usr/bin/python3 -c "import urllib.request as u; '
+              f'print(\'NET\', u.urlopen(\'{farm.api_url}/api/v1/healthz\', timeout=5).status)"; true')
+    bob = farm.submit("shell", {"argv": ["sh", "-c", PROBE + system, "probe", *map(str, targets)]})
+    done = farm.wait(bob["id"])
     log = farm.log(bob["id"])
+    assert done["state"] == "succeeded", (done, log)
     for target in targets:
         assert f"DENIED {target}" in log, log
+    assert "SYSTEM-READ\n" in log and "SYSTEM-READ-ONLY" in log and "SYSTEM-WRITTEN" not in log, log
+    assert "NET 200" in log, log
+    assert not Path("/usr/zonefarm-probe").exists()
     for secret in (NODES_SECRET, ROOT_SECRET, "alice-secret-1", "alice-secret-2", "alice-log-1", "PRIVATE KEY"):
         assert secret not in log
     node_key = (conf / "node.ini").read_text().split("node_key = ", 1)[1].split()[0]

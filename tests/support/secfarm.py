@@ -63,6 +63,7 @@ class SecFarm(Farm):
     def add_node(self, name: str, region: str = "default", concurrency: int = 40, **extra: Any) -> Path:
         conf = self.tmp / "nodes" / name
         conf.mkdir(parents=True, exist_ok=True)
+        conf.chmod(0o750)  # as the common role makes common_config_dir (root:zonefarm), whatever the umask
         key = conf / "upload_ed25519"
         if not key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"zonefarm-upload@{name}",
