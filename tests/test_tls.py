@@ -295,6 +295,28 @@ def test_inventory_script_verifies_against_zonefarm_ca_file(https_api: ApiProces
     assert ROOT_SECRET not in refused.stderr + refused.stdout
 
 
+
+def test_user_cli_verifies_against_its_ca_file(https_api: ApiProcess, other_ca: str, tmp_path: Path) -> None:
+    """The user's ``zonefarm`` command: the wrong CA is one clear line (no traceback, no token); the right one works."""
+    env = {**clean_env(), "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "ZONEFARM_URL": _base(https_api), "ZONEFARM_TOKEN": ROOT_SECRET,
+           # requests lets this override Session.verify; the CA the user names must win over it
+           "REQUESTS_CA_BUNDLE": other_ca}
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "control", *args, "node", "ls", "--json"], cwd=ROOT,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    for refused in (cli("--ca-file", other_ca), cli()):  # another CA; the environment's bundle
+        assert refused.returncode != 0, refused.stdout
+        assert f"TLS failure talking to {_base(https_api)}/api/v1/nodes" in refused.stderr, refused.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr and "--ca-file" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert ROOT_SECRET not in refused.stderr + refused.stdout
+    for ok in (cli("--ca-file", https_api.ca_file or ""), cli(ZONEFARM_CA_FILE=https_api.ca_file or "")):
+        assert ok.returncode == 0, ok.stderr
+        assert "items" in json.loads(ok.stdout) or isinstance(json.loads(ok.stdout), list), ok.stdout
+
 # --- the roles: site CA, the zone's certificate, the plain-HTTP refusal ------------------------
 
 def _role_play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
