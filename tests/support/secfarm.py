@@ -63,7 +63,8 @@ class SecFarm(Farm):
     def add_node(self, name: str, region: str = "default", concurrency: int = 40, **extra: Any) -> Path:
         conf = self.tmp / "nodes" / name
         conf.mkdir(parents=True, exist_ok=True)
-        conf.chmod(0o750)  # as the common role makes common_config_dir (root:zonefarm), whatever the umask
+        for directory in (conf.parent, conf):  # 0755 whatever the umask (see the module's docstring)
+            directory.chmod(0o755)
         key = conf / "upload_ed25519"
         if not key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"zonefarm-upload@{name}",
