@@ -57,7 +57,8 @@ def _fields(task: Task) -> dict[str, Any]:
         cancel_requested=task.cancel_requested, progress=task.progress, exit_code=task.exit_code,
         outputs=task.outputs, reason=task.reason or "", created_at=iso(task.created_at),
         assigned_at=iso(task.assigned_at), started_at=iso(task.started_at),
-        finished_at=iso(task.finished_at))
+        finished_at=iso(task.finished_at), template=task.template_id, template_version=task.template_version,
+        schedule=task.schedule_id)
 
 
 def _with_node() -> peewee.ModelSelect:
