@@ -19,7 +19,8 @@ now). With ``skip_if_running`` (the default: the same recipe never runs twice at
 it skips while a task of the template is still queued or running. A firing that fails
 (the owner lost a grant, the template became unlaunchable) is recorded on the schedule
 (``last_outcome`` ``failed``, ``last_error``) and as a change-feed entry (entity
-``schedule``, op ``failed``) that the audit trail shows and webhooks can hook.
+``schedule``, op ``update``, ``data.event`` ``schedule_failed``, with the error) that the
+audit trail shows, the owner (or the template's space) reads, and webhooks can hook.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from control.registry.models import User
 
 log = logging.getLogger("zonefarm.schedules")
 MAX_INTERVAL = 366 * 86400
+FAILED_EVENT = "schedule_failed"  # the change-feed event of a firing that failed (data["event"])
 FIRE_LIMIT = 100  # schedules fired per call at most; the rest wait for the next loop
 
 
@@ -213,7 +215,7 @@ def _fire(row: Schedule, due: float, t: float, settings: Settings) -> Fired:
             task_id = templates.launch(template, None, principal=principal, settings=settings,
                                        schedule_id=row.id, due=due)
     except ApiError as exc:
-        feed.record("schedule", row.id, "failed", {"template": template.id, "due": iso(due),
+        feed.record("schedule", row.id, "update", {"event": FAILED_EVENT, "template": template.id, "due": iso(due),
                                                     "status": exc.status, "error": exc.message},
                     space_id=template.space_id, user_id=row.owner)
         return Fired(row.id, due, "failed", error=exc.message)
