@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 # Resolved once: resolving on each call cost a realpath() per task-type lookup (a batch makes thousands).
 _CHECKOUT = Path(__file__).resolve().parents[2]
 
