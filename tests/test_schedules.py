@@ -56,7 +56,8 @@ def test_create_validate_and_show(api: Api) -> None:
     for body, field in (({"cron": "61 * * * *"}, "cron"), ({"cron": "* * *"}, "cron"),
                         ({"interval": 60, "timezone": "Mars/Olympus"}, "timezone"),
                         ({"interval": 60, "timezone": "../../etc/passwd"}, "timezone"),
-                        ({"interval": 0}, "interval"), ({}, "cron"), ({"cron": "* * * * *", "interval": 5}, "cron")):
+                        ({"interval": 0}, "interval"), ({}, "cron"), ({"cron": "* * * * *", "interval": 5}, "cron"),
+                        ({"interval": 60, "template": 999999}, "template")):
         bad = api.post("/schedules", token=token, json={"template": tpl["id"], **body})
         assert bad.status_code == 422 and field in bad.json()["error"]["message"], (body, bad.text)
     off = api.patch(f"/schedules/{cron['id']}", token=token, json={"enabled": False}).json()

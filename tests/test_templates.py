@@ -52,7 +52,7 @@ def test_bad_specs_and_overrides_name_the_field(api: Api) -> None:
     unknown = api.post("/templates", token=token, json={"name": "t", "spec": {"name": "nope"}})
     assert unknown.status_code == 422 and "name:" in unknown.json()["error"]["message"]
     tpl = make(api, token)
-    assert api.post("/templates", token=token, json={"name": "nightly", "spec": SPEC}).status_code == 422
+    assert api.post("/templates", token=token, json={"name": "nightly", "spec": SPEC}).status_code == 409
     shell = api.post(f"/templates/{tpl['id']}/launch", token=token, json={"params": {"shell": True}})
     assert shell.status_code == 422 and "params.shell" in shell.json()["error"]["message"]
     prio = api.post(f"/templates/{tpl['id']}/launch", token=token, json={"priority": 5000})
@@ -85,7 +85,10 @@ def test_launch_takes_the_rights_submitting_takes(api: Api) -> None:
     in_space = {"name": "c", "space": space, "spec": SPEC}
     assert api.post("/templates", token=carol_token, json=in_space).status_code == 403
     assert api.patch(f"/templates/{shared['id']}", token=token, json={"name": "renamed"}).json()["version"] == 2
+    sch = api.post("/schedules", token=token, json={"template": mine["id"], "interval": 60})
+    assert sch.status_code == 201, sch.text
     assert api.delete(f"/templates/{mine['id']}", token=token).status_code == 204
+    assert api.get(f"/schedules/{sch.json()['id']}", token=token).status_code == 404  # its schedules went with it
     assert api.get(f"/templates/{mine['id']}", token=token).status_code == 404
     assert api.get("/templates", token=api.root).json()["total"] == 1
 
@@ -106,11 +109,13 @@ def test_batch_is_all_or_nothing_with_per_item_errors(api: Api) -> None:
 
     before = tasks_total(api)
     bad = [{"name": "shell", "params": {"argv": ["true"]}}, {"name": "shell", "params": {}},
-           {"template": tpl["id"], "priority": 5000}, {"name": "shell", "params": {"argv": ["x"]}, "oops": 1}]
+           {"template": tpl["id"], "priority": 5000}, {"name": "shell", "params": {"argv": ["x"]}, "oops": 1},
+           {"template": 999999}]
     refused = api.post("/tasks/batch", token=token, json={"tasks": bad})
     assert refused.status_code == 422, refused.text
     details = refused.json()["error"]["details"]
-    assert {(d["index"], d["field"]) for d in details} == {(1, "params.argv"), (2, "priority"), (3, "oops")}
+    assert {(d["index"], d["field"]) for d in details} == {(1, "params.argv"), (2, "priority"), (3, "oops"),
+                                                            (4, "template")}
     assert tasks_total(api) == before  # nothing of the batch was written
 
     no_grant = api.post("/tasks/batch", token=token, json={"tasks": [items[0], {"name": "container",

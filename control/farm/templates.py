@@ -22,7 +22,7 @@ import pydantic
 from pydantic import BaseModel, Field, model_validator
 
 from control.core.config import Settings
-from control.core.errors import invalid, not_found
+from control.core.errors import conflict, invalid, not_found
 from control.core.models import iso, now
 from control.core.schemas import MAX_ID, Input
 from control.farm import submit
@@ -87,9 +87,12 @@ class TemplateVersionOut(BaseModel):
     created_at: str
 
 
-def get(template_id: int) -> Template:
+def get(template_id: int, field: str | None = None) -> Template:
+    """The template; 404 when it does not exist, or 422 naming ``field`` when a body names it."""
     row = Template.get_or_none(Template.id == template_id)
     if row is None:
+        if field is not None:
+            raise invalid(f"{field}: template {template_id} not found")
         raise not_found("template", template_id)
     return row
 
@@ -110,7 +113,7 @@ def _checked(spec: TaskCreate, settings: Settings) -> dict[str, Any]:
 def _unique(name: str, template_id: int | None = None) -> None:
     same = Template.get_or_none(Template.name == name)
     if same is not None and same.id != template_id:
-        raise invalid(f"name: template {name!r} already exists (id {same.id})")
+        raise conflict(f"name: a template named {name!r} already exists")
 
 
 def create(req: TemplateCreate, *, owner: int | None, space: int | None, actor: str, settings: Settings) -> Template:

@@ -52,7 +52,7 @@ def _item(ctx: Context, index: int, item: dict[str, Any], priority: int | None,
             launch = BatchLaunch.model_validate(item)
             template = cache.get(launch.template)
             if template is None:
-                template = templates.get(launch.template)
+                template = templates.get(launch.template, "template")
                 access.see_shared(ctx.principal, template.owner, template.space_id, "template")
                 cache[launch.template] = template
             overrides = launch.model_dump(mode="json", exclude_unset=True)

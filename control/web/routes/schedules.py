@@ -38,7 +38,7 @@ def _writable(ctx: Context, schedule_id: int) -> Schedule:
        tag=TAG, body=ScheduleCreate, responses={201: ScheduleOut})
 def create_schedule(ctx: Context) -> Reply:
     req: ScheduleCreate = ctx.body
-    template = templates.get(req.template)
+    template = templates.get(req.template, "template")
     access.see_shared(ctx.principal, template.owner, template.space_id, "template")
     spec = templates.resolve(template.spec, None)
     prepared = submit.prepare(spec, ctx.settings, reach=False)
