@@ -654,6 +654,7 @@ def test_support_takes_a_token_the_provider_redeems(cli: Cli, alice: dict[str, A
 
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the client speaks HTTP: one database is enough
 def test_templates_and_schedules(cli: Cli, alice: dict[str, Any], api: Api) -> None:
     assert cli.login().rc == 0
     token = api.login("alice", PASSWORD)
