@@ -43,6 +43,8 @@ def test_versions_launch_and_the_task_records_its_template(api: Api) -> None:
     plain = api.post(f"/templates/{tpl['id']}/launch", token=token).json()
     assert plain["priority"] == 2 and plain["params"] == {"argv": ["echo", "v2"]}
     assert api.post(f"/templates/{tpl['id']}/launch", token=token, json={"timeout": None}).json()["timeout"] == 3600
+    api.post("/tasks", token=token, json={"name": "shell", "params": {"argv": ["true"]}})  # not from the template
+    assert api.get("/tasks", token=token, params={"template": tpl["id"]}).json()["total"] == 3
 
 
 def test_bad_specs_and_overrides_name_the_field(api: Api) -> None:

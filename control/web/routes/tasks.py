@@ -103,6 +103,8 @@ TASK_FILTERS = {
     "parent": Query(int, None, "Child runs of this broadcast", 1, None),
     "space": Query(int, None, "Space id", 1, None),
     "owner": Query(int, None, "Submitter's user id", 1, None),
+    "template": Query(int, None, "Tasks launched from this template", 1, None),
+    "schedule": Query(int, None, "Tasks this schedule launched", 1, None),
     "created_after": Query(str, None, "Submitted at or after this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
     "created_before": Query(str, None, "Submitted before this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
     "limit": Query(int, 50, "Page size", 1, 500),
@@ -123,7 +125,8 @@ def _filtered(ctx: Context) -> peewee.ModelSelect:
     if q["node"]:
         query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
     for key, column in (("name", Task.name), ("queue", Task.queue), ("parent", Task.parent),
-                        ("space", Task.space_id), ("owner", Task.owner)):
+                        ("space", Task.space_id), ("owner", Task.owner), ("template", Task.template_id),
+                        ("schedule", Task.schedule_id)):
         if q[key] is not None:
             query = query.where(column == q[key])
     if q["created_after"]:
