@@ -53,7 +53,8 @@ def test_create_validate_and_show(api: Api) -> None:
     nxt = datetime.fromisoformat(cron["next_run"].replace("Z", "+00:00"))
     assert (nxt.minute, nxt.hour) in ((30, 1), (30, 0))  # 02:30 in Paris is 01:30 or 00:30 UTC
     assert cron["owner"] is not None and cron["skip_if_running"] is True and cron["last_run"] is None
-    for body, field in (({"cron": "61 * * * *"}, "cron"), ({"cron": "* * *"}, "cron"),
+    for body, field in (({"cron": "61 * * * *"}, "cron"), ({"cron": "* * *"}, "cron"), ({"cron": "0 0 30 2 *"}, "cron"),
+                        ({"cron": "*/0 * * * *"}, "cron"),
                         ({"interval": 60, "timezone": "Mars/Olympus"}, "timezone"),
                         ({"interval": 60, "timezone": "../../etc/passwd"}, "timezone"),
                         ({"interval": 0}, "interval"), ({}, "cron"), ({"cron": "* * * * *", "interval": 5}, "cron"),

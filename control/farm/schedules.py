@@ -33,7 +33,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import BaseModel, Field, model_validator
 
 from control.core.config import Settings
@@ -110,8 +110,14 @@ def check_timing(cron: str | None, timezone: str) -> None:
     """422 naming the field for a cron expression croniter refuses or an unknown time zone."""
     if timezone not in _zones():
         raise invalid(f"timezone: unknown time zone {timezone!r} (an IANA name such as UTC or Europe/Paris)")
-    if cron is not None and (len(cron.split()) != 5 or not croniter.is_valid(cron)):
+    if cron is None:
+        return
+    if len(cron.split()) != 5 or not croniter.is_valid(cron):
         raise invalid(f"cron: {cron!r} is not a cron expression of 5 fields (minute hour day month weekday)")
+    try:
+        croniter(cron, now()).get_next(float)
+    except CroniterError:  # valid fields that never match, e.g. 30 February
+        raise invalid(f"cron: {cron!r} never comes (no date matches it)") from None
 
 
 def next_after(row: Schedule, t: float) -> float:
@@ -251,7 +257,11 @@ def fire_due(settings: Settings, t: float | None = None) -> list[Fired]:
                .order_by(Schedule.next_run).limit(FIRE_LIMIT).tuples())
     fired = []
     for schedule_id, due_at in due:
-        done = fire_one(schedule_id, due_at, settings, t)
+        try:
+            done = fire_one(schedule_id, due_at, settings, t)
+        except Exception:  # its transaction rolled back; the others still fire, it is tried next loop
+            log.exception("schedule %d (due %s) could not fire", schedule_id, iso(due_at))
+            continue
         if done is not None:
             if done.outcome == "failed":
                 log.warning("schedule %d (due %s) failed: %s", schedule_id, iso(due_at), done.error)
