@@ -20,21 +20,31 @@ from control.core.config import Settings
 from control.core.errors import invalid
 from control.core.models import now
 from control.farm import catalogue, limits, policy, states
-from control.farm.eligibility import Want, assess, available_clause
+from control.farm.eligibility import Want, assess, available_clause, never_fits
 from control.farm.models import BROADCAST_KINDS, Node
 from control.farm.schemas import TaskCreate
 from control.registry.identity import Principal
 
 
-def fan_out(kind: str, value: str | None, queue: str | None) -> list[Node]:
-    """The nodes a broadcast gets a child on, by name: ``queue`` None means any queue."""
+def fan_out(want: Want) -> list[Node]:
+    """The nodes a broadcast gets a child on, by name: available, matching, big enough for its resources."""
     nodes = Node.select().where(available_clause()).order_by(Node.name)
-    return assess(Want(kind, value, queue), nodes, None).fits
+    return assess(want, nodes, None).fits
+
+
+def check_fits(want: Want) -> None:
+    """422 naming the resource when no registered node could ever hold the task, even empty."""
+    if not want.resources:
+        return
+    impossible = never_fits(want, Node.select())  # deregistered ones too: named if they could have
+    if impossible is not None:
+        field, why = impossible
+        raise invalid(f"{field}: no registered node could ever run this task: {why}")
 
 
 def _target(req: TaskCreate) -> tuple[str, str | None]:
-    if req.target is None:
-        return "any", None
+    if req.target is None or not (req.target.node or req.target.region or req.target.all):
+        return "any", None  # no target, or a label selector alone
     if req.target.node:
         return "node", req.target.node
     if req.target.region:
@@ -64,17 +74,26 @@ def submit(req: TaskCreate, *, principal: Principal, settings: Settings) -> int:
     if req.space is None and catalogue.needs_space(req.name):
         raise invalid(f"space: task type {req.name!r} uploads its outputs to a space's storage; give a space")
     task_limits = limits.effective(req.limits, settings)  # 422 above the site's maxima
+    task_resources = limits.resources(req.resources, settings)
     kind, value = _target(req)
+    selector = (req.target.labels if req.target is not None else None) or None
+    want = Want(kind, value, req.queue if kind in BROADCAST_KINDS else (req.queue or "default"),
+                task_resources, selector)
     sub = policy.Submission(task_type=req.name, queue=req.queue, target_kind=kind, target_value=value,
                             space=req.space)
-    nodes = fan_out(kind, value, req.queue) if kind in BROADCAST_KINDS else []
+    nodes = fan_out(want) if kind in BROADCAST_KINDS else []
     if kind in BROADCAST_KINDS:
         if not nodes:
+            check_fits(want)  # when size is why, name the resource
             where = f"in region {value!r}" if kind == "region" else "in the farm"
             serving = f" serving queue {req.queue!r}" if req.queue else ""
-            raise invalid(f"target: no online, uncordoned node{serving} {where}")
+            labelled = f" with labels {', '.join(f'{k}={v}' for k, v in sorted(selector.items()))}" \
+                if selector else ""
+            roomy = " big enough for its resources" if task_resources else ""
+            raise invalid(f"target: no online, uncordoned node{serving}{labelled}{roomy} {where}")
         sub = dataclasses.replace(sub, count=len(nodes))
     policy.check_submission(principal, settings, sub)
+    check_fits(want)  # 422 naming the resource no registered node has enough of
     who = principal.describe()
     owner = principal.user.id if principal.user is not None else None
     common: dict[str, Any] = dict(
@@ -82,10 +101,11 @@ def submit(req: TaskCreate, *, principal: Principal, settings: Settings) -> int:
         priority=req.priority, timeout=req.timeout, max_attempts=req.max_attempts)
     t = now()
     common["limits"] = task_limits
+    common["resources"] = task_resources
     if kind not in BROADCAST_KINDS:
-        return states.enqueue({**common, "target_kind": kind, "target_value": value},
+        return states.enqueue({**common, "target_kind": kind, "target_value": value, "target_labels": selector},
                               f"submitted by {who}", t=t).id
-    parent = states.enqueue({**common, "target_kind": kind, "target_value": value},
+    parent = states.enqueue({**common, "target_kind": kind, "target_value": value, "target_labels": selector},
                             f"submitted by {who}: broadcast to {len(nodes)} node(s)",
                             {"nodes": [n.name for n in nodes]}, t=t)
     for node in nodes:
