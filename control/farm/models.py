@@ -104,6 +104,7 @@ class Task(BaseModel):
             (("state", "queue", "priority", "created_at"), False),
             (("node", "state"), False),
             (("state", "lease_expires_at"), False),
+            (("reserved_node", "state"), False),
         )
 
     @property

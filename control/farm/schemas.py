@@ -302,7 +302,7 @@ class TaskOut(BaseModel):
     space: int | None
     owner: int | None = Field(description="User id of the submitter; null for the administrator")
     parent: int | None = Field(description="The broadcast this task is one child run of")
-    resources: dict[str, float] = Field(description="What the task reserves on its node, defaults filled in")
+    resources: dict[str, int | float] = Field(description="What the task reserves on its node, defaults filled in")
     priority: int
     timeout: int
     max_attempts: int

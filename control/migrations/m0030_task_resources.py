@@ -8,6 +8,7 @@ import peewee
 from playhouse.migrate import SchemaMigrator
 
 from control.core.models import JSONField
+from control.farm.models import Task
 from control.migrations import add_column_if_missing
 
 VERSION = 30
@@ -17,3 +18,4 @@ def up(db: peewee.Database, migrator: SchemaMigrator) -> None:
     add_column_if_missing(db, migrator, "task", "resources", JSONField(null=True))
     add_column_if_missing(db, migrator, "task", "target_labels", JSONField(null=True))
     add_column_if_missing(db, migrator, "task", "reserved_node", peewee.IntegerField(null=True))
+    Task._schema.create_indexes(safe=True)  # (reserved_node, state): the claim's "which nodes are held"
