@@ -139,6 +139,17 @@ def test_a_held_node_is_named_to_the_tasks_it_keeps_out(db: str) -> None:  # noq
     assert get(big).reserved_node is not None and get(first).state == "assigned"
     assert why(small)["blockers"][0] == {
         "code": "all_held", "message": f"node n1 is held for task {big}, which has waited longest for room there"}
+    # the held node is cordoned: the hold moves to the next node that can fit the big task
+    node("n2", concurrency=4, resources={"memory": 8 * GiB})
+    busy = task(target_kind="node", target_value="n2", priority=5, resources={"memory": 6 * GiB})
+    with connection():
+        Node.update(cordoned=True).where(Node.name == "n1").execute()
+    assert [t.id for t in claim("d1", 10, reserve_after=30)] == [busy]  # the small one stays off n2 too
+    with connection():
+        assert get(big).reserved_node == Node.get(Node.name == "n2").id
+        holds = [e.reason for e in TaskEvent.select().where(TaskEvent.task == big) if "holds node" in e.reason]
+    assert [h.split(":")[1].split(",")[0].strip() for h in holds] == ["holds node n1", "holds node n2"]
+    assert [b["code"] for b in why(big)["blockers"]][-1] == "holds_node" and "holds node n2" in why(big)["why"]
 
 
 def _claim_rounds(name: str, out: list[int]) -> None:

@@ -42,9 +42,7 @@ from control.farm import states
 from control.farm.eligibility import (
     Pool,
     available_clause,
-    capacity,
     claimable_clause,
-    free_amounts,
     load_usage,
     requested,
 )
@@ -71,13 +69,12 @@ def _candidates(pool: Pool, window: int) -> list[Task]:
     return list(query)
 
 
-def _room(pool: Pool, node: Node, task: Task) -> float:
-    """The share of the task's resources left free on ``node`` (0 for a task that asks for none)."""
-    need = requested(task)
+def _room(pool: Pool, node: Node, need: dict[str, float]) -> float:
+    """The share of the task's resources (``need``) left free on ``node``; 0 for a task that asks for none."""
     if not need:
         return 0.0
-    free, cap = free_amounts(node, pool.usage[node.id]), capacity(node)
-    return sum(free.get(k, 0) / cap[k] for k in need if cap.get(k))
+    have, reserved = node.resources or {}, pool.usage[node.id].reserved
+    return sum((have[k] - reserved.get(k, 0)) / have[k] for k in need if have.get(k))
 
 
 def match(candidates: list[Task], pool: Pool, limit: int, placement: str = "pack", *,
@@ -105,8 +102,9 @@ def match(candidates: list[Task], pool: Pool, limit: int, placement: str = "pack
                 if node is not None and node.id != task.reserved_node:
                     holds[task.id] = node
             continue
+        need = requested(task)
         node = max(options, key=lambda n: (n.name != task.last_node, sign * pool.free(n),
-                                           sign * _room(pool, n, task), -n.id))
+                                           sign * _room(pool, n, need), -n.id))
         pool.place(node, task)
         picks[node.id].append(task.id)
         taken += 1

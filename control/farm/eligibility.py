@@ -133,12 +133,19 @@ def describe(name: str, value: float) -> str:
 
 def requested(want: Wanted) -> dict[str, float]:
     """The resources a task asks for (amounts above zero)."""
-    return {k: v for k, v in (want.resources or {}).items() if v > 0}
+    asked = want.resources
+    return {k: v for k, v in asked.items() if v > 0} if asked else {}
 
 
 def capacity(node: Node) -> dict[str, float]:
     """What a node reports it has: its capacity per resource."""
     return {k: v for k, v in (node.resources or {}).items() if isinstance(v, (int, float))}
+
+
+def has(node: Node, name: str) -> float:
+    """The node's capacity of one resource (0 when it does not report it): the claim's hot path."""
+    value = (node.resources or {}).get(name, 0)
+    return value if isinstance(value, (int, float)) else 0
 
 
 def free_amounts(node: Node, usage: Usage) -> dict[str, float]:
@@ -223,9 +230,8 @@ def unavailable(node: Node) -> Reason | None:
 
 def too_small(want: Wanted, node: Node) -> Reason | None:
     """Check 3: could the node hold the task's resources at all, empty?"""
-    cap = capacity(node)
     for name, need in requested(want).items():
-        have = cap.get(name, 0)
+        have = has(node, name)
         if have + EPSILON < need:
             return Reason(TOO_SMALL, f"node {node.name} has {describe(name, have)} in all; the task needs "
                                      f"{quantity(name, need)}", name, have)
@@ -254,16 +260,11 @@ def exhausted(node: Node, active: int) -> Reason | None:
 
 def short(want: Wanted, node: Node, usage: Usage) -> Reason | None:
     """Check 6: is enough of each requested resource free on the node now?"""
-    need = requested(want)
-    if not need:
-        return None
-    free = free_amounts(node, usage)
-    cap = capacity(node)
-    for name, amount in need.items():
-        have = free.get(name, 0)
+    for name, amount in requested(want).items():
+        have = has(node, name) - usage.reserved.get(name, 0)
         if have + EPSILON < amount:
             return Reason(SHORT, f"node {node.name} has {quantity(name, max(have, 0))} {name} free of "
-                                 f"{quantity(name, cap.get(name, 0))}; the task needs {quantity(name, amount)}",
+                                 f"{quantity(name, has(node, name))}; the task needs {quantity(name, amount)}",
                           name, max(have, 0))
     return None
 
