@@ -23,6 +23,7 @@ from control.farm.claims import claim
 from control.farm.eligibility import load_usage
 from control.farm.explain import explain
 from control.farm.models import Node, Task, TaskEvent
+from control.node.config import NodeConfigError, load_node_config, write_node_config
 from tests.conftest import NODES_SECRET, ROOT_SECRET, TEST_IMAGES
 from tests.support.client import Api
 from tests.support.farm import Farm
@@ -186,6 +187,19 @@ def test_resource_settings_are_checked_when_they_load() -> None:
         load_settings(env={"ZONEFARM_TASK_RESOURCES_DEFAULT": "memory=2XB"})
     with pytest.raises(ConfigError, match="placement_reserve_after must be 0 or more"):
         load_settings(env={"ZONEFARM_PLACEMENT_RESERVE_AFTER": "-1"})
+
+
+def test_a_node_reports_named_resources_over_the_detected_ones(tmp_path: Path) -> None:
+    path = write_node_config(tmp_path / "node.ini", name="wk1", api_url="http://zone", node_key="k" * 20,
+                             resources={"gpu": 2, "memory": 4 * GiB, "cpu": 1.5})
+    config = load_node_config(path)
+    body = config.registration(1, "host", {"cpu": 8, "memory": 64 * GiB, "disk": GiB})
+    assert body["resources"] == {"cpu": 1.5, "memory": 4 * GiB, "disk": GiB, "gpu": 2}
+    for bad in ("gpu", "gpu=two", "gpu=-1"):
+        path = write_node_config(tmp_path / "node.ini", name="wk1", api_url="http://zone", node_key="k" * 20,
+                                 resources=bad)
+        with pytest.raises(NodeConfigError, match="resources"):
+            load_node_config(path)
 
 
 # --- the API ------------------------------------------------------------------------------
