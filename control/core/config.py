@@ -151,9 +151,9 @@ class Settings:
         "asking for nothing is placed by concurrency alone. See docs/placement.md.")
     placement_reserve_after: float = opt(
         600.0,
-        "Seconds a queued task may wait for room before it holds the next node that can fit it: no other "
-        "task starts there until it does, so a stream of small tasks cannot starve a big one. 0 turns "
-        "holding off.")
+        "Seconds a queued task that asks for `resources` may wait for room before it holds the next node "
+        "that can fit it: no other task starts there until it does, so a stream of small tasks cannot "
+        "starve a big one. 0 turns holding off.")
     callback_skew: int = opt(
         300,
         "Largest allowed clock difference on signed node requests, seconds.")

@@ -16,8 +16,8 @@ Among nodes with as many free slots, a task that asks for resources goes to the 
 the least of them left free (pack) or the most (spread). A node's resources are spent as
 the claim places tasks, so one claim never over-commits a node.
 
-A task queued longer than ``placement_reserve_after`` that no node has room for holds the
-node nearest to room for it (``Pool.hold``, written as ``Task.reserved_node`` with an
+A task that asks for resources, queued longer than ``placement_reserve_after``, that no
+node has room for holds the node nearest to room for it (``Pool.hold``, written as ``Task.reserved_node`` with an
 event): smaller tasks no longer start there, and it takes the node once enough has ended.
 
 Several dispatchers may claim at once and no task is claimed twice:
@@ -82,8 +82,9 @@ def match(candidates: list[Task], pool: Pool, limit: int, placement: str = "pack
           ) -> tuple[dict[int, list[int]], dict[int, Node]]:
     """Pick a node for each candidate in order: (node id -> task ids, task id -> node it now holds).
 
-    A candidate created before ``hold_before`` that no node has room for holds one
-    (``Pool.hold``); ``held`` is node id -> node for the holds candidates already have.
+    A candidate that asks for resources, created before ``hold_before``, that no node has
+    room for holds one (``Pool.hold``; without resources a task only waits for a slot, which
+    it gets in claim order anyway); ``held`` is node id -> node for the holds candidates already have.
     The second mapping lists only holds that are new or moved. Pure: no database.
     """
     sign = -1 if placement == "pack" else 1  # pack prefers the fewest free slots, spread the most
@@ -96,7 +97,7 @@ def match(candidates: list[Task], pool: Pool, limit: int, placement: str = "pack
             break
         options = pool.options(task)
         if not options:
-            if hold_before is not None and task.created_at < hold_before:
+            if hold_before is not None and task.created_at < hold_before and requested(task):
                 current = held.get(task.reserved_node) if task.reserved_node is not None else None
                 node = pool.hold(task, current)
                 if node is not None and node.id != task.reserved_node:
