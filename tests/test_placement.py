@@ -290,6 +290,8 @@ def test_label_selectors_alone_or_with_a_region(api: Api) -> None:
     placed = {t.id: t.node.name for t in claim("test", 20)}
     assert placed[one["id"]] in ("g1", "g3") and placed[racked["id"]] == "g3"
     assert nowhere["id"] not in placed
+    g3 = api.get("/nodes/g3", token=api.root).json()
+    assert g3["running"] >= 1 and g3["reserved"] == {"cpu": 0.5 * g3["running"]} and g3["held_for"] is None
 
 
 # --- a real dispatcher ----------------------------------------------------------------------

@@ -106,6 +106,10 @@ class NodeOut(BaseModel):
     running: int = Field(description="Tasks assigned to or running on the node")
     free: int = Field(description="Free slots: concurrency minus running (0 when cordoned or not online)")
     resources: dict[str, Any]
+    reserved: dict[str, int | float] = Field(description="Resources its assigned and running tasks reserve "
+                                                          "(free: resources minus these)")
+    held_for: int | None = Field(description="The queued task the node is held for: it waited longest for room "
+                                             "here, and no other task starts here until it does")
     labels: dict[str, str]
     ansible_host: str
     ansible_port: int
