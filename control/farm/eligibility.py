@@ -230,9 +230,9 @@ def unavailable(node: Node) -> Reason | None:
 
 def too_small(want: Wanted, node: Node) -> Reason | None:
     """Check 3: could the node hold the task's resources at all, empty?"""
-    for name, need in requested(want).items():
+    for name, need in (want.resources or {}).items():  # the claim's hot path: no dict built
         have = has(node, name)
-        if have + EPSILON < need:
+        if need > 0 and have + EPSILON < need:
             return Reason(TOO_SMALL, f"node {node.name} has {describe(name, have)} in all; the task needs "
                                      f"{quantity(name, need)}", name, have)
     return None
@@ -260,9 +260,9 @@ def exhausted(node: Node, active: int) -> Reason | None:
 
 def short(want: Wanted, node: Node, usage: Usage) -> Reason | None:
     """Check 6: is enough of each requested resource free on the node now?"""
-    for name, amount in requested(want).items():
+    for name, amount in (want.resources or {}).items():
         have = has(node, name) - usage.reserved.get(name, 0)
-        if have + EPSILON < amount:
+        if amount > 0 and have + EPSILON < amount:
             return Reason(SHORT, f"node {node.name} has {quantity(name, max(have, 0))} {name} free of "
                                  f"{quantity(name, has(node, name))}; the task needs {quantity(name, amount)}",
                           name, max(have, 0))
