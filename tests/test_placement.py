@@ -246,6 +246,10 @@ def test_requests_defaults_and_impossible_tasks(api: Api) -> None:
         "the largest registered node has 16 GiB (wk5)")
     gpu = api.post("/tasks", token=api.root, json={**SHELL, "resources": {"gpu": 1}})
     assert gpu.status_code == 422 and "resources.gpu" in gpu.json()["error"]["message"]
+    # a broadcast runs only on the nodes big enough for it
+    wide = submit(api, target={"all": True}, resources={"memory": 8 * GiB})
+    assert [c["node"] for c in wide["children"]] == ["wk5"]
+    assert api.get(f"/tasks/{wide['children'][0]['id']}", token=api.root).json()["resources"]["memory"] == 8 * GiB
     # the example of the issue, word for word
     api.post("/nodes/wk5/cordon", token=api.root)
     shown = api.get(f"/tasks/{asked['id']}", token=api.root).json()
