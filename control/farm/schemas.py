@@ -196,7 +196,7 @@ class TaskResources(Input):
 
     model_config = ConfigDict(extra="allow", json_schema_extra={
         "additionalProperties": {"type": "number", "minimum": 0, "maximum": RESOURCE_MAX},
-        "maxProperties": 20})
+        "propertyNames": {"pattern": RESOURCE_NAME}, "maxProperties": 20})
 
     cpu: float | None = Field(default=None, ge=0, le=1 << 20, description="Cores, fractional (0.5)")
     memory: int | None = Field(default=None, ge=0, le=RESOURCE_MAX, description="Bytes")
@@ -205,8 +205,9 @@ class TaskResources(Input):
     @model_validator(mode="after")
     def _named(self) -> TaskResources:
         extra = self.model_extra or {}
-        if len(extra) + 3 > 23:
-            raise ValueError("resources: at most 20 named resources")
+        given = len(extra) + sum(1 for k in ("cpu", "memory", "disk") if k in self.model_fields_set)
+        if given > 20:
+            raise ValueError("resources: at most 20 entries")
         for name, amount in extra.items():
             if not re.match(RESOURCE_NAME, name):
                 raise ValueError(f"resources: {name!r} is not a valid resource name")
