@@ -298,6 +298,30 @@ def test_label_selectors_alone_or_with_a_region(api: Api) -> None:
     assert g3["running"] >= 1 and g3["reserved"] == {"cpu": 0.5 * g3["running"]} and g3["held_for"] is None
 
 
+def test_batches_and_template_launches_place_like_single_tasks(api: Api) -> None:
+    """The seam between placement and bulk submission: a batch item and a template launch keep
+    their resources and label selector, and an impossible item refuses the batch by index."""
+    register(api, "wk2", resources={"cpu": 4, "memory": 4 * GiB, "disk": 100 * GiB}, labels={"gpu": "t4"})
+    big = {**SHELL, "resources": {"memory": 2 * GiB}, "target": {"labels": {"gpu": "t4"}}}
+    made = api.post("/tasks/batch", token=api.root, json={"tasks": [SHELL, big]})
+    assert made.status_code == 201, made.text
+    second = api.get(f"/tasks/{made.json()['ids'][1]}", token=api.root).json()
+    assert second["resources"]["memory"] == 2 * GiB and second["target"]["labels"] == {"gpu": "t4"}
+    refused = api.post("/tasks/batch", token=api.root,
+                       json={"tasks": [SHELL, {**SHELL, "resources": {"memory": 64 * GiB}}]})
+    assert refused.status_code == 422, refused.text
+    assert [(d["index"], d["field"]) for d in refused.json()["error"]["details"]] == [(1, "resources.memory")]
+    tpl = api.post("/templates", token=api.root, json={"name": "big-one", "spec": big})
+    assert tpl.status_code == 201, tpl.text
+    launched = api.post(f"/templates/{tpl.json()['id']}/launch", token=api.root, json={})
+    assert launched.status_code == 201, launched.text
+    task = api.get(f"/tasks/{launched.json()['id']}", token=api.root).json()
+    assert task["resources"]["memory"] == 2 * GiB and task["target"]["labels"] == {"gpu": "t4"}
+    too_big = api.post(f"/templates/{tpl.json()['id']}/launch", token=api.root,
+                       json={"resources": {"memory": 64 * GiB}})
+    assert too_big.status_code == 422 and "resources.memory" in too_big.text
+
+
 # --- a real dispatcher ----------------------------------------------------------------------
 
 @pytest.fixture

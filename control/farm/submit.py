@@ -203,11 +203,15 @@ def item_errors(index: int, exc: ApiError | pydantic.ValidationError) -> list[It
     """One ``ItemError`` per problem the exception names (``field: message``, joined by '; ')."""
     if isinstance(exc, pydantic.ValidationError):
         return [ItemError(index, 422, ".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
-    out = []
+    out: list[ItemError] = []
     for part in exc.message.split("; ") if exc.status == 422 else [exc.message]:
         m = _FIELD.match(part)
-        out.append(ItemError(index, exc.status, m.group(1), m.group(2)) if m else
-                   ItemError(index, exc.status, "", part))
+        if m:
+            out.append(ItemError(index, exc.status, m.group(1), m.group(2)))
+        elif out:  # a message that itself holds "; " ("needs 8 GiB memory; the most free is ...")
+            out[-1] = dataclasses.replace(out[-1], message=f"{out[-1].message}; {part}")
+        else:
+            out.append(ItemError(index, exc.status, "", part))
     return out
 
 
