@@ -182,6 +182,14 @@ def test_node_actions_are_the_administrators(site: str, api: Api) -> None:
     assert 'data-flag="cordoned"' in root.get("/nodes").text
     assert root.post("/nodes/wk1/uncordon", {"csrf": root.csrf()}).status_code == 303
     assert api.get("/nodes/wk1", token=api.root).json()["cordoned"] is False
+    assert alice.post("/nodes/wk1/drain", {"csrf": alice.csrf()}).status_code == 403
+    assert api.get("/nodes/wk1", token=api.root).json()["draining"] is False
+    assert 'id="drain-wk1"' in root.get("/nodes").text
+    resp = root.post("/nodes/wk1/drain", {"csrf": root.csrf()})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/nodes")
+    drained = api.get("/nodes/wk1", token=api.root).json()
+    assert drained["draining"] is True and drained["cordoned"] is True
+    assert "Node wk1 draining." in root.get("/nodes").text  # the flash, once
     assert root.post("/nodes/wk1/explode", {"csrf": root.csrf()}).status_code == 404
 
 
@@ -249,6 +257,18 @@ def test_tasks_page_paginates_filters_and_counts(site: str, api: Api, live_serve
     assert re.search(r'id="count-queued".*?<span class="count">60<', page.text, re.S)
     odd = root.get("/tasks?queue=odd&owner=alice")
     assert odd.text.count('data-task="') == 30
+    # node: the tasks last run on wk1 (a lost attempt's node), type: the API's name filter
+    with connection():
+        ids = [t.id for t in Task.select(Task.id).order_by(Task.id).limit(3)]
+        Task.update(last_node="wk1").where(Task.id.in_(ids)).execute()
+    on_wk1 = root.get("/tasks?node=wk1").text
+    assert sorted(int(n) for n in re.findall(r'data-task="(\d+)"', on_wk1)) == ids
+    assert root.get("/tasks?node=wk2").text.count('data-task="') == 0
+    boxed = submit(api, api.root, name="container", params={"image": "busybox"})
+    typed = root.get("/tasks?type=container").text
+    assert re.findall(r'data-task="(\d+)"', typed) == [str(boxed["id"])]
+    assert re.search(r'id="count-queued".*?<span class="count">1<', typed, re.S)  # counts filtered alike
+    assert root.get("/tasks?type=shell&node=wk1").text.count('data-task="') == 3
     assert root.get("/tasks?owner=nobody").text.count('data-task="') == 0
     assert "No user named" in root.get("/tasks?owner=nobody").text
     # time filters go to the API's created_after / created_before
