@@ -102,14 +102,23 @@ def test_wrong_password_and_tampered_cookie(site: str, api: Api) -> None:
 
 
 def test_logout_revokes_the_token(site: str, api: Api) -> None:
-    v = visitor(site, api, "alice")
+    alice = api.make_user("alice")
+    tokens = f"/users/{alice['id']}/tokens"
+    before = {t["id"] for t in api.get(tokens, token=api.root).json()["items"]}
+    v = Visitor(site)
+    v.login("alice")
     token = v.token
     assert api.get("/tasks", token=token).status_code == 200
+    # the login made one live token, an access token: no refresh token that logout could not revoke
+    made = [t for t in api.get(tokens, token=api.root).json()["items"] if t["id"] not in before]
+    assert [t["kind"] for t in made] == ["access"], made
     csrf = v.csrf()
     resp = v.post("/logout", {"csrf": csrf})
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/login")
     assert api.get("/tasks", token=token).status_code == 401
     assert v.get("/tasks").status_code == 303
+    live = {t["id"] for t in api.get(tokens, token=api.root).json()["items"]}
+    assert live <= before, "a token from the dashboard's login outlived its logout"
 
 
 def test_forms_without_a_valid_csrf_token_are_refused(site: str, api: Api) -> None:

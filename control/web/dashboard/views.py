@@ -309,7 +309,8 @@ class Dashboard:
         username = (bottle.request.forms.getunicode("username") or "").strip()
         password = bottle.request.forms.getunicode("password") or ""
         answer = self._call(None, "POST", "/auth/token",
-                            form={"grant_type": "password", "username": username, "password": password})
+                            form={"grant_type": "password", "username": username, "password": password,
+                                  "refresh": "false"})
         if not answer.ok:
             message = answer.message if answer.status in (401, 422, 429) else "Login failed."
             if answer.status == 422:
@@ -319,7 +320,7 @@ class Dashboard:
                 bottle.response.set_header("Retry-After", retry)
             return self.login_page(message, 429 if answer.status == 429 else 401)
         token = answer.json()
-        # A refresh token, if the route hands one out, is not kept: logout could not revoke it.
+        # No refresh token is asked for: the session keeps only the access token, which logout revokes.
         start_session(bottle.request, bottle.response, self.keys, token=token["access_token"], kind="user",
                       name=username, max_age=int(token.get("expires_in") or self.settings.token_ttl))
         bottle.redirect(_safe_next(bottle.request.forms.getunicode("next")), 303)
