@@ -369,7 +369,8 @@ class UserRelationOut(BaseModel):
     role: Role = Field(description="The user's effective role there")
     direct: bool = Field(description="The user is also a direct member")
     membership: list[list[int]] = Field(
-        description="Each chain of group ids (outermost first) the user is a member through")
+        description="Each chain of group ids (outermost first) the user is a member through; to another "
+                    "user only the chains wholly of groups that user may see itself")
 
 
 class ChainLink(BaseModel):
