@@ -356,7 +356,7 @@ def test_submit_targets_and_cancel(cli: Cli, alice: dict[str, Any], api: Api) ->
         assert api.delete(f"/grants/{held['id']}", token=api.root).status_code == 204
     api.grant(user=alice["id"], targets="all")
     regional = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--region", "eu", "--json"))
-    assert regional["target"] == {"kind": "region", "value": "eu"}
+    assert (regional["target"]["kind"], regional["target"]["value"]) == ("region", "eu")
     everywhere = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--all", "--json"))
     assert everywhere["target"]["kind"] == "all"
     for task in (regional, everywhere):
