@@ -401,20 +401,26 @@ def task_ls(obj: Ctx, state: str | None, node: str | None, task_type: str | None
             query[key] = value
     if space is not None:
         query["space"] = _resolve(client, "/spaces", space, "space")
-    page = client.get("/tasks", params=query)
-    if as_json:
-        emit_json(page)
-        return
-    table(("ID", "TYPE", "STATE", "PROGRESS", "NODE", "QUEUE", "TARGET", "CREATED"),
-          [(t["id"], t["name"], t["state"], f"{t['progress']:.0f}%", t["node"] or t["last_node"], t["queue"],
-            _target(t), short_time(t["created_at"])) for t in page["items"]])
-    _more(page)
+    _show_page(client.get("/tasks", params=query), as_json,
+               ("ID", "TYPE", "STATE", "PROGRESS", "NODE", "QUEUE", "TARGET", "CREATED"),
+               lambda t: (t["id"], t["name"], t["state"], f"{t['progress']:.0f}%", t["node"] or t["last_node"],
+                          t["queue"], _target(t), short_time(t["created_at"])))
 
 
 def _more(page: dict[str, Any]) -> None:
     shown = len(page["items"])
     if page["offset"] + shown < page["total"]:
         note(f"({shown} of {page['total']} shown; more with --offset {page['offset'] + shown})")
+
+
+def _show_page(page: dict[str, Any], as_json: bool, columns: tuple[str, ...],
+               row: Callable[[dict[str, Any]], tuple[Any, ...]]) -> None:
+    """A list command's answer: the page as JSON, or its items as a table and where the rest is."""
+    if as_json:
+        emit_json(page)
+        return
+    table(columns, [row(item) for item in page["items"]])
+    _more(page)
 
 
 def _task_command(name: str, *options: Callable[..., Any]) -> Callable[[Callable[..., Any]], click.Command]:
@@ -668,14 +674,10 @@ def node_ls(obj: Ctx, state: str | None, region: str | None, queue: str | None, 
             query[key] = value
     if cordoned is not None:
         query["cordoned"] = "true" if cordoned else "false"
-    page = obj.client.get("/nodes", params=query)
-    if as_json:
-        emit_json(page)
-        return
-    table(("NAME", "STATE", "REGION", "QUEUES", "RUNNING", "FLAGS", "LAST SEEN"),
-          [(n["name"], n["state"], n["region"], ",".join(n["queues"]), f"{n['running']}/{n['concurrency']}",
-            _flags(n), f"{n['last_seen_age']:.0f}s ago") for n in page["items"]])
-    _more(page)
+    _show_page(obj.client.get("/nodes", params=query), as_json,
+               ("NAME", "STATE", "REGION", "QUEUES", "RUNNING", "FLAGS", "LAST SEEN"),
+               lambda n: (n["name"], n["state"], n["region"], ",".join(n["queues"]),
+                          f"{n['running']}/{n['concurrency']}", _flags(n), f"{n['last_seen_age']:.0f}s ago"))
 
 
 def _node_block(n: dict[str, Any]) -> None:
@@ -934,12 +936,7 @@ def _list_or_revoke(client: Client, path: str, revoke: int | None, limit: int, o
         client.delete(f"{path}/{revoke}")
         emit_json(revoked) if as_json else click.echo(revoked_line)
         return
-    page = client.get(path, params={"limit": limit, "offset": offset})
-    if as_json:
-        emit_json(page)
-        return
-    table(columns, [row(item) for item in page["items"]])
-    _more(page)
+    _show_page(client.get(path, params={"limit": limit, "offset": offset}), as_json, columns, row)
 
 
 # ---------------------------------------------------------------------------- invites (spaces and groups)
@@ -1038,13 +1035,8 @@ def _owned_commands(entities: click.Group, kind: str, invite_note: str = "") -> 
     @json_option
     @pass_ctx
     def ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
-        page = _named_page(obj.client, f"/{kind}", name, limit, offset)
-        if as_json:
-            emit_json(page)
-            return
-        table(("ID", "NAME", "ROLE", "CREATED"),
-              [(e["id"], e["name"], e["role"], short_time(e["created_at"])) for e in page["items"]])
-        _more(page)
+        _show_page(_named_page(obj.client, f"/{kind}", name, limit, offset), as_json, ("ID", "NAME", "ROLE", "CREATED"),
+                   lambda e: (e["id"], e["name"], e["role"], short_time(e["created_at"])))
 
     @entities.command("create", help=f"Create a {what}; you become its owner.")
     @click.argument("name")
