@@ -1,0 +1,296 @@
+"""Webhooks end to end, on both databases: made and guarded over HTTP, events queued with the
+change that causes them, delivered by the real sender thread to a real receiver on
+127.0.0.1 that checks each signature; retries, timeouts, redirects and the egress rule.
+
+The live API allows loopback deliveries (``webhook_allow = 127.0.0.0/8``, as a test site
+would); the refusal at send time is shown by a sender run with the default setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from control.core.config import Settings
+from control.core.db import connection, write_transaction
+from control.core.egress import Allow, parse_allow, pick_address
+from control.core.models import now
+from control.farm import states
+from control.farm.reaper import lost_nodes
+from control.farm.webhooks.delivery import Sender
+from control.farm.webhooks.models import WebhookDelivery
+from control.node.signing import payload_signature, sign_payload, verify_payload
+from tests.conftest import NODES_SECRET
+from tests.support.client import Api
+from tests.support.nodes import SignedNode
+from tests.support.receiver import Receiver, receiving
+from tests.support.registry import error, join, space
+
+SHELL = {"name": "shell", "params": {"argv": ["echo", "hi"]}}
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, webhook_allow="127.0.0.0/8", webhook_timeout=0.5, webhook_backoff=0.05,
+                               webhook_backoff_max=0.1, webhook_max_attempts=4, webhook_poll_interval=0.05)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with receiving() as rec:
+        yield rec
+
+
+@pytest.fixture
+def sender(api: Api, settings: Settings) -> Iterator[Sender]:
+    """The sender thread of an API process, on the live server's database."""
+    running = Sender(settings, "test-sender").start()
+    yield running
+    running.stop()
+
+
+def hook(api: Api, token: str, receiver: Receiver, path: str, events: list[str], **extra: Any) -> dict[str, Any]:
+    resp = api.post("/webhooks", token=token, json={"url": receiver.url + path, "events": events, **extra})
+    assert resp.status_code == 201, resp.text
+    made = resp.json()
+    receiver.secrets[made["id"]] = made["secret"]
+    return made
+
+
+def deliveries(api: Api, token: str, hook_id: int) -> list[dict[str, Any]]:
+    resp = api.get(f"/webhooks/{hook_id}/deliveries", token=token)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["items"]
+
+
+def settled(api: Api, token: str, hook_id: int, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
+    """The delivery log once ``count`` deliveries are delivered or failed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        items = deliveries(api, token, hook_id)
+        if len(items) >= count and all(d["status"] != "pending" for d in items):
+            return items
+        time.sleep(0.05)
+    raise AssertionError(f"deliveries of webhook {hook_id} still pending: {deliveries(api, token, hook_id)}")
+
+
+def submit(api: Api, token: str, **extra: Any) -> int:
+    resp = api.post("/tasks", token=token, json={**SHELL, **extra})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["id"]
+
+
+def cancel(api: Api, token: str, task_id: int) -> None:
+    resp = api.post(f"/tasks/{task_id}/cancel", token=token)
+    assert resp.status_code == 200 and resp.json()["state"] == "cancelled", resp.text
+
+
+# --- the resource -----------------------------------------------------------------------
+
+
+def test_webhooks_belong_to_their_owner_and_show_the_secret_once(api: Api, receiver: Receiver) -> None:
+    alice, alice_t = api.submitter("alice")
+    _, bob_t = api.user_with_token("bob")
+    made = hook(api, alice_t, receiver, "/ok", ["task.failed", "task.cancelled", "task.failed"],
+                description="nightly")
+    wid, secret = made["id"], made["secret"]
+    assert len(secret) == 64 and made["owner"] == alice["id"] and made["scope"] == "own"
+    assert made["events"] == ["task.cancelled", "task.failed"] and made["secret_generation"] == 0
+    shown = api.get(f"/webhooks/{wid}", token=alice_t)
+    listed = api.get("/webhooks", token=alice_t)
+    assert shown.status_code == listed.status_code == 200 and listed.json()["total"] == 1
+    assert "secret" not in shown.json() and secret not in shown.text and secret not in listed.text
+    # another user: nothing to see or change; the administrator sees all
+    for resp in (api.get(f"/webhooks/{wid}", token=bob_t), api.patch(f"/webhooks/{wid}", token=bob_t, json={}),
+                 api.delete(f"/webhooks/{wid}", token=bob_t), api.post(f"/webhooks/{wid}/test", token=bob_t),
+                 api.get(f"/webhooks/{wid}/deliveries", token=bob_t),
+                 api.post(f"/webhooks/{wid}/secret", token=bob_t)):
+        assert "only the user who made a webhook" in error(resp, 403)
+    assert api.get("/webhooks", token=bob_t).json()["total"] == 0
+    assert [h["id"] for h in api.get("/webhooks", token=api.root).json()["items"]] == [wid]
+    # scopes: everything is the administrator's; a space takes membership of it
+    url = receiver.url + "/ok"
+    assert "only the administrator" in error(api.post("/webhooks", token=alice_t, json={
+        "url": url, "events": ["task.failed"], "scope": "all"}), 403)
+    other = space(api, bob_t, "bobs")
+    assert "not a member" in error(api.post("/webhooks", token=alice_t, json={
+        "url": url, "events": ["task.failed"], "scope": "space", "scope_id": other["id"]}), 403)
+    assert "not found" in error(api.post("/webhooks", token=alice_t, json={
+        "url": url, "events": ["task.failed"], "scope": "space", "scope_id": 999}), 422)
+    assert "needs the id" in error(api.post("/webhooks", token=alice_t, json={
+        "url": url, "events": ["task.failed"], "scope": "template"}), 422)
+    # what a URL may be
+    for bad, needle in (("ftp://example.org/x", "http or https"), ("http://u:pw@example.org/", "user name"),
+                        ("http://10.1.2.3/hook", "10.1.2.3 of 10.1.2.3 is private"),
+                        ("http://169.254.169.254/latest", "is link-local"), ("https://[::1]:8/x", "is loopback")):
+        message = error(api.post("/webhooks", token=alice_t, json={"url": bad, "events": ["task.failed"]}), 422)
+        assert message.startswith("url: ") and needle in message, message
+        assert ("webhook_allow" in message) == ("is " in needle), message
+    assert error(api.post("/webhooks", token=alice_t, json={"url": url, "events": ["task.exploded"]}), 422)
+    # changes, rotation, a disabled webhook is not tested, deletion
+    patched = api.patch(f"/webhooks/{wid}", token=alice_t, json={"events": ["task.succeeded"], "enabled": False})
+    assert patched.status_code == 200 and patched.json()["events"] == ["task.succeeded"]
+    assert not patched.json()["enabled"] and secret not in patched.text
+    assert "disabled" in error(api.post(f"/webhooks/{wid}/test", token=alice_t), 409)
+    rotated = api.post(f"/webhooks/{wid}/secret", token=alice_t).json()
+    assert rotated["secret_generation"] == 1 and len(rotated["secret"]) == 64 and rotated["secret"] != secret
+    assert api.delete(f"/webhooks/{wid}", token=alice_t).status_code == 204
+    assert api.get(f"/webhooks/{wid}", token=alice_t).status_code == 404
+
+
+# --- delivery ---------------------------------------------------------------------------
+
+
+def test_signed_deliveries_retry_until_the_receiver_answers(api: Api, receiver: Receiver, sender: Sender,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    alice, alice_t = api.submitter("alice")
+    _, bob_t = api.submitter("bob")
+    flaky = hook(api, alice_t, receiver, "/flaky", ["task.cancelled", "task.failed"])
+    bobs = hook(api, bob_t, receiver, "/ok", ["task.cancelled"])  # own scope: not alice's tasks
+    everything = hook(api, api.root, receiver, "/ok", ["task.cancelled"])  # root's: scope all
+    tid = submit(api, alice_t)
+    cancel(api, alice_t, tid)
+    [log] = settled(api, alice_t, flaky["id"])
+    # the receiver failed twice, then took it: all three attempts are in the log's counters
+    assert log["status"] == "delivered" and log["attempts"] == 3 and log["event"] == "task.cancelled"
+    assert log["last_status_code"] == 200 and log["last_error"] == "answered 500" and log["delivered_at"]
+    got = receiver.at("/flaky")
+    assert len(got) == 3 and {r.verified for r in got} == {"ok"}
+    assert len({r.body for r in got}) == 1  # every attempt sends the same bytes, signed afresh
+    body = got[0].json
+    assert body["event"] == "task.cancelled" and body["webhook"] == flaky["id"] and body["id"] == log["id"]
+    assert body["data"]["task"]["id"] == tid and body["data"]["task"]["owner"] == alice["id"]
+    assert body["data"]["task"]["state"] == "cancelled" and "params" not in body["data"]["task"]
+    assert got[0].headers["X-Zonefarm-Event"] == "task.cancelled"
+    assert got[0].headers["X-Zonefarm-Delivery"] == str(log["id"])
+    # root's scope-all webhook got it once; bob's own-scope webhook saw nothing of alice's task
+    [root_log] = settled(api, api.root, everything["id"])
+    assert root_log["status"] == "delivered" and root_log["attempts"] == 1
+    assert deliveries(api, bob_t, bobs["id"]) == []
+    # the test route queues a webhook.test delivery the sender delivers
+    queued = api.post(f"/webhooks/{flaky['id']}/test", token=alice_t)
+    assert queued.status_code == 202 and queued.json()["status"] == "pending"
+    latest = settled(api, alice_t, flaky["id"], 2)[0]
+    assert latest["event"] == "webhook.test" and latest["status"] == "delivered" and latest["attempts"] == 1
+    assert receiver.at("/flaky")[-1].json["event"] == "webhook.test"
+    # a tampered body or an old timestamp does not verify with the secret
+    headers = got[0].headers
+    with pytest.raises(ValueError, match="bad signature"):
+        verify_payload(flaky["secret"], headers, got[0].body.replace(b"cancelled", b"succeeded"))
+    with pytest.raises(ValueError, match="window"):
+        verify_payload(flaky["secret"], headers, got[0].body, now=time.time() + 3600)
+    # no secret in any log line, nor in any answer but the one that made it
+    logged = caplog.text
+    for made in (flaky, bobs, everything):
+        assert made["secret"] not in logged
+        assert made["secret"] not in api.get(f"/webhooks/{made['id']}/deliveries", token=api.root).text
+    assert "webhook" in logged  # the sender did log its attempts
+
+
+def test_space_scope_follows_the_owners_membership(api: Api, receiver: Receiver, sender: Sender) -> None:
+    _, alice_t = api.submitter("alice")
+    carol, carol_t = api.user_with_token("carol")
+    shared = space(api, alice_t, "shared")
+    join(api, alice_t, "spaces", shared["id"], carol["id"])
+    watch = hook(api, carol_t, receiver, "/ok", ["task.cancelled"], scope="space", scope_id=shared["id"])
+    cancel(api, alice_t, submit(api, alice_t, space=shared["id"]))
+    cancel(api, alice_t, submit(api, alice_t))  # not in the space: not carol's to see
+    [first] = settled(api, carol_t, watch["id"])
+    assert first["status"] == "delivered"
+    # carol leaves the space: its tasks' events stop reaching her webhook
+    assert api.delete(f"/spaces/{shared['id']}/users/{carol['id']}", token=alice_t).status_code == 204
+    cancel(api, alice_t, submit(api, alice_t, space=shared["id"]))
+    assert len(deliveries(api, carol_t, watch["id"])) == 1
+
+
+def test_timeouts_redirects_and_internal_addresses_fail_the_attempt(api: Api, receiver: Receiver,
+                                                                    settings: Settings) -> None:
+    _, alice_t = api.submitter("alice")
+    slow = hook(api, alice_t, receiver, "/slow", ["task.cancelled"])
+    moved = hook(api, alice_t, receiver, "/redirect", ["task.cancelled"])
+    cancel(api, alice_t, submit(api, alice_t))
+    once = dataclasses.replace(settings, webhook_max_attempts=1)
+    started = time.monotonic()
+    assert Sender(once, "t1").run_once() == 2
+    assert time.monotonic() - started < 2.5  # the slow receiver takes 3 s: its attempt was cut at 0.5 s
+    [timed_out] = deliveries(api, alice_t, slow["id"])
+    assert timed_out["status"] == "failed" and "timed out" in timed_out["last_error"]
+    [redirected] = deliveries(api, alice_t, moved["id"])
+    assert redirected["status"] == "failed" and redirected["last_status_code"] == 302
+    assert "redirects are not followed" in redirected["last_error"] and receiver.at("/ok") == []
+    # made while loopback was allowed; sent by a process whose rule says public addresses only
+    ok = hook(api, alice_t, receiver, "/ok", ["task.cancelled"])
+    assert api.post(f"/webhooks/{ok['id']}/test", token=alice_t).status_code == 202
+    strict = dataclasses.replace(once, webhook_allow="")
+    assert Sender(strict, "t2").run_once() == 1
+    [refused] = deliveries(api, alice_t, ok["id"])
+    assert refused["status"] == "failed" and refused["last_status_code"] is None
+    assert "refused: address 127.0.0.1" in refused["last_error"] and "webhook_allow" in refused["last_error"]
+    assert receiver.at("/ok") == []
+
+
+def test_node_lost_reaches_its_subscribers(api: Api, receiver: Receiver, settings: Settings) -> None:
+    watch = hook(api, api.root, receiver, "/ok", ["node.lost"])
+    others = hook(api, api.root, receiver, "/ok", ["task.failed"])
+    assert SignedNode(api, "wk1", NODES_SECRET).register().status_code in (200, 201)
+    with connection():
+        assert lost_nodes(settings, now() + settings.node_lease + 5) == ["wk1"]
+    assert Sender(settings, "t").run_once() == 1
+    [lost] = deliveries(api, api.root, watch["id"])
+    assert lost["status"] == "delivered" and lost["event"] == "node.lost"
+    body = receiver.at("/ok")[0]
+    assert body.verified == "ok" and body.json["data"]["node"]["name"] == "wk1"
+    assert deliveries(api, api.root, others["id"]) == []
+
+
+def test_an_event_is_queued_with_its_change_or_not_at_all(api: Api, receiver: Receiver) -> None:
+    hook(api, api.root, receiver, "/ok", ["task.cancelled"])
+    tid = submit(api, api.root)
+    with connection():
+        with pytest.raises(RuntimeError), write_transaction():
+            assert states.transition(tid, "cancelled", "cancelled by a test")
+            assert WebhookDelivery.select().count() == 1  # written with the state change...
+            raise RuntimeError("the change is rolled back")
+        assert WebhookDelivery.select().count() == 0  # ...and gone with it
+        assert states.transition(tid, "cancelled", "cancelled by a test")
+        assert WebhookDelivery.select().count() == 1
+
+
+# --- the parts on their own -------------------------------------------------------------
+
+
+def test_the_one_signing_helper_signs_timestamp_dot_body() -> None:
+    headers = sign_payload("k" * 64, b'{"a":1}', timestamp=1700000000)
+    assert headers["X-Zonefarm-Timestamp"] == "1700000000"
+    assert headers["X-Zonefarm-Signature"] == "sha256=" + payload_signature("k" * 64, "1700000000", b'{"a":1}')
+    import hashlib
+    import hmac
+    assert headers["X-Zonefarm-Signature"][7:] == hmac.new(b"k" * 64, b'1700000000.{"a":1}',
+                                                           hashlib.sha256).hexdigest()
+    verify_payload("k" * 64, headers, b'{"a":1}', now=1700000100)
+    with pytest.raises(ValueError, match="missing"):
+        verify_payload("k" * 64, {}, b"")
+
+
+def test_egress_rule_checks_every_resolved_address() -> None:
+    # "localhost" is a name: it is resolved, and its loopback address refused unless allowed
+    with pytest.raises(PermissionError, match="of localhost is loopback.*webhook_allow"):
+        pick_address(Allow(), "localhost", 80)
+    assert str(pick_address(parse_allow("127.0.0.0/8 ::1"), "localhost", 80)) in ("127.0.0.1", "::1")
+    assert str(pick_address(parse_allow("localhost"), "localhost", 80)) in ("127.0.0.1", "::1")
+    assert str(pick_address(Allow(), "93.184.215.14", 80)) == "93.184.215.14"
+    with pytest.raises(PermissionError, match="unspecified"):
+        pick_address(parse_allow("::/0"), "::", 80)
+    with pytest.raises(PermissionError, match="private"):
+        pick_address(Allow(), "::ffff:10.0.0.1", 80)
+    allow = parse_allow("10.0.0.0/8, *.corp.example hooks.example.org")
+    assert allow.allows_name("a.b.corp.example") and allow.allows_name("HOOKS.example.org.")
+    assert not allow.allows_name("corp.example.evil") and not allow.allows_name("evilhooks.example.org")
+    with pytest.raises(ValueError, match="neither a CIDR"):
+        parse_allow("10.0.0.0/8 http://x")
