@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from control.core.config import Settings
 from control.core.db import connection, write_transaction
 from control.core.egress import Allow, parse_allow, pick_address
 from control.core.models import now
-from control.farm import states
+from control.farm import retention, states
 from control.farm.reaper import lost_nodes
-from control.farm.webhooks.delivery import Sender
-from control.farm.webhooks.models import WebhookDelivery
+from control.farm.webhooks import service
+from control.farm.webhooks.delivery import Outcome, Sender, attempt
+from control.farm.webhooks.models import Webhook, WebhookDelivery
 from control.node.signing import payload_signature, sign_payload, verify_payload
 from tests.conftest import NODES_SECRET
 from tests.support.client import Api
@@ -262,6 +266,20 @@ def test_an_event_is_queued_with_its_change_or_not_at_all(api: Api, receiver: Re
         assert WebhookDelivery.select().count() == 1
 
 
+def test_the_pruner_drops_old_finished_deliveries_only(api: Api, receiver: Receiver, settings: Settings) -> None:
+    made = hook(api, api.root, receiver, "/ok", ["task.cancelled"])
+    for _ in range(3):
+        assert api.post(f"/webhooks/{made['id']}/test", token=api.root).status_code == 202
+    old = now() - (settings.retention_tasks_days + 1) * 86400
+    with connection():
+        first, second, third = (d.id for d in WebhookDelivery.select().order_by(WebhookDelivery.id))
+        WebhookDelivery.update(status="delivered", created_at=old).where(WebhookDelivery.id == first).execute()
+        WebhookDelivery.update(created_at=old).where(WebhookDelivery.id == second).execute()  # still pending
+        WebhookDelivery.update(status="failed").where(WebhookDelivery.id == third).execute()  # recent
+        assert retention.prune(settings).counts["webhook_deliveries"] == 1
+    assert [d["id"] for d in deliveries(api, api.root, made["id"])] == [third, second]
+
+
 # --- the parts on their own -------------------------------------------------------------
 
 
@@ -276,6 +294,30 @@ def test_the_one_signing_helper_signs_timestamp_dot_body() -> None:
     verify_payload("k" * 64, headers, b'{"a":1}', now=1700000100)
     with pytest.raises(ValueError, match="missing"):
         verify_payload("k" * 64, {}, b"")
+
+
+def test_https_goes_to_the_checked_address_and_verifies_the_urls_name(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    base = Settings(root_secret="r" * 32, webhook_allow="127.0.0.0/8 ::1", webhook_timeout=2,
+                    webhook_ca_file=str(tmp_path / "ca.pem"))
+    with receiving(server) as rec:
+        port = rec.url.rsplit(":", 1)[1]
+        by_name = Webhook(id=7, url=f"https://localhost:{port}/ok", secret_generation=0)
+        rec.secrets[7] = service.secret(base, by_name)
+        test = WebhookDelivery(id=9, webhook=by_name, event="webhook.test", payload={"test": True}, created_at=now())
+        # connected to the address checked (127.0.0.1); SNI, Host and the certificate check use the name
+        assert attempt(base, by_name, test) == Outcome(200, "")
+        [got] = rec.at("/ok")
+        assert got.verified == "ok" and got.headers["Host"] == f"localhost:{port}"
+        # the certificate names localhost: by address, or without the CA, TLS refuses before anything is sent
+        by_address = Webhook(id=8, url=f"https://127.0.0.1:{port}/ok", secret_generation=0)
+        assert "TLS failed with 127.0.0.1" in attempt(base, by_address, test).error
+        unknown_ca = dataclasses.replace(base, webhook_ca_file="")
+        assert "TLS failed" in attempt(unknown_ca, by_name, test).error
+        assert len(rec.at("/ok")) == 1
 
 
 def test_egress_rule_checks_every_resolved_address() -> None:

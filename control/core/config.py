@@ -231,6 +231,10 @@ class Settings:
     webhook_backoff_max: float = opt(
         3600.0,
         "Longest wait between two attempts of a webhook delivery, seconds.")
+    webhook_ca_file: str = opt(
+        "",
+        "CA certificate(s) (PEM) https webhook receivers are verified against, for receivers with a "
+        "certificate from a private CA. Empty means the CA bundle of `requests` (certifi).")
     webhook_poll_interval: float = opt(
         1.0,
         "Seconds the webhook sender of each API process waits between looks for due deliveries.")

@@ -4,11 +4,13 @@ Paths choose how it answers: ``/ok`` 200; ``/flaky`` 500 to its first two reques
 ``/slow`` waits ``slow`` seconds before answering; ``/redirect`` 302 to ``/ok``; anything else 404.
 It checks each delivery's signature with the secret registered for its webhook
 (``X-Zonefarm-Webhook``), as a real receiver would, with ``control.node.signing.verify_payload``.
+Given a server TLS context it speaks https.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -66,7 +68,8 @@ class Receiver:
 
 
 @contextmanager
-def receiving() -> Iterator[Receiver]:
+def receiving(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
+    """A receiver on 127.0.0.1 for the block; https with ``tls`` (a server context)."""
     rec = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
@@ -100,7 +103,9 @@ def receiving() -> Iterator[Receiver]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    rec.url = f"http://127.0.0.1:{server.server_address[1]}"
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    rec.url = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

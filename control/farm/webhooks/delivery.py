@@ -15,7 +15,8 @@ One attempt:
 2. the body (built from the row alone: every attempt sends the same bytes) is signed with
    the webhook's derived secret by ``control.node.signing.sign_payload``;
 3. one POST, ``webhook_timeout`` to connect and per read, no redirects followed (a 3xx is
-   a failure naming where it pointed), no proxies from the environment;
+   a failure naming where it pointed), no proxies from the environment, https receivers'
+   certificates checked (against ``webhook_ca_file`` if set);
 4. a 2xx is delivered; anything else is retried after ``webhook_backoff`` seconds,
    doubling up to ``webhook_backoff_max``, until ``webhook_max_attempts`` attempts.
 
@@ -93,6 +94,8 @@ def _describe(exc: Exception, settings: Settings, address: str) -> str:
         return f"TLS failed with {address} (certificate or handshake)"
     if isinstance(exc, requests.ConnectionError):
         return f"could not connect to {address} (refused, reset or unreachable)"
+    if isinstance(exc, OSError) and not isinstance(exc, requests.RequestException):
+        return f"request failed before sending ({type(exc).__name__}: check webhook_ca_file)"
     return f"request failed ({type(exc).__name__})"
 
 
@@ -122,8 +125,9 @@ def attempt(settings: Settings, hook: Webhook, delivery: WebhookDelivery) -> Out
             session.mount("https://", _PinnedHostAdapter(host))
         try:
             resp = session.post(target, data=body, headers=headers, allow_redirects=False, stream=True,
-                                timeout=(settings.webhook_timeout, settings.webhook_timeout))
-        except requests.RequestException as exc:
+                                timeout=(settings.webhook_timeout, settings.webhook_timeout),
+                                verify=settings.webhook_ca_file or True)
+        except (requests.RequestException, OSError, ValueError) as exc:  # OSError: a missing CA file
             return Outcome(None, _describe(exc, settings, f"{shown}:{port}"))
         resp.close()  # the answer's body is not read: a receiver cannot make us download anything
     if 200 <= resp.status_code < 300:
@@ -183,7 +187,11 @@ def send(settings: Settings, delivery: WebhookDelivery, ident: str) -> str:
             outcome = Outcome(None, "webhook disabled")
             delivery.attempts = settings.webhook_max_attempts - 1  # no more attempts
         else:
-            outcome = attempt(settings, hook, delivery)
+            try:
+                outcome = attempt(settings, hook, delivery)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave the row claimed
+                log.exception("webhook %s delivery %s: attempt failed", hook.id, delivery.id)
+                outcome = Outcome(None, f"internal error ({type(exc).__name__})")
         status = record(settings, delivery, ident, outcome)
     if outcome.delivered:
         log.info("webhook %s delivery %s (%s) delivered", hook.id, delivery.id, delivery.event)

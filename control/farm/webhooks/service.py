@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from control.core.config import Settings
+from control.core.db import write_transaction
 from control.core.egress import literal_refusal, parse_allow, split_url
 from control.core.errors import conflict, invalid, not_found
 from control.core.models import now
@@ -95,3 +96,19 @@ def test(hook: Webhook) -> WebhookDelivery:
     return WebhookDelivery.create(webhook=hook.id, event=TEST_EVENT, created_at=t, next_attempt_at=t,
                                   payload={"test": True, "webhook": hook.id,
                                            "message": "a test delivery: the webhook works if it arrived"})
+
+
+def prune_deliveries(cutoff: float, batch: int = 500) -> int:
+    """Delete finished deliveries (delivered or failed) created before ``cutoff``; how many.
+
+    Called by the pruner (``control.farm.retention``) with the finished tasks' retention: the
+    delivery log lasts as long as the tasks it speaks of. Pending ones are never pruned.
+    """
+    total = 0
+    while True:
+        with write_transaction():
+            ids = [r.id for r in WebhookDelivery.select(WebhookDelivery.id).where(
+                WebhookDelivery.status != "pending", WebhookDelivery.created_at < cutoff).limit(batch)]
+            if not ids:
+                return total
+            total += WebhookDelivery.delete().where(WebhookDelivery.id.in_(ids)).execute()
