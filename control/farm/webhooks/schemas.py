@@ -13,6 +13,9 @@ from control.farm.webhooks.models import DELIVERY_STATES, EVENTS, SCOPES
 Event = Literal[EVENTS]  # type: ignore[valid-type]
 Scope = Literal[SCOPES]  # type: ignore[valid-type]
 DeliveryState = Literal[DELIVERY_STATES]  # type: ignore[valid-type]
+# http(s), a host, no spaces or control characters; the rest (credentials, the address) is the service's
+URL = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#\x00-\x1f\x7f]+([/?#][^\s\x00-\x1f\x7f]*)?$"
+TEXT = r"^[^\x00-\x1f\x7f]*$"
 URL_DOC = ("Where deliveries are POSTed: http or https, no user name or password; an internal address "
            "(loopback, private, link-local...) only if the setting webhook_allow lists it")
 EVENTS_DOC = ("What to deliver: task.succeeded, task.failed, task.timed_out, task.cancelled (a task ended so), "
@@ -23,21 +26,21 @@ SCOPE_DOC = ("Which tasks: own (the caller's), space (scope_id: a space the call
 
 
 class WebhookCreate(Input):
-    url: str = Field(min_length=8, max_length=2048, description=URL_DOC)
+    url: str = Field(min_length=8, max_length=2048, pattern=URL, description=URL_DOC)
     events: list[Event] = Field(min_length=1, max_length=len(EVENTS), description=EVENTS_DOC)
     scope: Scope | None = Field(default=None, description=SCOPE_DOC + "; default own, for the "
                                                                       "administrator all")
     scope_id: int | None = Field(default=None, ge=1, le=MAX_ID)
-    description: str = Field(default="", max_length=200)
+    description: str = Field(default="", max_length=200, pattern=TEXT)
     enabled: bool = True
 
 
 class WebhookUpdate(Input):
-    url: str | None = Field(default=None, min_length=8, max_length=2048, description=URL_DOC)
+    url: str | None = Field(default=None, min_length=8, max_length=2048, pattern=URL, description=URL_DOC)
     events: list[Event] | None = Field(default=None, min_length=1, max_length=len(EVENTS), description=EVENTS_DOC)
     scope: Scope | None = Field(default=None, description=SCOPE_DOC)
     scope_id: int | None = Field(default=None, ge=1, le=MAX_ID)
-    description: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=200, pattern=TEXT)
     enabled: bool | None = None
 
     def changes(self) -> dict[str, Any]:
