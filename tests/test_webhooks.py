@@ -26,8 +26,9 @@ from control.core.egress import Allow, parse_allow, pick_address
 from control.core.models import now
 from control.farm import retention, states
 from control.farm.reaper import lost_nodes
-from control.farm.webhooks import service
+from control.farm.webhooks import events, service
 from control.farm.webhooks.delivery import Outcome, Sender, attempt
+from control.farm.webhooks.events import Subject
 from control.farm.webhooks.models import Webhook, WebhookDelivery
 from control.node.signing import payload_signature, sign_payload, verify_payload
 from tests.conftest import NODES_SECRET, ROOT_SECRET
@@ -100,7 +101,8 @@ def cancel(api: Api, token: str, task_id: int) -> None:
 # --- the resource -----------------------------------------------------------------------
 
 
-def test_webhooks_belong_to_their_owner_and_show_the_secret_once(api: Api, receiver: Receiver) -> None:
+def test_webhooks_belong_to_their_owner_and_show_the_secret_once(api: Api, receiver: Receiver,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     alice, alice_t = api.submitter("alice")
     _, bob_t = api.user_with_token("bob")
     made = hook(api, alice_t, receiver, "/ok", ["task.failed", "task.cancelled", "task.failed"],
@@ -148,6 +150,14 @@ def test_webhooks_belong_to_their_owner_and_show_the_secret_once(api: Api, recei
     assert rotated["secret_generation"] == 1 and len(rotated["secret"]) == 64 and rotated["secret"] != secret
     assert api.delete(f"/webhooks/{wid}", token=alice_t).status_code == 204
     assert api.get(f"/webhooks/{wid}", token=alice_t).status_code == 404
+    # a bounded number per user; a deleted user's webhooks go with it (its id may be handed out again)
+    monkeypatch.setattr(service, "MAX_PER_OWNER", 2)
+    hook(api, alice_t, receiver, "/ok", ["task.failed"])
+    hook(api, alice_t, receiver, "/ok", ["task.failed"])
+    assert "at most 2 webhooks" in error(api.post("/webhooks", token=alice_t, json={
+        "url": url, "events": ["task.failed"]}), 409)
+    assert api.delete(f"/users/{alice['id']}", token=api.root).status_code == 204
+    assert api.get("/webhooks", token=api.root).json()["total"] == 0
 
 
 # --- delivery ---------------------------------------------------------------------------
@@ -239,6 +249,12 @@ def test_timeouts_redirects_and_internal_addresses_fail_the_attempt(api: Api, re
     [refused] = deliveries(api, alice_t, ok["id"])
     assert refused["status"] == "failed" and refused["last_status_code"] is None
     assert "refused: address 127.0.0.1" in refused["last_error"] and "webhook_allow" in refused["last_error"]
+    # a webhook disabled after its event: the pending delivery fails at once, unsent
+    assert api.post(f"/webhooks/{ok['id']}/test", token=alice_t).status_code == 202
+    assert api.patch(f"/webhooks/{ok['id']}", token=alice_t, json={"enabled": False}).status_code == 200
+    assert Sender(settings, "t3").run_once() == 1
+    off = deliveries(api, alice_t, ok["id"])[0]
+    assert (off["status"], off["attempts"], off["last_error"]) == ("failed", 1, "webhook disabled")
     assert receiver.at("/ok") == []
 
 
@@ -307,6 +323,18 @@ def test_zonefarm_api_workers_send_each_delivery_once(tmp_path: Path, receiver: 
 
 
 # --- the parts on their own -------------------------------------------------------------
+
+
+def test_scopes_match_their_subjects() -> None:
+    """The scope half of who receives an event (the visibility half needs the database: above)."""
+    alice_task = Subject(owner=3, space=None)
+    in_space = Subject(owner=4, space=9)
+    launched = Subject(owner=4, space=None, template=5)
+    for scope, scope_id, owner, matches in (
+            ("own", None, 3, [alice_task]), ("space", 9, 3, [in_space]), ("template", 5, 3, [launched]),
+            ("all", None, None, [alice_task, in_space, launched]), ("own", None, None, [])):
+        hook_row = Webhook(scope=scope, scope_id=scope_id, owner=owner)
+        assert [s for s in (alice_task, in_space, launched) if events._in_scope(hook_row, s)] == matches, scope
 
 
 def test_the_one_signing_helper_signs_timestamp_dot_body() -> None:

@@ -156,8 +156,12 @@ def claim(ident: str, limit: int, lease: float) -> list[WebhookDelivery]:
                 .order_by(WebhookDelivery.id))
 
 
-def record(settings: Settings, delivery: WebhookDelivery, ident: str, outcome: Outcome) -> str:
-    """Write an attempt's outcome (if this sender still holds the row); the delivery's new status."""
+def record(settings: Settings, delivery: WebhookDelivery, ident: str, outcome: Outcome, *,
+           final: bool = False) -> str:
+    """Write an attempt's outcome (if this sender still holds the row); the delivery's new status.
+
+    A failure is retried unless it was the last attempt or ``final`` (nothing to retry for).
+    """
     t = now()
     attempts = delivery.attempts + 1
     values: dict[str, object] = {"attempts": attempts, "last_attempt_at": t, "claimed_by": None,
@@ -166,7 +170,7 @@ def record(settings: Settings, delivery: WebhookDelivery, ident: str, outcome: O
         values.update(status="delivered", delivered_at=t)
     else:
         values["last_error"] = outcome.error[:MAX_ERROR]
-        if attempts >= settings.webhook_max_attempts:
+        if final or attempts >= settings.webhook_max_attempts:
             values["status"] = "failed"
         else:
             values["next_attempt_at"] = t + backoff(settings, attempts)
@@ -178,21 +182,25 @@ def record(settings: Settings, delivery: WebhookDelivery, ident: str, outcome: O
 
 
 def send(settings: Settings, delivery: WebhookDelivery, ident: str) -> str:
-    """One attempt of a claimed delivery, recorded; its status afterwards."""
+    """One attempt of a claimed delivery, recorded; its status afterwards.
+
+    No database connection is held while the receiver is waited for.
+    """
     with connection():
         hook = Webhook.get_or_none(Webhook.id == delivery.webhook_id)
-        if hook is None:
-            return "gone"  # deleted meanwhile; its deliveries went with it
-        if not hook.enabled:
-            outcome = Outcome(None, "webhook disabled")
-            delivery.attempts = settings.webhook_max_attempts - 1  # no more attempts
-        else:
-            try:
-                outcome = attempt(settings, hook, delivery)
-            except Exception as exc:  # noqa: BLE001 - a bug here must not leave the row claimed
-                log.exception("webhook %s delivery %s: attempt failed", hook.id, delivery.id)
-                outcome = Outcome(None, f"internal error ({type(exc).__name__})")
-        status = record(settings, delivery, ident, outcome)
+    if hook is None:
+        return "gone"  # deleted meanwhile; its deliveries went with it
+    final = not hook.enabled
+    if final:
+        outcome = Outcome(None, "webhook disabled")
+    else:
+        try:
+            outcome = attempt(settings, hook, delivery)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave the row claimed
+            log.exception("webhook %s delivery %s: attempt failed", hook.id, delivery.id)
+            outcome = Outcome(None, f"internal error ({type(exc).__name__})")
+    with connection():
+        status = record(settings, delivery, ident, outcome, final=final)
     if outcome.delivered:
         log.info("webhook %s delivery %s (%s) delivered", hook.id, delivery.id, delivery.event)
     else:

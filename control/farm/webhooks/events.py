@@ -43,7 +43,7 @@ def _in_scope(hook: Webhook, subject: Subject) -> bool:
     if hook.scope == "all":
         return True
     if hook.scope == "own":
-        return subject.owner == hook.owner
+        return subject.owner == hook.owner_id
     if hook.scope == "space":
         return subject.space is not None and subject.space == hook.scope_id
     if hook.scope == "template":
@@ -58,7 +58,7 @@ def receivers(event: str, subject: Subject | None) -> list[Webhook]:
         if event not in (hook.events or []):
             continue
         if subject is not None and not (_in_scope(hook, subject)
-                                        and may_see_owned(hook.owner, subject.owner, subject.space)):
+                                        and may_see_owned(hook.owner_id, subject.owner, subject.space)):
             continue
         out.append(hook)
     return out

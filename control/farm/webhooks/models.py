@@ -11,6 +11,7 @@ from __future__ import annotations
 import peewee
 
 from control.core.models import BaseModel, JSONField, now
+from control.registry.models import User
 
 # task.succeeded is the "task finished"; every task event is a task's terminal state.
 TASK_EVENTS = ("task.succeeded", "task.failed", "task.timed_out", "task.cancelled")
@@ -23,8 +24,9 @@ DELIVERY_STATES = ("pending", "delivered", "failed")
 
 
 class Webhook(BaseModel):
-    # The user it belongs to; NULL: the administrator's (root has no user row).
-    owner = peewee.IntegerField(null=True, index=True)
+    # The user it belongs to; NULL: the administrator's (root has no user row). Deleting the
+    # user deletes its webhooks: a webhook must never outlive the one allowed to see its events.
+    owner = peewee.ForeignKeyField(User, null=True, on_delete="CASCADE", backref="webhooks")
     url = peewee.CharField(max_length=2048)
     events = JSONField(default=list)
     scope = peewee.CharField(max_length=10, default="own")

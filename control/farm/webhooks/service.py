@@ -23,6 +23,8 @@ from control.core.models import now
 from control.farm.webhooks.models import TEST_EVENT, Webhook, WebhookDelivery
 from control.node.signing import derive_key
 
+MAX_PER_OWNER = 50
+
 
 def secret(settings: Settings, hook: Webhook) -> str:
     """The webhook's signing secret (hex): derived, so the sender needs no stored copy."""
@@ -49,6 +51,12 @@ def check_scope(scope: str, scope_id: int | None) -> None:
         raise invalid(f"scope_id: scope {scope} takes no id")
 
 
+def scope_after(hook: Webhook, changes: dict[str, Any]) -> tuple[str, int | None]:
+    """The scope (kind, id) an update leaves: a new kind given without an id drops the old id."""
+    scope = changes.get("scope", hook.scope)
+    return scope, changes.get("scope_id", hook.scope_id if "scope" not in changes else None)
+
+
 def get(hook_id: int) -> Webhook:
     hook = Webhook.get_or_none(Webhook.id == hook_id)
     if hook is None:
@@ -59,6 +67,10 @@ def get(hook_id: int) -> Webhook:
 def create(settings: Settings, owner: int | None, url: str, events: list[str], scope: str,
            scope_id: int | None, description: str, enabled: bool) -> Webhook:
     check_scope(scope, scope_id)
+    mine = Webhook.owner.is_null() if owner is None else (Webhook.owner == owner)
+    if Webhook.select().where(mine).count() >= MAX_PER_OWNER:
+        raise conflict(f"at most {MAX_PER_OWNER} webhooks per user: delete one first (each event is "
+                       "sent once per webhook)")
     return Webhook.create(owner=owner, url=check_url(settings, url), events=sorted(set(events)), scope=scope,
                           scope_id=scope_id, description=description, enabled=enabled)
 
@@ -70,8 +82,7 @@ def update(settings: Settings, hook: Webhook, changes: dict[str, Any]) -> Webhoo
     if "events" in changes:
         hook.events = sorted(set(changes["events"]))
     if "scope" in changes or "scope_id" in changes:
-        hook.scope = changes.get("scope", hook.scope)
-        hook.scope_id = changes.get("scope_id", hook.scope_id if "scope" not in changes else None)
+        hook.scope, hook.scope_id = scope_after(hook, changes)
         check_scope(hook.scope, hook.scope_id)
     for key in ("description", "enabled"):
         if key in changes:

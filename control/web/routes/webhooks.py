@@ -24,7 +24,7 @@ TAG = "webhooks"
 
 
 def webhook_fields(hook: Webhook) -> dict[str, Any]:
-    return dict(id=hook.id, owner=hook.owner, url=hook.url, events=list(hook.events or []), scope=hook.scope,
+    return dict(id=hook.id, owner=hook.owner_id, url=hook.url, events=list(hook.events or []), scope=hook.scope,
                 scope_id=hook.scope_id, description=hook.description, enabled=hook.enabled,
                 secret_generation=hook.secret_generation, created_at=iso(hook.created_at),
                 updated_at=iso(hook.updated_at))
@@ -40,7 +40,7 @@ def delivery_out(d: WebhookDelivery) -> DeliveryOut:
 
 def _mine(ctx: Context, hook_id: int) -> Webhook:
     hook = service.get(hook_id)
-    webhook_access(ctx.principal, hook.owner)
+    webhook_access(ctx.principal, hook.owner_id)
     return hook
 
 
@@ -84,9 +84,7 @@ def update_webhook(ctx: Context, id: int) -> WebhookOut:
     hook = _mine(ctx, id)
     changes = ctx.body.changes()
     if "scope" in changes or "scope_id" in changes:
-        scope = changes.get("scope", hook.scope)
-        webhook_scope(ctx.principal, scope, changes.get("scope_id", hook.scope_id if "scope" not in changes
-                                                        else None))
+        webhook_scope(ctx.principal, *service.scope_after(hook, changes))
     return WebhookOut(**webhook_fields(service.update(ctx.settings, hook, changes)))
 
 
