@@ -9,6 +9,7 @@ would); the refusal at send time is shown by a sender run with the default setti
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import ssl
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 import trustme
 
+from control.core import egress
 from control.core.config import Settings
 from control.core.db import connection, write_transaction
 from control.core.egress import Allow, parse_allow, pick_address
@@ -372,6 +374,27 @@ def test_https_goes_to_the_checked_address_and_verifies_the_urls_name(tmp_path: 
         unknown_ca = dataclasses.replace(base, webhook_ca_file="")
         assert "TLS failed" in attempt(unknown_ca, by_name, test).error
         assert len(rec.at("/ok")) == 1
+
+
+def test_a_name_with_several_addresses_is_tried_in_turn(receiver: Receiver,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """DNS is the one thing mocked: a name with two addresses, the first refusing connections
+    (127.0.0.2: loopback, where nothing listens), the second the receiver's."""
+    port = int(receiver.url.rsplit(":", 1)[1])
+    answers = [ipaddress.ip_address("127.0.0.2"), ipaddress.ip_address("127.0.0.1")]
+    monkeypatch.setattr(egress, "resolve", lambda host, _port: answers)
+    settings = Settings(root_secret="r" * 32, webhook_allow="127.0.0.0/8", webhook_timeout=2)
+    two = Webhook(id=3, url=f"http://hooks.example.org:{port}/ok", secret_generation=0)
+    receiver.secrets[3] = service.secret(settings, two)
+    test = WebhookDelivery(id=4, webhook=two, event="webhook.test", payload={}, created_at=now())
+    assert attempt(settings, two, test) == Outcome(200, "")
+    [got] = receiver.at("/ok")
+    assert got.verified == "ok" and got.headers["Host"] == f"hooks.example.org:{port}"
+    # every address is checked before any is tried: one internal address refuses the name
+    answers.insert(0, ipaddress.ip_address("10.9.9.9"))
+    refused = attempt(settings, two, test)
+    assert refused.error.startswith("refused: address 10.9.9.9 of hooks.example.org is private")
+    assert len(receiver.at("/ok")) == 1
 
 
 def test_egress_rule_checks_every_resolved_address() -> None:

@@ -141,8 +141,8 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return seen
 
 
-def pick_address(allow: Allow, host: str, port: int) -> IPAddress:
-    """The address to connect to for ``host``: every one it resolves to must be allowed.
+def checked_addresses(allow: Allow, host: str, port: int) -> list[IPAddress]:
+    """The addresses to connect to for ``host``, in order: every one it resolves to must be allowed.
 
     Raises ``PermissionError`` naming the refused address and the rule, ``OSError`` when the
     name does not resolve.
@@ -152,4 +152,9 @@ def pick_address(allow: Allow, host: str, port: int) -> IPAddress:
         why = address_refusal(allow, host, address)
         if why is not None:
             raise PermissionError(why)
-    return addresses[0]
+    return addresses
+
+
+def pick_address(allow: Allow, host: str, port: int) -> IPAddress:
+    """The first of ``checked_addresses``."""
+    return checked_addresses(allow, host, port)[0]

@@ -9,9 +9,10 @@ the others, and never a request thread or a dispatcher round.
 One attempt:
 
 1. the URL's host is resolved **now** and every address checked against the egress rule
-   (``control.core.egress``); the connection goes to the checked address, with the
-   original ``Host`` (and, for https, the original name for SNI and the certificate), so
-   a DNS answer that changes between check and connect is never used;
+   (``control.core.egress``); the connection goes to a checked address (the next one, up
+   to ``MAX_ADDRESSES``, when one refuses the connection), with the original ``Host``
+   (and, for https, the original name for SNI and the certificate), so a DNS answer that
+   changes between check and connect is never used;
 2. the body (built from the row alone: every attempt sends the same bytes) is signed with
    the webhook's derived secret by ``control.node.signing.sign_payload``;
 3. one POST, ``webhook_timeout`` to connect and per read, no redirects followed (a 3xx is
@@ -41,7 +42,7 @@ from requests.adapters import HTTPAdapter
 
 from control.core.config import Settings
 from control.core.db import connection, write_transaction
-from control.core.egress import parse_allow, pick_address, split_url
+from control.core.egress import IPAddress, checked_addresses, parse_allow, split_url
 from control.core.models import iso, now
 from control.farm.webhooks import service
 from control.farm.webhooks.models import Webhook, WebhookDelivery
@@ -50,6 +51,7 @@ from control.node.signing import HEADER_DELIVERY, HEADER_EVENT, HEADER_WEBHOOK, 
 log = logging.getLogger("zonefarm.webhooks")
 USER_AGENT = "zonefarm-webhooks/1"
 MAX_ERROR = 500
+MAX_ADDRESSES = 3  # a name's addresses tried in turn when one refuses the connection
 
 
 @dataclass(frozen=True)
@@ -99,37 +101,49 @@ def _describe(exc: Exception, settings: Settings, address: str) -> str:
     return f"request failed ({type(exc).__name__})"
 
 
-def attempt(settings: Settings, hook: Webhook, delivery: WebhookDelivery) -> Outcome:
-    """Send one delivery once; what happened, in words fit for the delivery log."""
-    try:
-        scheme, host, port = split_url(hook.url)
-    except ValueError as exc:
-        return Outcome(None, f"url: {exc}")
-    try:
-        address = pick_address(parse_allow(settings.webhook_allow), host, port)
-    except PermissionError as exc:
-        return Outcome(None, f"refused: {exc}")
-    except (OSError, UnicodeError):
-        return Outcome(None, f"host {host} does not resolve")
-    parts = urlsplit(hook.url)
+def _post(settings: Settings, url: str, host: str, address: IPAddress, port: int, body: bytes,
+          headers: dict[str, str]) -> tuple[requests.Response | None, str | None]:
+    """One POST to ``url``'s path on ``address`` (checked), as ``host``; the answer or why there is none."""
+    parts = urlsplit(url)
     shown = f"[{address}]" if address.version == 6 else str(address)
-    target = urlunsplit((scheme, f"{shown}:{port}", parts.path or "/", parts.query, ""))
-    body = body_of(delivery)
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-               "Host": parts.netloc.rsplit("@", 1)[-1], HEADER_WEBHOOK: str(hook.id),
-               HEADER_DELIVERY: str(delivery.id), HEADER_EVENT: delivery.event,
-               **sign_payload(service.secret(settings, hook), body)}
+    target = urlunsplit((parts.scheme.lower(), f"{shown}:{port}", parts.path or "/", parts.query, ""))
     with requests.Session() as session:
         session.trust_env = False  # an environment proxy would connect to the name, unchecked
-        if scheme == "https":
+        if parts.scheme.lower() == "https":
             session.mount("https://", _PinnedHostAdapter(host))
         try:
             resp = session.post(target, data=body, headers=headers, allow_redirects=False, stream=True,
                                 timeout=(settings.webhook_timeout, settings.webhook_timeout),
                                 verify=settings.webhook_ca_file or True)
         except (requests.RequestException, OSError, ValueError) as exc:  # OSError: a missing CA file
-            return Outcome(None, _describe(exc, settings, f"{shown}:{port}"))
+            return None, _describe(exc, settings, f"{shown}:{port}")
         resp.close()  # the answer's body is not read: a receiver cannot make us download anything
+    return resp, None
+
+
+def attempt(settings: Settings, hook: Webhook, delivery: WebhookDelivery) -> Outcome:
+    """Send one delivery once; what happened, in words fit for the delivery log."""
+    try:
+        _, host, port = split_url(hook.url)
+    except ValueError as exc:
+        return Outcome(None, f"url: {exc}")
+    try:
+        addresses = checked_addresses(parse_allow(settings.webhook_allow), host, port)
+    except PermissionError as exc:
+        return Outcome(None, f"refused: {exc}")
+    except (OSError, UnicodeError):
+        return Outcome(None, f"host {host} does not resolve")
+    body = body_of(delivery)
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               "Host": urlsplit(hook.url).netloc.rsplit("@", 1)[-1], HEADER_WEBHOOK: str(hook.id),
+               HEADER_DELIVERY: str(delivery.id), HEADER_EVENT: delivery.event,
+               **sign_payload(service.secret(settings, hook), body)}
+    for address in addresses[:MAX_ADDRESSES]:
+        resp, failure = _post(settings, hook.url, host, address, port, body, headers)
+        if failure is None or not failure.startswith("could not connect"):
+            break  # an answer, or a failure the next address would not cure (a timeout, TLS)
+    if resp is None:
+        return Outcome(None, failure or "no address to connect to")
     if 200 <= resp.status_code < 300:
         return Outcome(resp.status_code, "")
     if 300 <= resp.status_code < 400:
