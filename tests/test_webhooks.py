@@ -232,14 +232,23 @@ def test_timeouts_redirects_and_internal_addresses_fail_the_attempt(api: Api, re
                                                                     settings: Settings) -> None:
     _, alice_t = api.submitter("alice")
     slow = hook(api, alice_t, receiver, "/slow", ["task.cancelled"])
+    trickle = hook(api, alice_t, receiver, "/trickle", ["task.cancelled"])
     moved = hook(api, alice_t, receiver, "/redirect", ["task.cancelled"])
+    dead = api.post("/webhooks", token=alice_t, json={"url": f"http://127.0.0.1:{free_port()}/gone",
+                                                      "events": ["task.cancelled"]}).json()
     cancel(api, alice_t, submit(api, alice_t))
     once = dataclasses.replace(settings, webhook_max_attempts=1)
     started = time.monotonic()
-    assert Sender(once, "t1").run_once() == 2
-    assert time.monotonic() - started < 2.5  # the slow receiver takes 3 s: its attempt was cut at 0.5 s
+    assert Sender(once, "t1").run_once() == 4
+    # /slow answers after 3 s (cut at the 0.5 s read timeout); /trickle sends a byte every 0.2 s
+    # for 17 s (cut at the attempt's 1.5 s limit)
+    assert time.monotonic() - started < 2.5
     [timed_out] = deliveries(api, alice_t, slow["id"])
     assert timed_out["status"] == "failed" and "timed out" in timed_out["last_error"]
+    [cut] = deliveries(api, alice_t, trickle["id"])
+    assert cut["status"] == "failed" and cut["last_error"] == "no complete answer within 1.5s (timed out)"
+    [nobody] = deliveries(api, alice_t, dead["id"])
+    assert nobody["status"] == "failed" and "could not connect to 127.0.0.1" in nobody["last_error"]
     [redirected] = deliveries(api, alice_t, moved["id"])
     assert redirected["status"] == "failed" and redirected["last_status_code"] == 302
     assert "redirects are not followed" in redirected["last_error"] and receiver.at("/ok") == []

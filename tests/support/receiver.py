@@ -1,7 +1,8 @@
 """A real webhook receiver on 127.0.0.1 (http.server in a thread) that checks every signature.
 
 Paths choose how it answers: ``/ok`` 200; ``/flaky`` 500 to its first two requests, then 200;
-``/slow`` waits ``slow`` seconds before answering; ``/redirect`` 302 to ``/ok``; anything else 404.
+``/slow`` waits ``slow`` seconds before answering; ``/trickle`` answers a byte every 0.2 s (each
+read in time, the whole far too late); ``/redirect`` 302 to ``/ok``; anything else 404.
 It checks each delivery's signature with the secret registered for its webhook
 (``X-Zonefarm-Webhook``), as a real receiver would, with ``control.node.signing.verify_payload``.
 Given a server TLS context it speaks https.
@@ -89,7 +90,19 @@ def receiving(tls: ssl.SSLContext | None = None) -> Iterator[Receiver]:
                 time.sleep(rec.slow)
             if self.path == "/redirect":
                 return self._answer(302, {"Location": f"{rec.url}/ok"})
+            if self.path == "/trickle":
+                return self._trickle()
             self._answer(200 if self.path in ("/ok", "/flaky", "/slow") else 404)
+
+        def _trickle(self) -> None:
+            """An answer one byte every 0.2 s: each read is quick, the whole never ends in time."""
+            try:
+                for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 60 + b"\r\nContent-Length: 0\r\n\r\n":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass  # the sender cut it
 
         def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
             try:

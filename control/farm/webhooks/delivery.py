@@ -15,7 +15,8 @@ One attempt:
    changes between check and connect is never used;
 2. the body (built from the row alone: every attempt sends the same bytes) is signed with
    the webhook's derived secret by ``control.node.signing.sign_payload``;
-3. one POST, ``webhook_timeout`` to connect and per read, no redirects followed (a 3xx is
+3. one POST, ``webhook_timeout`` to connect and per read and three times that in all
+   (``attempt_limit``: a receiver trickling its answer is cut), no redirects followed (a 3xx is
    a failure naming where it pointed), no proxies from the environment, https receivers'
    certificates checked (against ``webhook_ca_file`` if set);
 4. a 2xx is delivered; anything else is retried after ``webhook_backoff`` seconds,
@@ -39,6 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from control.core.config import Settings
 from control.core.db import connection, write_transaction
@@ -71,22 +74,82 @@ def body_of(delivery: WebhookDelivery) -> bytes:
                       separators=(",", ":"), sort_keys=True).encode()
 
 
+def attempt_limit(settings: Settings) -> float:
+    """Seconds one attempt may take in all, from connecting to the end of the answer's headers."""
+    return 3 * settings.webhook_timeout
+
+
 def backoff(settings: Settings, attempts: int) -> float:
     """Seconds before the next attempt after ``attempts`` failed ones."""
     return float(min(settings.webhook_backoff * 2 ** max(attempts - 1, 0), settings.webhook_backoff_max))
 
 
-class _PinnedHostAdapter(HTTPAdapter):
-    """HTTPS to a checked address while TLS still checks the certificate against the URL's name."""
+class _Deadline:
+    """The whole attempt's time limit: the socket is shut down when it passes.
 
-    def __init__(self, host: str) -> None:
+    Timeouts in requests are per read, so a receiver sending its answer one byte at a time
+    would hold a sender thread for as long as it liked, past the claim's lease (and the row
+    would be sent again meanwhile). A timer shuts the connection down at the deadline.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._timers: list[threading.Timer] = []
+
+    def watch(self, sock: socket.socket) -> None:
+        def cut() -> None:
+            self.expired = True
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+        timer = threading.Timer(self.seconds, cut)
+        timer.daemon = True
+        timer.start()
+        self._timers.append(timer)
+
+    def cancel(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+
+
+def _pool_classes(deadline: _Deadline) -> dict[str, type[HTTPConnectionPool]]:
+    """Connection pools whose connections are watched by ``deadline`` from the moment they connect."""
+
+    class Connection(HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class TLSConnection(HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
+
+    class Pool(HTTPConnectionPool):
+        ConnectionCls = Connection
+
+    class TLSPool(HTTPSConnectionPool):
+        ConnectionCls = TLSConnection
+
+    return {"http": Pool, "https": TLSPool}
+
+
+class _CheckedAdapter(HTTPAdapter):
+    """Connections to a checked address under one deadline; for https, TLS still checks the
+    certificate against the URL's name (SNI and hostname check), not the address."""
+
+    def __init__(self, host: str, deadline: _Deadline) -> None:
         self._host = host
+        self._deadline = deadline
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:  # type: ignore[override]
         kwargs["server_hostname"] = self._host
         kwargs["assert_hostname"] = self._host
         super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        self.poolmanager.pool_classes_by_scheme = _pool_classes(self._deadline)
 
 
 def _describe(exc: Exception, settings: Settings, address: str) -> str:
@@ -107,16 +170,22 @@ def _post(settings: Settings, url: str, host: str, address: IPAddress, port: int
     parts = urlsplit(url)
     shown = f"[{address}]" if address.version == 6 else str(address)
     target = urlunsplit((parts.scheme.lower(), f"{shown}:{port}", parts.path or "/", parts.query, ""))
+    deadline = _Deadline(attempt_limit(settings))
     with requests.Session() as session:
         session.trust_env = False  # an environment proxy would connect to the name, unchecked
-        if parts.scheme.lower() == "https":
-            session.mount("https://", _PinnedHostAdapter(host))
+        adapter = _CheckedAdapter(host, deadline)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         try:
             resp = session.post(target, data=body, headers=headers, allow_redirects=False, stream=True,
                                 timeout=(settings.webhook_timeout, settings.webhook_timeout),
                                 verify=settings.webhook_ca_file or True)
         except (requests.RequestException, OSError, ValueError) as exc:  # OSError: a missing CA file
+            if deadline.expired:
+                return None, f"no complete answer within {deadline.seconds:g}s (timed out)"
             return None, _describe(exc, settings, f"{shown}:{port}")
+        finally:
+            deadline.cancel()
         resp.close()  # the answer's body is not read: a receiver cannot make us download anything
     return resp, None
 
@@ -235,8 +304,8 @@ class Sender:
 
     @property
     def lease(self) -> float:
-        # connect + read timeouts, with room for the resolver and the database
-        return 3 * self.settings.webhook_timeout + 30
+        # every address's attempt, with room for the resolver and the database
+        return MAX_ADDRESSES * attempt_limit(self.settings) + 30
 
     def run_once(self) -> int:
         """Claim what is due and send it; how many attempts were made."""
