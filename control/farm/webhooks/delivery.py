@@ -207,12 +207,14 @@ def attempt(settings: Settings, hook: Webhook, delivery: WebhookDelivery) -> Out
                "Host": urlsplit(hook.url).netloc.rsplit("@", 1)[-1], HEADER_WEBHOOK: str(hook.id),
                HEADER_DELIVERY: str(delivery.id), HEADER_EVENT: delivery.event,
                **sign_payload(service.secret(settings, hook), body)}
+    resp: requests.Response | None = None
+    failure: str | None = "no address to connect to"
     for address in addresses[:MAX_ADDRESSES]:
         resp, failure = _post(settings, hook.url, host, address, port, body, headers)
         if failure is None or not failure.startswith("could not connect"):
             break  # an answer, or a failure the next address would not cure (a timeout, TLS)
     if resp is None:
-        return Outcome(None, failure or "no address to connect to")
+        return Outcome(None, failure or "no answer")
     if 200 <= resp.status_code < 300:
         return Outcome(resp.status_code, "")
     if 300 <= resp.status_code < 400:
