@@ -148,6 +148,16 @@ def test_webhooks_belong_to_their_owner_and_show_the_secret_once(api: Api, recei
     assert patched.status_code == 200 and patched.json()["events"] == ["task.succeeded"]
     assert not patched.json()["enabled"] and secret not in patched.text
     assert "disabled" in error(api.post(f"/webhooks/{wid}/test", token=alice_t), 409)
+    # a scope changed is checked as a whole, with the same rules as at creation
+    assert "only the administrator" in error(api.patch(f"/webhooks/{wid}", token=alice_t, json={"scope": "all"}), 403)
+    assert "not a member" in error(api.patch(f"/webhooks/{wid}", token=alice_t, json={
+        "scope": "space", "scope_id": other["id"]}), 403)
+    mine = space(api, alice_t, "alices")
+    moved = api.patch(f"/webhooks/{wid}", token=alice_t, json={"scope": "space", "scope_id": mine["id"]}).json()
+    assert (moved["scope"], moved["scope_id"]) == ("space", mine["id"])
+    assert "needs the id" in error(api.patch(f"/webhooks/{wid}", token=alice_t, json={"scope_id": None}), 422)
+    back = api.patch(f"/webhooks/{wid}", token=alice_t, json={"scope": "own"}).json()  # the id goes with it
+    assert (back["scope"], back["scope_id"]) == ("own", None)
     rotated = api.post(f"/webhooks/{wid}/secret", token=alice_t).json()
     assert rotated["secret_generation"] == 1 and len(rotated["secret"]) == 64 and rotated["secret"] != secret
     assert api.delete(f"/webhooks/{wid}", token=alice_t).status_code == 204

@@ -326,8 +326,8 @@ def webhook_scope(principal: Principal, scope: str, scope_id: int | None) -> Non
     require_user_or_root(principal)
     if scope == "all" and not principal.is_root:
         raise forbidden("scope: only the administrator may receive every event (scope all)")
-    if scope == "space":
-        if scope_id is None or Space.get_or_none(Space.id == scope_id) is None:
+    if scope == "space" and scope_id is not None:  # no id at all: the service's 422 says what is missing
+        if Space.get_or_none(Space.id == scope_id) is None:
             raise invalid(f"scope_id: space {scope_id} not found")
         if not principal.is_root and membership.space_role(principal.user.id, scope_id) is None:
             raise forbidden(f"scope_id: not a member of space {scope_id}")
