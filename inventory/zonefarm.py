@@ -14,7 +14,9 @@ read is refused. ``url`` may or may not end in ``/api/v1``. ``ZONEFARM_INVENTORY
 
 Groups: ``queue_<queue>``, ``region_<region>``, ``zonefarm_online``/``zonefarm_lost``,
 ``zonefarm_cordoned``. The token is sent as a Bearer header and never printed: errors
-name the URL and the HTTP status only. Standard library only, so any python3 runs it.
+name the URL and the HTTP status only. Every host variable is printed marked unsafe, so no
+value a node registered is ever rendered as a template. Standard library only, so any python3
+runs it.
 
 The "is the credential file private" check is the worker side's one
 (``control/node/secretfile.py``), loaded by its path in this checkout rather than imported
@@ -126,6 +128,22 @@ def fetch(base: str, token: str, state: str | None = None, ca_file: str = "") ->
         raise InventoryError(f"{url}: the answer is not JSON") from None
 
 
+def unsafe(value: Any) -> Any:
+    """Every string the registry holds, marked so Ansible never renders it as a template.
+
+    Ansible trusts what an inventory script prints: a node's label ``{{ lookup('pipe', 'id') }}``
+    would run on the operator's controller in any play over this inventory. ``__ansible_unsafe``
+    is how Ansible's JSON decoder marks a value as data (the dispatcher's own inventory uses
+    ``!unsafe``). Keys stay as they are: Ansible does not render them."""
+    if isinstance(value, str):
+        return {"__ansible_unsafe": value}
+    if isinstance(value, dict):
+        return {k: unsafe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unsafe(v) for v in value]
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="zonefarm dynamic inventory for Ansible")
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -138,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     except InventoryError as exc:
         print(f"zonefarm inventory: {exc}", file=sys.stderr)
         return 1
+    hostvars = {name: unsafe(values) for name, values in inventory.get("_meta", {}).get("hostvars", {}).items()}
     if args.list:
-        json.dump(inventory, sys.stdout, indent=2, sort_keys=True)
+        json.dump({**inventory, "_meta": {"hostvars": hostvars}}, sys.stdout, indent=2, sort_keys=True)
     else:
-        json.dump(inventory.get("_meta", {}).get("hostvars", {}).get(args.host, {}), sys.stdout,
-                  indent=2, sort_keys=True)
+        json.dump(hostvars.get(args.host, {}), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
 

@@ -42,10 +42,10 @@ fi
 # Pack both deterministically: same inputs, same bytes, so the copy reports no change.
 DIST=${DIST:-$VAR/dist}
 mkdir -p "$DIST"
-pack() {  # pack OUT DIR [NAMES...]: a reproducible tar of NAMES under DIR
+pack() {  # pack OUT DIR [NAMES...]: a reproducible tar of NAMES under DIR (modes do not depend on the umask)
   local out=$1 dir=$2; shift 2
   tar --sort=name --mtime=@"$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
-      --mode='u+rw,go+r,go-w' --dereference --format=gnu -C "$dir" -cf "$out.tmp" "$@"
+      --mode='u+rwX,go+rX,go-w' --dereference --format=gnu -C "$dir" -cf "$out.tmp" "$@"
   if [ -f "$out" ] && cmp -s "$out.tmp" "$out"; then rm -f "$out.tmp"; else mv "$out.tmp" "$out"; fi
 }
 pack "$DIST/zonefarm-wheelhouse.tar" "$WHEELHOUSE" .

@@ -652,3 +652,28 @@ def test_support_takes_a_token_the_provider_redeems(cli: Cli, alice: dict[str, A
     assert cli("space", "support", "climate", "prov1", "--revoke").rc == 0
     assert _json(cli("space", "support", "climate", "--json"))["items"] == []
 
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the client speaks HTTP: one database is enough
+def test_templates_and_schedules(cli: Cli, alice: dict[str, Any], api: Api) -> None:
+    assert cli.login().rc == 0
+    token = api.login("alice", PASSWORD)
+    made = api.post("/templates", token=token, json={"name": "nightly", "spec": {
+        "name": "shell", "params": {"argv": ["echo", "hi"]}, "priority": 3}})
+    assert made.status_code == 201, made.text
+    api.patch(f"/templates/{made.json()['id']}", token=token, json={"spec": {"name": "shell",
+                                                                            "params": {"argv": ["echo", "v2"]}}})
+    assert "nightly" in cli("template", "ls").out
+    shown = _json(cli("template", "show", "nightly", "--version", "1", "--json"))
+    assert shown["version"] == 1 and shown["spec"]["params"]["argv"] == ["echo", "hi"]
+    launched = _json(cli("template", "launch", "nightly", "-p", "env={\"A\": \"1\"}", "--priority", "9", "--json"))
+    assert launched["template_version"] == 2 and launched["priority"] == 9
+    assert launched["params"] == {"argv": ["echo", "v2"], "env": {"A": "1"}}
+    plain = cli("template", "launch", "nightly")
+    assert plain.rc == 0 and "launched from template" in plain.out
+    assert cli("template", "show", "nope").rc == 3
+    sch = api.post("/schedules", token=token, json={"template": made.json()["id"], "cron": "0 3 * * *"})
+    assert sch.status_code == 201, sch.text
+    listed = cli("schedule", "ls", "--template", "nightly")
+    assert listed.rc == 0 and "0 3 * * * (UTC)" in listed.out
+    assert [s["id"] for s in _json(cli("schedule", "ls", "--json"))["items"]] == [sch.json()["id"]]

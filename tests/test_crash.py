@@ -25,11 +25,13 @@ from typing import Any
 import pytest
 
 from control.core.config import Settings
+from control.node.signing import derive_node_key
 from control.web.app import build_app
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.apiproc import ApiProcess, api_env
 from tests.support.client import Api
 from tests.support.farm import TERMINAL, Farm
+from tests.support.leaks import assert_no_secrets, files_under
 from tests.support.pg import free_port
 from tests.support.procs import kill_tree
 
@@ -182,7 +184,21 @@ def _assert_exactly_once(farm: Farm, plane: ControlPlane, ids: list[int]) -> dic
             assert "HTTP 5" not in cb_log.read_text(), cb_log
         errors = [p.read_text() for p in work.glob("tasks/*/*/runner.error")]
         assert errors == [], errors
+    _assert_no_secrets_logged(farm, plane)
     return history
+
+
+def _assert_no_secrets_logged(farm: Farm, plane: ControlPlane) -> None:
+    """Thousands of signed requests crossed the API, through a kill: none of the credentials
+    behind them is in the API's logs, the dispatchers' logs and job directories, or anything the
+    runners wrote in the nodes' work trees (the nodes' own INI files are where keys belong)."""
+    secrets = {"root secret": ROOT_SECRET, "nodes secret": NODES_SECRET}
+    secrets.update({f"{name}'s node key": derive_node_key(NODES_SECRET, name) for name in farm.nodes})
+    paths = files_under(*plane.tmp.glob("api-*.log"), *plane.tmp.glob("dispatcher-*.log"),
+                        Path(farm.settings.data_dir), *farm.nodes.values())
+    node_files = [p for p in paths if any(work in p.parents for work in farm.nodes.values())]
+    assert any(p.name.startswith("api-") for p in paths) and node_files, paths
+    assert_no_secrets(paths, secrets)
 
 
 def test_api_killed_mid_run_loses_and_doubles_nothing(farm: Farm, plane: ControlPlane) -> None:

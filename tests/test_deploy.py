@@ -25,6 +25,7 @@ import pytest
 import requests
 
 from control.node.signing import derive_node_key
+from tests.support.leaks import assert_no_secrets, files_under
 from tests.support.pg import PgCluster
 from tests.support.procs import background
 from tests.support.waiting import wait_for
@@ -286,6 +287,23 @@ def test_local_deploy_second_run_changes_nothing(deployed: Deployed) -> None:
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-6000:]
     assert _recap(out)["changed"] == 0, "changed on the second run: " + "; ".join(_changed_tasks(out))
+
+
+def test_local_deploy_logs_hold_no_secret(deployed: Deployed) -> None:
+    """After a deploy, a re-run, a task and a provider's support: the services' logs, the
+    dispatcher's job directories and the worker's task tree hold none of the credentials the
+    deployment runs on (the 0600 files under etc/ are where they belong)."""
+    etc = deployed.root / "etc"
+    creds = {"root secret": deployed.secrets["zonefarm_root_secret"],
+               "nodes secret": deployed.secrets["zonefarm_nodes_secret"],
+               "localhost's node key": derive_node_key(deployed.secrets["zonefarm_nodes_secret"], "localhost"),
+               "provider token": (etc / "provider.token").read_text().strip()}
+    work = [Path(line.split("=", 1)[1].strip()) for line in (etc / "node.ini").read_text().splitlines()
+            if line.replace(" ", "").startswith("workdir=")]
+    logs = files_under(deployed.root / "log")
+    assert any(p.stat().st_size for p in logs), f"no service wrote a log under {deployed.root / 'log'}"
+    assert_no_secrets([*logs, *files_under(deployed.root / "data", *work)], creds,
+                      extra={"the first deploy's output": deployed.first.stdout + deployed.first.stderr})
 
 
 @pytest.mark.timeout(600)

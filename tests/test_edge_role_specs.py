@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLES = ("provider", "worker", "nfs_server", "storage_mount")
+ROLES = ("provider", "worker", "nfs_server", "storage_mount", "zone")
 pytestmark = pytest.mark.deploy
 
 
@@ -49,10 +50,12 @@ def validate(role: str, provided: dict[str, Any], tmp_path: Path) -> subprocess.
         "name": "Validate", "hosts": "localhost", "gather_facts": False,
         # what the role's and the common role's defaults provide to the specs' templated defaults
         # (less those taken from site-wide zonefarm_* vars, which this inventory does not set)
-        "vars": {**{k: v for k, v in defaults(role).items() if "{{ zonefarm_" not in str(v)},
+        "vars": {**{k: v for k, v in defaults(role).items() if "{{ zonefarm_" not in str(v) or role == "zone"},
                  "common_user": "zonefarm", "common_group": "zonefarm", "common_config_dir": "/etc/zonefarm",
                  "common_data_dir": "/var/lib/zonefarm", "common_venv": "/opt/zonefarm/venv",
-                 "common_ca_src": "/controller/pki/ca.pem", "common_ca_file": "/etc/zonefarm/ca.pem"},
+                 "common_ca_src": "/controller/pki/ca.pem", "common_ca_file": "/etc/zonefarm/ca.pem",
+                 # the zone's defaults refer to each other and to the site-wide secrets, which have no default
+                 **({"zonefarm_root_secret": SECRET, "zonefarm_nodes_secret": SECRET} if role == "zone" else {})},
         "tasks": [{"name": "Validate", "ansible.builtin.validate_argument_spec": {
             "argument_spec": spec(role), "provided_arguments": provided}}]}]))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "json",
@@ -83,6 +86,8 @@ SECRET = "s3cret-s3cret-s3cret"
     ("storage_mount", {"storage_mounts": [{"src": "h:/x", "fstype": "nfs"}]}, ["path"]),
     ("nfs_server", {"nfs_server_implementation": "knfs"}, ["nfs_server_implementation"]),
     ("nfs_server", {"nfs_exports": [{"clients": "*"}]}, ["path", "nfs_exports"]),
+    ("zone", {"zone_root_secret": SECRET, "zone_task_memory_mb_max": "lots"}, ["zone_task_memory_mb_max"]),
+    ("zone", {"zone_root_secret": SECRET, "zone_task_cpus_default": "one"}, ["zone_task_cpus_default"]),
 ])
 def test_bad_input_fails_naming_the_variable(role: str, provided: dict[str, Any], names: list[str],
                                              tmp_path: Path) -> None:
@@ -96,3 +101,48 @@ def test_good_input_passes(tmp_path: Path) -> None:
     proc = validate("worker", {"worker_zone_url": "http://zone", "worker_nodes_secret": SECRET,
                                "worker_queues": ["small", "large"], "worker_concurrency": 4}, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def _zone_limits_play(tmp_path: Path, **limits: object) -> subprocess.CompletedProcess[str]:
+    """The zone role's limits check, then its config template rendered into tmp_path with the role's defaults."""
+    playbook = tmp_path / "zone.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Zone limits", "hosts": "localhost", "gather_facts": False,
+        "vars": {"zonefarm_root_secret": SECRET, "zonefarm_nodes_secret": SECRET[::-1],
+                 "common_config_dir": str(tmp_path), "common_data_dir": str(tmp_path / "data"),
+                 "common_ca_src": "", "common_ca_file": ""},
+        # the role's defaults without its dependencies (role common would install things);
+        # block vars stand for the operator's, above the defaults
+        "vars_files": [str(ROOT / "roles" / "zone" / "defaults" / "main.yml")],
+        "tasks": [{"name": "Zone", "vars": limits, "block": [
+            {"name": "Limits", "ansible.builtin.include_tasks": str(ROOT / "roles" / "zone" / "tasks" / "limits.yml")},
+            {"name": "Config", "ansible.builtin.template": {
+                "src": str(ROOT / "roles" / "zone" / "templates" / "zonefarm.ini.j2"),
+                "dest": str(tmp_path / "zonefarm.ini"), "mode": "0600"}}]}]}]))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"}
+    return subprocess.run([str(ROOT / ".venv/bin/ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_zone_task_limits_reach_the_settings(tmp_path: Path) -> None:
+    """zone_task_* land in zonefarm.ini under the names the API reads (an unknown name stops it)."""
+    from control.core.config import load_settings
+
+    done = _zone_limits_play(tmp_path, zone_task_memory_mb_max=4096, zone_task_cpus_default=0.5,
+                             zone_task_processes_default=64, zone_task_processes_max=100)
+    assert done.returncode == 0, done.stdout[-3000:]
+    settings = load_settings(tmp_path / "zonefarm.ini", env={})
+    assert (settings.task_memory_mb_default, settings.task_memory_mb_max) == (2048, 4096)
+    assert (settings.task_cpus_default, settings.task_cpus_max) == (0.5, 8.0)
+    assert (settings.task_processes_default, settings.task_processes_max) == (64, 100)
+
+
+def test_zone_task_default_above_its_maximum_fails_naming_both(tmp_path: Path) -> None:
+    refused = _zone_limits_play(tmp_path, zone_task_cpus_default=9.0)
+    assert refused.returncode != 0
+    assert "zone_task_cpus_default must be above 0 and at most zone_task_cpus_max" in refused.stdout, \
+        refused.stdout[-3000:]
+    assert not (tmp_path / "zonefarm.ini").exists()
+    assert SECRET not in refused.stdout

@@ -88,7 +88,7 @@ def test_ansible_inventory_reads_the_dynamic_inventory(farm: Api) -> None:
     inv = json.loads(out.stdout)
     assert sorted(inv["queue_default"]["hosts"]) == ["eu1", "us1"]
     assert sorted(inv["region_eu_west"]["hosts"]) == ["eu1", "eu2"]
-    assert inv["_meta"]["hostvars"]["us1"]["zonefarm_region"] == "us"
+    assert inv["_meta"]["hostvars"]["us1"]["zonefarm_region"] == {"__ansible_unsafe": "us"}  # data, not a template
     graph = subprocess.run([str(ANSIBLE_INVENTORY), "-i", str(SCRIPT), "--graph", "queue_large"], cwd=ROOT,
                            env=env, capture_output=True, text=True, timeout=120)
     assert graph.returncode == 0 and "eu1" in graph.stdout and "us1" not in graph.stdout
@@ -107,7 +107,24 @@ def test_script_host_mode_and_ini_file(farm: Api, tmp_path: Path) -> None:
     host = subprocess.run([sys.executable, str(SCRIPT), "--host", "eu1"], env=env, capture_output=True,
                           text=True, timeout=60)
     assert host.returncode == 0, host.stderr
-    assert json.loads(host.stdout)["zonefarm_queues"] == ["default", "large"]
+    assert json.loads(host.stdout)["zonefarm_queues"] == [{"__ansible_unsafe": "default"},
+                                                          {"__ansible_unsafe": "large"}]
+
+
+def test_a_nodes_label_is_never_a_template_on_the_operators_controller(farm: Api, tmp_path: Path) -> None:
+    """A node's registration is free text; a play over the dynamic inventory shows it as it is
+    (Ansible trusts inventory scripts, so without the unsafe marks this ran ``id`` here)."""
+    jinja = "{{ lookup('pipe', 'id') }}"
+    assert SignedNode(farm, "eu1", NODES_SECRET).register(region="eu-west", queues=["default", "large"],
+                                                        labels={"rack": jinja}).status_code == 200
+    play = tmp_path / "show.yml"
+    play.write_text("- hosts: eu1\n  gather_facts: false\n  tasks:\n"
+                    "    - ansible.builtin.debug:\n        msg: \"rack={{ zonefarm_labels.rack }}\"\n")
+    env = _env(ZONEFARM_URL=farm.base + "/api/v1", ZONEFARM_TOKEN=farm.root)
+    out = subprocess.run([str(ANSIBLE_INVENTORY.with_name("ansible-playbook")), "-i", str(SCRIPT), str(play)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rack=" + jinja in out.stdout and "uid=" not in out.stdout, out.stdout
 
 
 def test_script_errors_are_clear_and_never_print_the_token(farm: Api) -> None:

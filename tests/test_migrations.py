@@ -295,3 +295,25 @@ def test_upgrade_adds_task_limits_and_keeps_tasks(empty_db_url: str) -> None:
     assert "m0011_task_limits" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
     assert _rows(empty_db_url, "SELECT name, params, limits FROM task") == [("shell", '{"argv": ["true"]}', None)]
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_templates_schedules_and_task_origins(empty_db_url: str) -> None:
+    """A site from before templates upgrades: its tasks keep everything and came from no template."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url, "DROP TABLE schedule", "DROP TABLE template_version", "DROP TABLE template",
+             "DROP INDEX task_template_id_state", "ALTER TABLE task DROP COLUMN template_id",
+             "ALTER TABLE task DROP COLUMN template_version", "ALTER TABLE task DROP COLUMN schedule_id",
+             "DELETE FROM schema_version WHERE version >= 31",
+             "INSERT INTO task (name, params, queue, target_kind, priority, timeout, max_attempts, attempt, state, "
+             "cancel_requested, created_at, progress, reason) VALUES ('shell', '{\"argv\": [\"true\"]}', 'default', "
+             "'any', 0, 60, 3, 0, 'queued', false, 1.0, 0, '')")
+    assert "m0031_templates_schedules" in _zonefarm(empty_db_url, "db", "status")["pending"]
+    assert "m0031_templates_schedules" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    assert _rows(empty_db_url, "SELECT name, template_id, template_version, schedule_id FROM task") == [
+        ("shell", None, None, None)]
+    schema = _schema(empty_db_url)
+    assert {"name", "owner", "space_id", "version", "spec"} <= {c[0] for c in schema["template"]["columns"]}
+    assert {"template_id", "version", "spec"} <= {c[0] for c in schema["template_version"]["columns"]}
+    assert {"template_id", "cron", "interval", "timezone", "next_run", "skip_if_running"} <= {
+        c[0] for c in schema["schedule"]["columns"]}
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []

@@ -35,6 +35,17 @@ def recorder() -> Iterator[tuple[Recorder, str]]:
         yield rec
 
 
+@pytest.fixture(autouse=True)
+def _keep_umask() -> Iterator[None]:
+    """``run_batch`` sets the umask of the runner process it expects to be (0077). Run inside
+    pytest, that umask stayed for the rest of the session: every later subprocess, the local
+    deploy's wheelhouse among them, made private files, and a second deploy "changed" them."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield
+    os.umask(old)
+
+
 @pytest.fixture
 def node(tmp_path: Path, recorder: tuple[Recorder, str]) -> Path:
     # task_nice 0: these tests run the runner inside pytest, which must keep its priority

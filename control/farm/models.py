@@ -90,10 +90,16 @@ class Task(BaseModel):
     outputs = JSONField(null=True)
     progress = peewee.FloatField(default=0)
     reason = peewee.TextField(default="")
+    # Where it came from (plain ids, like owner: deleting a template keeps the history): the
+    # template and the version launched, and the schedule that fired it.
+    template_id = peewee.IntegerField(null=True)
+    template_version = peewee.IntegerField(null=True)
+    schedule_id = peewee.IntegerField(null=True)
 
     class Meta:
         indexes = (
             (("state", "queue", "priority", "created_at"), False),
+            (("template_id", "state"), False),
             (("node", "state"), False),
             (("state", "lease_expires_at"), False),
         )
@@ -207,4 +213,61 @@ class Housekeeping(BaseModel):
     value = peewee.BigIntegerField(default=0)
 
 
-FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping]
+class Template(BaseModel):
+    """A named task spec to launch again and again (``control.farm.templates``).
+
+    ``spec`` is the submission schema's dict (``TaskCreate``, as the user gave it), so a field
+    the schema gains later passes through unchanged. The owner is a user (``owner``) or a
+    space (``space_id``, its roles decide), or neither: the administrator's. Every update
+    writes a new ``TemplateVersion``; ``version`` is the current one.
+    """
+
+    name = peewee.CharField(max_length=100, unique=True)
+    owner = peewee.IntegerField(null=True, index=True)
+    space_id = peewee.IntegerField(null=True, index=True)
+    version = peewee.IntegerField(default=1)
+    spec = JSONField(default=dict)
+    created_by = peewee.CharField(max_length=200, default="system")
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+
+class TemplateVersion(BaseModel):
+    """One version of a template as it was saved; old ones stay readable."""
+
+    template = peewee.ForeignKeyField(Template, backref="versions", on_delete="CASCADE")
+    version = peewee.IntegerField()
+    name = peewee.CharField(max_length=100)
+    spec = JSONField(default=dict)
+    created_by = peewee.CharField(max_length=200, default="system")
+    created_at = peewee.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("template", "version"), True),)
+
+
+class Schedule(BaseModel):
+    """When a template is launched by itself: a cron expression or an interval (``control.farm.schedules``).
+
+    ``next_run`` is the due time the dispatchers fire; the one whose guarded UPDATE moves it
+    on (compare-and-set on its old value) launches, so each due time fires once. ``owner``
+    (None: the administrator) is whom the tasks are submitted as.
+    """
+
+    template = peewee.ForeignKeyField(Template, backref="schedules", on_delete="CASCADE")
+    owner = peewee.IntegerField(null=True, index=True)
+    cron = peewee.CharField(max_length=200, null=True)
+    interval = peewee.IntegerField(null=True)
+    timezone = peewee.CharField(max_length=64, default="UTC")
+    enabled = peewee.BooleanField(default=True)
+    skip_if_running = peewee.BooleanField(default=True)
+    next_run = peewee.DoubleField(null=True, index=True)
+    last_run = peewee.DoubleField(null=True)
+    last_task = peewee.IntegerField(null=True)
+    last_outcome = peewee.CharField(max_length=16, default="")  # launched | skipped | failed
+    last_error = peewee.TextField(default="")
+    created_at = peewee.DoubleField(default=now)
+
+
+FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping,
+               Template, TemplateVersion, Schedule]

@@ -260,6 +260,9 @@ class TaskOut(BaseModel):
     assigned_at: str | None
     started_at: str | None
     finished_at: str | None
+    template: int | None = Field(default=None, description="The template it was launched from")
+    template_version: int | None = Field(default=None, description="That template's version")
+    schedule: int | None = Field(default=None, description="The schedule that fired it")
 
 
 class Blocker(BaseModel):

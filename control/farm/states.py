@@ -211,6 +211,26 @@ def enqueue(fields: dict[str, Any], reason: str, data: dict[str, Any] | None = N
     return task
 
 
+def enqueue_many(rows: list[dict[str, Any]], reasons: list[str], *, t: float | None = None) -> list[int]:
+    """New ``queued`` tasks and their first events, in bulk (a batch); their ids, in order.
+
+    Each slice of rows is one INSERT ... RETURNING id (PostgreSQL, and SQLite from 3.35),
+    the events one INSERT per slice: building one statement per row cost more than the rest
+    of a batch together.
+    """
+    t = now() if t is None else t
+    fields = [{**row, "state": "queued", "created_at": t} for row in rows]
+    ids: list[int] = []
+    for i in range(0, len(fields), 200):
+        ids += [r[0] for r in Task.insert_many(fields[i:i + 200]).returning(Task.id).tuples().execute()]
+    actor = actors.current()
+    events = [{"task": task_id, "ts": t, "from_state": None, "to_state": "queued", "reason": reason, "data": None,
+               "actor": actor} for task_id, reason in zip(ids, reasons, strict=True)]
+    for i in range(0, len(events), 200):
+        TaskEvent.insert_many(events[i:i + 200]).execute()
+    return ids
+
+
 def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> list[Task]:
     """``queued -> assigned`` for a claim: node id -> task ids; returns the tasks it moved.
 

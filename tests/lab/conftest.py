@@ -45,7 +45,7 @@ def lab(lab_image_tag: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 # The lab is shared by the whole session: tests that look at bare hosts run before the ones
 # that deploy onto them.
 _ORDER = ("test_lab_image", "test_lab_hosts", "test_lab_storage", "test_lab_deploy", "test_lab_tls", "test_lab_e2e",
-          "test_lab_sandbox", "test_lab_faults")
+          "test_lab_sandbox", "test_lab_faults", "test_lab_secrets")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -32,7 +32,6 @@ from typing import Any
 
 from control.node.tasktypes import load_spec, say, write_failure, write_outputs
 
-STOP_TIMEOUT = 2
 TASK_MOUNT = "/task"
 REFUSED_PARAMS = {"volumes": "host paths may not be mounted into a container task"}
 EXIT_REFUSED = 126
@@ -141,13 +140,15 @@ def run(spec: dict[str, Any], attempt_dir: Any) -> int:
         labels={"zonefarm.task": str(spec["id"]), "zonefarm.attempt": str(spec["attempt"])}, **options)
 
     def stop(signum: int, frame: FrameType | None) -> None:
+        """Remove the container at once (``docker rm -f``: SIGKILL, then gone). The sandbox
+        SIGKILLs this process ``KILL_GRACE`` seconds after its SIGTERM; a polite ``docker stop``
+        with its own timeout did not fit in that grace on a busy host, and the container
+        outlived its cancelled task."""
         say(f"stopping container {name} (signal {signum})")
-        other = docker.from_env()
         try:
-            other.containers.get(name).stop(timeout=STOP_TIMEOUT)
-        except DockerException:
-            pass
-        _remove(other, name)
+            _remove(docker.from_env(), name)
+        except DockerException as exc:
+            say(f"could not remove container {name}: {exc}")
         sys.exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
