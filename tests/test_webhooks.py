@@ -26,7 +26,7 @@ from control.core.config import Settings
 from control.core.db import connection, write_transaction
 from control.core.egress import Allow, parse_allow, pick_address
 from control.core.models import now
-from control.farm import retention, states
+from control.farm import retention, schedules, states
 from control.farm.reaper import lost_nodes
 from control.farm.webhooks import events, service
 from control.farm.webhooks.delivery import Outcome, Sender, attempt
@@ -277,6 +277,41 @@ def test_timeouts_redirects_and_internal_addresses_fail_the_attempt(api: Api, re
     off = deliveries(api, alice_t, ok["id"])[0]
     assert (off["status"], off["attempts"], off["last_error"]) == ("failed", 1, "webhook disabled")
     assert receiver.at("/ok") == []
+
+
+def test_template_scope_and_a_failed_schedule(api: Api, receiver: Receiver, settings: Settings) -> None:
+    alice, alice_t = api.submitter("alice")
+    _, bob_t = api.submitter("bob")
+    made = api.post("/templates", token=alice_t, json={"name": "nightly", "spec": SHELL})
+    assert made.status_code == 201, made.text
+    tpl = made.json()["id"]
+    # a template scope takes a template the caller sees
+    assert "scope_id: template 999 not found" in error(api.post("/webhooks", token=alice_t, json={
+        "url": receiver.url + "/ok", "events": ["task.cancelled"], "scope": "template", "scope_id": 999}), 422)
+    assert error(api.post("/webhooks", token=bob_t, json={
+        "url": receiver.url + "/ok", "events": ["task.cancelled"], "scope": "template", "scope_id": tpl}), 403)
+    watch = hook(api, alice_t, receiver, "/ok", ["task.cancelled", "schedule.failed"], scope="template",
+                 scope_id=tpl)
+    launched = api.post(f"/templates/{tpl}/launch", token=alice_t, json={})
+    assert launched.status_code == 201, launched.text
+    cancel(api, alice_t, launched.json()["id"])
+    cancel(api, alice_t, submit(api, alice_t))  # alice's too, not from the template
+    # the template's schedule fails to fire once alice's grant is gone
+    sch = api.post("/schedules", token=alice_t, json={"template": tpl, "interval": 30, "skip_if_running": False})
+    assert sch.status_code == 201, sch.text
+    grant = api.get("/grants", token=api.root, params={"user": alice["id"]}).json()["items"][0]
+    assert api.delete(f"/grants/{grant['id']}", token=api.root).status_code == 204
+    with connection():
+        [fired] = schedules.fire_due(settings, now() + 60)
+    assert fired.outcome == "failed"
+    assert Sender(settings, "t").run_once() == 2
+    got = {r.json["event"]: r.json["data"] for r in receiver.at("/ok")}  # sent in parallel: any order
+    assert sorted(got) == ["schedule.failed", "task.cancelled"]
+    assert got["task.cancelled"]["task"]["template"] == tpl
+    assert got["task.cancelled"]["task"]["id"] == launched.json()["id"]
+    assert got["schedule.failed"]["schedule"]["id"] == sch.json()["id"]
+    assert "no grant" in got["schedule.failed"]["schedule"]["reason"]
+    assert {d["status"] for d in deliveries(api, alice_t, watch["id"])} == {"delivered"}
 
 
 def test_node_lost_reaches_its_subscribers(api: Api, receiver: Receiver, settings: Settings) -> None:

@@ -385,9 +385,9 @@ def webhook_access(principal: Principal, owner_id: int | None) -> None:
 
 def webhook_scope(principal: Principal, scope: str, scope_id: int | None) -> None:
     """What a webhook may listen to: ``all`` is the administrator's; ``space`` takes membership
-    of it (422 when there is no such space). ``template`` is checked against the template by
-    the webhook service, and every event is checked again against its receiver
-    (``may_see_owned``), so a scope never shows what its owner could not read."""
+    of it (422 when there is no such space); ``template`` takes seeing the template
+    (``see_shared``, asked by the route, which has the template). Every event is checked again
+    against its receiver (``may_see_owned``), so a scope never shows what its owner could not read."""
     require_user_or_root(principal)
     if scope == "all" and not principal.is_root:
         raise forbidden("scope: only the administrator may receive every event (scope all)")

@@ -13,10 +13,11 @@ from typing import Any
 
 from control.core.models import iso
 from control.core.schemas import Page
+from control.farm import templates
 from control.farm.webhooks import service
 from control.farm.webhooks.models import DELIVERY_STATES, Webhook, WebhookDelivery
 from control.farm.webhooks.schemas import DeliveryOut, WebhookCreate, WebhookCreated, WebhookOut, WebhookUpdate
-from control.registry.access import webhook_access, webhook_holder, webhook_scope
+from control.registry.access import see_shared, webhook_access, webhook_holder, webhook_scope
 from control.web.listing import page_query
 from control.web.routing import Context, Query, Reply, route
 
@@ -44,6 +45,14 @@ def _mine(ctx: Context, hook_id: int) -> Webhook:
     return hook
 
 
+def _check_scope(ctx: Context, scope: str, scope_id: int | None) -> None:
+    """The scope's access rules; a template scope needs a template the caller sees (422 when none)."""
+    webhook_scope(ctx.principal, scope, scope_id)
+    if scope == "template" and scope_id is not None:
+        template = templates.get(scope_id, "scope_id")
+        see_shared(ctx.principal, template.owner, template.space_id, "template")
+
+
 def _with_secret(ctx: Context, hook: Webhook) -> WebhookCreated:
     return WebhookCreated(**webhook_fields(hook), secret=service.secret(ctx.settings, hook))
 
@@ -54,7 +63,7 @@ def create_webhook(ctx: Context) -> Reply:
     req: WebhookCreate = ctx.body
     owner = webhook_holder(ctx.principal)
     scope = req.scope or ("all" if ctx.principal.is_root else "own")
-    webhook_scope(ctx.principal, scope, req.scope_id)
+    _check_scope(ctx, scope, req.scope_id)
     hook = service.create(ctx.settings, owner, req.url, list(req.events), scope, req.scope_id, req.description,
                           req.enabled)
     return Reply(201, _with_secret(ctx, hook), {"Location": f"/api/v1/webhooks/{hook.id}"})
@@ -84,7 +93,7 @@ def update_webhook(ctx: Context, id: int) -> WebhookOut:
     hook = _mine(ctx, id)
     changes = ctx.body.changes()
     if "scope" in changes or "scope_id" in changes:
-        webhook_scope(ctx.principal, *service.scope_after(hook, changes))
+        _check_scope(ctx, *service.scope_after(hook, changes))
     return WebhookOut(**webhook_fields(service.update(ctx.settings, hook, changes)))
 
 
