@@ -327,6 +327,10 @@ def test_submit_wait_follows_to_the_end_and_exits_with_the_outcome(cli: Cli, far
 
     shown = _json(cli("task", "show", str(task_id), "--json"))
     assert shown["state"] == "succeeded" and shown["params"] == {"argv": ["sh", "-c", "echo hi; sleep 1"]}
+    sized = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--cpu", "0.5", "--memory", "1MiB",
+                      "--resource", "gpu=0", "--label", "rack=r9", "--json"))  # no node has the label: it waits
+    assert sized["resources"] == {"cpu": 0.5, "memory": 1 << 20} and sized["target"]["labels"] == {"rack": "r9"}
+    assert "any [rack=r9]" in cli("task", "show", str(sized["id"])).out
     listed = _json(cli("task", "ls", "--json", "--state", "failed"))
     assert [t["id"] for t in listed["items"]] == [final["id"]]
     why = _json(cli("task", "why", str(final["id"]), "--json"))

@@ -110,6 +110,17 @@ def parse_params(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     return params
 
 
+def parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``k=v`` pairs taken as strings, as node labels are."""
+    labels: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", ctx, param)
+        labels[key.strip()] = value.strip()
+    return labels
+
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtp])(i?)b?|b?)\s*$", re.IGNORECASE)
 
 
@@ -268,7 +279,8 @@ def task() -> None:
 def _target(t: dict[str, Any]) -> str:
     target = t.get("target") or {}
     kind, value = target.get("kind"), target.get("value")
-    return f"{kind}:{value}" if value else str(kind)
+    labels = ",".join(f"{k}={v}" for k, v in sorted((target.get("labels") or {}).items()))
+    return (f"{kind}:{value}" if value else str(kind)) + (f" [{labels}]" if labels else "")
 
 
 def _resolve(client: Client, collection: str, ref: str, what: str) -> int:
@@ -300,6 +312,14 @@ def _summary(t: dict[str, Any]) -> str:
 @click.option("--node", help="Run on this node only.")
 @click.option("--region", help="Run on every node of this region (a broadcast).")
 @click.option("--all", "everywhere", is_flag=True, help="Run on every node (a broadcast).")
+@click.option("--label", "labels", multiple=True, callback=parse_labels, metavar="KEY=VALUE",
+              help="Only nodes carrying this label (gpu=a100); with --region or --all it narrows the "
+                   "broadcast. Repeatable.")
+@click.option("--cpu", type=click.FloatRange(0), help="Cores the task reserves on its node (0.5).")
+@click.option("--memory", callback=parse_size, help="Memory the task reserves on its node: bytes, 8GiB.")
+@click.option("--disk", callback=parse_size, help="Disk the task reserves on its node: bytes, 10GiB.")
+@click.option("--resource", "named", multiple=True, callback=parse_params, metavar="NAME=AMOUNT",
+              help="A named resource a node reports, reserved on its node (gpu=1). Repeatable.")
 @click.option("--space", help="Space (id or name) the task works for.")
 @click.option("--priority", type=click.IntRange(-1000, 1000), help="Higher runs first (default 0).")
 @click.option("--timeout", type=click.IntRange(1), help="Seconds per attempt (default 3600).")
@@ -308,8 +328,10 @@ def _summary(t: dict[str, Any]) -> str:
 @json_option
 @pass_ctx
 def task_submit(obj: Ctx, task_type: str, params: dict[str, Any], queue: str | None, node: str | None,
-                region: str | None, everywhere: bool, space: str | None, priority: int | None,
-                timeout: int | None, max_attempts: int | None, wait: bool, as_json: bool) -> None:
+                region: str | None, everywhere: bool, labels: dict[str, str], cpu: float | None,
+                memory: int | None, disk: int | None, named: dict[str, Any], space: str | None,
+                priority: int | None, timeout: int | None, max_attempts: int | None, wait: bool,
+                as_json: bool) -> None:
     """Submit a task of TYPE (`zonefarm task types` lists them)."""
     targets = [name for name, given in (("--node", node), ("--region", region), ("--all", everywhere)) if given]
     if len(targets) > 1:
@@ -321,6 +343,11 @@ def task_submit(obj: Ctx, task_type: str, params: dict[str, Any], queue: str | N
         body["target"] = {"region": region}
     elif everywhere:
         body["target"] = {"all": True}
+    if labels:
+        body["target"] = {**body.get("target", {}), "labels": labels}
+    resources = {k: v for k, v in (("cpu", cpu), ("memory", memory), ("disk", disk)) if v is not None}
+    if resources or named:
+        body["resources"] = {**resources, **named}
     for key, value in (("queue", queue), ("priority", priority), ("timeout", timeout),
                        ("max_attempts", max_attempts)):
         if value is not None:
@@ -405,6 +432,7 @@ def task_show(obj: Ctx, task_id: int, as_json: bool) -> None:
                                                                      if t["cancel_requested"] else "")),
         ("progress", f"{t['progress']:.0f}%"), ("attempt", f"{t['attempt']} of {t['max_attempts']}"),
         ("node", t["node"] or t["last_node"]), ("queue", t["queue"]), ("target", _target(t)),
+        ("resources", t.get("resources") or None),
         ("space", t["space"]), ("priority", t["priority"]), ("timeout", f"{t['timeout']} s"),
         ("exit code", t["exit_code"]), ("reason", t["reason"] or None)]
     if t.get("why"):

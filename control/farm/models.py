@@ -71,6 +71,14 @@ class Task(BaseModel):
     timeout = peewee.IntegerField(default=3600)
     # What the task may use on its node (memory_mb, cpus, processes), the site's defaults filled in.
     limits = JSONField(null=True)
+    # What the task reserves on its node while assigned or running (cpu, memory and disk bytes,
+    # named ones such as gpu), the site's defaults filled in; None: nothing (concurrency alone).
+    resources = JSONField(null=True)
+    # A label selector: the node must carry each of these labels (target {"labels": {...}}).
+    target_labels = JSONField(null=True)
+    # The node a task that waited past placement_reserve_after holds: no other task starts there
+    # until this one does (control.farm.eligibility). A plain id, read only while the task is queued.
+    reserved_node = peewee.IntegerField(null=True)
     max_attempts = peewee.IntegerField(default=3)
     attempt = peewee.IntegerField(default=0)
     state = peewee.CharField(max_length=16, default="queued")
@@ -102,6 +110,7 @@ class Task(BaseModel):
             (("template_id", "state"), False),
             (("node", "state"), False),
             (("state", "lease_expires_at"), False),
+            (("reserved_node", "state"), False),
         )
 
     @property

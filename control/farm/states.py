@@ -242,7 +242,7 @@ def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> lis
         (Task.update(state="assigned", node=nid, attempt=Task.attempt + 1,
                      claimed_by=dispatcher_id, assigned_at=t, started_at=None,
                      finished_at=None, lease_expires_at=t + lease, kill_sent_at=None,
-                     progress=0)
+                     progress=0, reserved_node=None)
          .where(Task.id.in_(ids), Task.state == "queued")
          .execute())
     all_ids = [i for ids in picks.values() for i in ids]
@@ -260,6 +260,19 @@ def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> lis
     for parent_id in sorted({task.parent_id for task in claimed if task.parent_id}):
         summarise(parent_id)
     return claimed
+
+
+def hold(task_id: int, node_id: int, node_name: str, waited: float) -> bool:
+    """A queued task that waited past ``waited`` seconds holds ``node_id`` (``control.farm.eligibility``).
+
+    Guarded by ``state = 'queued'``; the event says which node, so the history shows why
+    smaller tasks stopped starting there.
+    """
+    changed = Task.update(reserved_node=node_id).where(Task.id == task_id, Task.state == "queued").execute()
+    if changed:
+        record(task_id, "queued", f"queued over {waited:g}s: holds node {node_name}, where no other task "
+                                  "starts until this one does", {"holds": node_name})
+    return bool(changed)
 
 
 def extend_claims(dispatcher_id: str, task_ids: list[int], lease: float) -> int:

@@ -24,21 +24,31 @@ from control.core.config import Settings
 from control.core.errors import ApiError, invalid
 from control.core.models import now
 from control.farm import catalogue, limits, policy, states
-from control.farm.eligibility import Want, assess, available_clause
+from control.farm.eligibility import Want, assess, available_clause, never_fits
 from control.farm.models import BROADCAST_KINDS, Node
 from control.farm.schemas import TaskCreate
 from control.registry.identity import Principal
 
 
-def fan_out(kind: str, value: str | None, queue: str | None) -> list[Node]:
-    """The nodes a broadcast gets a child on, by name: ``queue`` None means any queue."""
+def fan_out(want: Want) -> list[Node]:
+    """The nodes a broadcast gets a child on, by name: available, matching, big enough for its resources."""
     nodes = Node.select().where(available_clause()).order_by(Node.name)
-    return assess(Want(kind, value, queue), nodes, None).fits
+    return assess(want, nodes, None).fits
+
+
+def check_fits(want: Want) -> None:
+    """422 naming the resource when no registered node could ever hold the task, even empty."""
+    if not want.resources:
+        return
+    impossible = never_fits(want, Node.select())  # deregistered ones too: named if they could have
+    if impossible is not None:
+        field, why = impossible
+        raise invalid(f"{field}: no registered node could ever run this task: {why}")
 
 
 def _target(req: TaskCreate) -> tuple[str, str | None]:
-    if req.target is None:
-        return "any", None
+    if req.target is None or not (req.target.node or req.target.region or req.target.all):
+        return "any", None  # no target, or a label selector alone
     if req.target.node:
         return "node", req.target.node
     if req.target.region:
@@ -74,6 +84,8 @@ class Prepared:
     nodes: list[Node]
     sub: policy.Submission
     origin: Origin = dataclasses.field(default_factory=Origin)
+    resources: dict[str, Any] | None = None  # what it asks of a node, site defaults filled in
+    labels: dict[str, str] | None = None  # the target's label selector
 
 
 def prepare(req: TaskCreate, settings: Settings, origin: Origin | None = None, *, reach: bool = True) -> Prepared:
@@ -98,17 +110,27 @@ def prepare(req: TaskCreate, settings: Settings, origin: Origin | None = None, *
     if req.space is None and catalogue.needs_space(req.name):
         raise invalid(f"space: task type {req.name!r} uploads its outputs to a space's storage; give a space")
     task_limits = limits.effective(req.limits, settings)  # 422 above the site's maxima
+    task_resources = limits.resources(req.resources, settings)
     kind, value = _target(req)
+    selector = (req.target.labels if req.target is not None else None) or None
+    want = Want(kind, value, req.queue if kind in BROADCAST_KINDS else (req.queue or "default"),
+                task_resources, selector)
     sub = policy.Submission(task_type=req.name, queue=req.queue, target_kind=kind, target_value=value,
                             space=req.space)
-    nodes = fan_out(kind, value, req.queue) if kind in BROADCAST_KINDS and reach else []
+    nodes = fan_out(want) if kind in BROADCAST_KINDS and reach else []
     if kind in BROADCAST_KINDS and reach:
         if not nodes:
+            check_fits(want)  # when size is why, name the resource
             where = f"in region {value!r}" if kind == "region" else "in the farm"
             serving = f" serving queue {req.queue!r}" if req.queue else ""
-            raise invalid(f"target: no online, uncordoned node{serving} {where}")
+            labelled = f" with labels {', '.join(f'{k}={v}' for k, v in sorted(selector.items()))}" \
+                if selector else ""
+            roomy = " big enough for its resources" if task_resources else ""
+            raise invalid(f"target: no online, uncordoned node{serving}{labelled}{roomy} {where}")
         sub = dataclasses.replace(sub, count=len(nodes))
-    return Prepared(req, kind, value, task_limits, nodes, sub, origin or Origin())
+    if reach:
+        check_fits(want)  # 422 naming the resource no registered node has enough of
+    return Prepared(req, kind, value, task_limits, nodes, sub, origin or Origin(), task_resources, selector)
 
 
 def _common(p: Prepared, principal: Principal) -> dict[str, Any]:
@@ -117,7 +139,12 @@ def _common(p: Prepared, principal: Principal) -> dict[str, Any]:
     owner = principal.user.id if principal.user is not None else None
     return dict(name=req.name, params=req.params, queue=req.queue or "default", space_id=req.space, owner=owner,
                 priority=req.priority, timeout=req.timeout, max_attempts=req.max_attempts, limits=p.limits,
-                **p.origin.columns())
+                resources=p.resources, **p.origin.columns())
+
+
+def _targeted(p: Prepared) -> dict[str, Any]:
+    """The target columns of the submission's own row (a broadcast's children name their node instead)."""
+    return {"target_kind": p.kind, "target_value": p.value, "target_labels": p.labels}
 
 
 def _submitted(p: Prepared, principal: Principal) -> str:
@@ -134,9 +161,8 @@ def create(p: Prepared, principal: Principal, t: float | None = None) -> int:
     said = _submitted(p, principal)
     data = p.origin.event_data()
     if p.kind not in BROADCAST_KINDS:
-        return states.enqueue({**common, "target_kind": p.kind, "target_value": p.value}, said, data or None,
-                              t=t).id
-    parent = states.enqueue({**common, "target_kind": p.kind, "target_value": p.value},
+        return states.enqueue({**common, **_targeted(p)}, said, data or None, t=t).id
+    parent = states.enqueue({**common, **_targeted(p)},
                             f"{said}: broadcast to {len(p.nodes)} node(s)",
                             {"nodes": [n.name for n in p.nodes], **data}, t=t)
     for node in p.nodes:
@@ -177,11 +203,15 @@ def item_errors(index: int, exc: ApiError | pydantic.ValidationError) -> list[It
     """One ``ItemError`` per problem the exception names (``field: message``, joined by '; ')."""
     if isinstance(exc, pydantic.ValidationError):
         return [ItemError(index, 422, ".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
-    out = []
+    out: list[ItemError] = []
     for part in exc.message.split("; ") if exc.status == 422 else [exc.message]:
         m = _FIELD.match(part)
-        out.append(ItemError(index, exc.status, m.group(1), m.group(2)) if m else
-                   ItemError(index, exc.status, "", part))
+        if m:
+            out.append(ItemError(index, exc.status, m.group(1), m.group(2)))
+        elif out:  # a message that itself holds "; " ("needs 8 GiB memory; the most free is ...")
+            out[-1] = dataclasses.replace(out[-1], message=f"{out[-1].message}; {part}")
+        else:
+            out.append(ItemError(index, exc.status, "", part))
     return out
 
 
@@ -216,8 +246,7 @@ def submit_batch(items: list[Prepared | list[ItemError]], *, principal: Principa
     t = now()
     ids: list[int | None] = [None] * len(ready)
     plain = [i for i, p in enumerate(ready) if p.kind not in BROADCAST_KINDS]
-    rows = [{**_common(ready[i], principal), "target_kind": ready[i].kind, "target_value": ready[i].value}
-            for i in plain]
+    rows = [{**_common(ready[i], principal), **_targeted(ready[i])} for i in plain]
     reasons = [f"{_submitted(ready[i], principal)} (batch of {len(ready)})" for i in plain]
     for i, task_id in zip(plain, states.enqueue_many(rows, reasons, t=t), strict=True):
         ids[i] = task_id

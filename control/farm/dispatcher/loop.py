@@ -98,7 +98,8 @@ class Dispatcher:
         started = time.monotonic()
         kills = reaper.reap(self.settings)
         tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease,
-                             placement=self.settings.dispatch_placement)
+                             placement=self.settings.dispatch_placement,
+                             reserve_after=self.settings.placement_reserve_after)
         if tasks:
             tasks = self._known_types(tasks)
         if not tasks and not kills:

@@ -526,6 +526,10 @@ class Dashboard:
             body["target"] = {"region": target["value"]}
         elif target["kind"] == "all":
             body["target"] = {"all": True}
+        if target.get("labels"):
+            body["target"] = {**body.get("target", {}), "labels": target["labels"]}
+        if task.get("resources"):
+            body["resources"] = task["resources"]
         if task["space"] is not None:
             body["space"] = task["space"]
         answer = self._call(session, "POST", "/tasks", json_body=body)

@@ -50,7 +50,8 @@ def task_out(task: Task) -> TaskOut:
 def _fields(task: Task) -> dict[str, Any]:
     return dict(
         id=task.id, name=task.name, params=task.params or {}, queue=task.queue,
-        target=TargetOut(kind=task.target_kind, value=task.target_value), space=task.space_id,
+        target=TargetOut(kind=task.target_kind, value=task.target_value, labels=task.target_labels),
+        resources=task.resources or {}, space=task.space_id,
         owner=task.owner, parent=task.parent_id, priority=task.priority, timeout=task.timeout,
         max_attempts=task.max_attempts, attempt=task.attempt, state=task.state,
         node=task.node_name, last_node=task.last_node,
