@@ -36,6 +36,7 @@ from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.apiproc import ApiProcess, api_env, clean_env
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
+from tests.support.nodes import SignedNode
 from tests.support.pg import free_port
 from tests.support.registry import provider
 from tests.support.server import LiveServer
@@ -342,6 +343,38 @@ def test_submit_wait_follows_to_the_end_and_exits_with_the_outcome(cli: Cli, far
     assert logs.rc == 0 and logs.out == "broken\n"
 
 
+def test_submit_targets_and_cancel(cli: Cli, alice: dict[str, Any], api: Api) -> None:
+    """``--region`` and ``--all`` become the API's broadcast targets; ``task cancel`` stops a queued
+    task at once and says so, and a second cancel is the API's refusal (exit 3). No dispatcher:
+    the tasks stay queued, which is what cancelling needs."""
+    for name, region in (("wk1", "eu"), ("wk2", "us")):
+        assert SignedNode(api, name, NODES_SECRET).register(region=region).status_code in (200, 201)
+    assert cli.login().rc == 0
+    refused = cli("task", "submit", "shell", "-p", 'argv=["true"]', "--region", "eu")
+    assert refused.rc == 3 and "no grant to broadcast" in refused.err  # a broadcast is a grant of its own
+    for held in api.get("/grants", token=api.root).json()["items"]:  # alice's single-node grant
+        assert api.delete(f"/grants/{held['id']}", token=api.root).status_code == 204
+    api.grant(user=alice["id"], targets="all")
+    regional = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--region", "eu", "--json"))
+    assert (regional["target"]["kind"], regional["target"]["value"]) == ("region", "eu")
+    everywhere = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--all", "--json"))
+    assert everywhere["target"]["kind"] == "all"
+    for task in (regional, everywhere):
+        assert api.get(f"/tasks/{task['id']}", token=api.root).json()["target"] == task["target"]
+    both = cli("task", "submit", "shell", "-p", 'argv=["true"]', "--region", "eu", "--all")
+    assert both.rc == 2 and "at most one of" in both.err
+
+    done = cli("task", "cancel", str(regional["id"]))
+    assert done.rc == 0 and done.out.strip() == f"task {regional['id']} cancelled", done
+    assert api.get(f"/tasks/{regional['id']}", token=api.root).json()["state"] == "cancelled"
+    again = cli("task", "cancel", str(regional["id"]))
+    assert again.rc == 3 and again.err.strip(), again
+    cancelled = _json(cli("task", "cancel", str(everywhere["id"]), "--json"))
+    assert cancelled["id"] == everywhere["id"] and cancelled["state"] == "cancelled"
+    assert cli("task", "cancel", "999").rc == 3
+    assert api.get("/tasks", token=api.root, params={"state": "queued"}).json()["total"] == 0
+
+
 def _read_all(fd: int, into: list[bytes]) -> None:
     while True:
         try:
@@ -453,20 +486,17 @@ def _json_lines(result: Result) -> list[Any]:
 
 @pytest.mark.parametrize("token_ttl", [2])
 def test_expired_token_is_refreshed_or_a_new_login_is_asked_for(cli: Cli, alice: dict[str, Any], api: Api) -> None:
-    """Against the API as it is: with refresh tokens the CLI renews silently; without, it says to log in.
+    """The API gives a refresh token at login, and the CLI renews an expired token with it silently.
 
-    Both ways the CLI learns of the expiry: from the expiry it recorded, and from the
-    API's 401 when the record is wrong (here: pushed into the future by hand).
+    The CLI learns of the expiry both ways: from the expiry it recorded, and from the API's
+    401 when the record is wrong (here: pushed into the future by hand).
     """
     assert cli.login().rc == 0
     first = cli.stored()
+    assert first.refresh_token, "the password grant gives the CLI a refresh token"
     time.sleep(3)
     assert api.get("/tasks", token=first.token).status_code == 401  # really expired
     out = cli("task", "ls", "--json")
-    if first.refresh_token is None:  # the API gives no refresh token: only a new login helps
-        assert out.rc == 3
-        assert "token expired (HTTP 401)" in out.err and f"zonefarm login {cli.url}/api/v1" in out.err
-        return
     assert out.rc == 0, out
     json.loads(out.out)
     second = cli.stored()
@@ -483,6 +513,14 @@ def test_expired_token_is_refreshed_or_a_new_login_is_asked_for(cli: Cli, alice:
     # The spent refresh token is gone for good (the API makes them single use).
     reuse = api.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": first.refresh_token})
     assert reuse.status_code in (400, 401)
+
+    # A refresh token the API refuses (here: one already spent): only a new login helps.
+    assert api.delete("/auth/token", token=third.token).status_code == 204
+    credentials.save(replace(third, refresh_token=first.refresh_token), cli.cred_env)
+    out = cli("task", "ls", "--json")
+    assert out.rc == 3, out
+    assert "refresh token was refused" in out.err and f"zonefarm login {cli.url}" in out.err
+    assert cli.stored().refresh_token is None  # forgotten: it will never work again
 
 
 def test_nodes_spaces_and_changes(cli: Cli, farm: Farm, alice: dict[str, Any], api: Api) -> None:

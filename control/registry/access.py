@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import peewee
 
@@ -235,6 +236,17 @@ def visible_relations_of_user(principal: Principal, user_id: int, kind: str) -> 
     if principal.is_root or principal.user.id == user_id:
         return None
     return visible_spaces(principal) if kind == "spaces" else visible_groups(principal)
+
+
+def chains_the_caller_sees(principal: Principal, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A user's effective groups or spaces (``membership.user_*_relations``) with only the
+    chains (``via``) made wholly of groups the caller may see itself. Another user may learn
+    that dora reaches a space they share, not the names of groups it is in none of: a chain
+    through one is left out (the user itself and root see every chain)."""
+    visible = visible_groups(principal)
+    if visible is None:
+        return entries
+    return [{**e, "via": [chain for chain in e["via"] if visible.issuperset(chain)]} for e in entries]
 
 
 def audience(principal: Principal) -> feed.Audience:
