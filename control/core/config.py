@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from control.core.egress import parse_allow
+
 MIN_SECRET_LENGTH = 16
 PLACEMENTS = ("pack", "spread")  # dispatch_placement: see control.farm.claims
 
@@ -221,6 +223,36 @@ class Settings:
     prune_interval: float = opt(
         3600.0,
         "Seconds between two runs of the pruner (one dispatcher at a time runs it).")
+    # --- webhooks (docs/webhooks.md) ---
+    webhook_allow: str = opt(
+        "",
+        "Where webhooks may deliver besides public addresses: CIDRs (`10.2.0.0/16`, `127.0.0.0/8` for "
+        "tests) and host names (`hooks.example.org`, `*.corp.example`), separated by commas or spaces. "
+        "Empty: public addresses only; loopback, private, link-local and other internal addresses are "
+        "refused, checked on the address a delivery actually connects to.")
+    webhook_timeout: float = opt(
+        10.0,
+        "Seconds a webhook receiver has to connect and to answer each read; a slower one fails the attempt.")
+    webhook_max_attempts: int = opt(
+        6,
+        "Attempts per webhook delivery before it is marked failed.")
+    webhook_backoff: float = opt(
+        30.0,
+        "Seconds before the first retry of a failed webhook delivery; each further retry waits twice as "
+        "long, up to `webhook_backoff_max`.")
+    webhook_backoff_max: float = opt(
+        3600.0,
+        "Longest wait between two attempts of a webhook delivery, seconds.")
+    webhook_ca_file: str = opt(
+        "",
+        "CA certificate(s) (PEM) https webhook receivers are verified against, for receivers with a "
+        "certificate from a private CA. Empty means the CA bundle of `requests` (certifi).")
+    webhook_poll_interval: float = opt(
+        1.0,
+        "Seconds the webhook sender of each API process waits between looks for due deliveries.")
+    webhook_senders: int = opt(
+        4,
+        "Deliveries one API process sends at once (threads): a slow receiver holds one of them only.")
 
     @property
     def host(self) -> str:
@@ -353,7 +385,7 @@ def _coerce(name: str, kind: Any, raw: str, source: str) -> Any:
 
 
 _AT_LEAST_ONE = ("changes_max_polls_per_principal", "refresh_token_ttl", "login_max_failures",
-                 "login_max_failures_per_address", "login_window")
+                 "login_max_failures_per_address", "login_window", "webhook_max_attempts", "webhook_senders")
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None,
@@ -405,6 +437,14 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         raise ConfigError(f"task_resources_default: {exc}") from None
     if values.get("placement_reserve_after", 0) < 0:
         raise ConfigError(f"placement_reserve_after must be 0 or more, got {values['placement_reserve_after']}")
+    for name in ("webhook_timeout", "webhook_backoff", "webhook_backoff_max", "webhook_poll_interval"):
+        if name in values and not values[name] > 0:
+            raise ConfigError(f"{name} must be more than 0, got {values[name]}")
+    if "webhook_allow" in values:
+        try:  # one parser for the setting, here and at send time
+            parse_allow(values["webhook_allow"])
+        except ValueError as exc:
+            raise ConfigError(f"webhook_allow: {exc}") from None
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

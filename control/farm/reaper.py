@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 
 from control.core.config import Settings
-from control.core.db import connection
+from control.core.db import connection, write_transaction
 from control.core.models import now
 from control.farm import nodes, states
 from control.farm.models import ACTIVE, Node, Task
+from control.farm.webhooks import events as webhook_events
 
 log = logging.getLogger("zonefarm.reaper")
 
@@ -30,8 +31,10 @@ def lost_nodes(settings: Settings, t: float) -> list[str]:
     cutoff = t - settings.node_lease
     names = []
     for node in nodes.silent(cutoff):
-        if not nodes.mark_lost(node, cutoff):
-            continue
+        with write_transaction():  # the node's state and its webhook deliveries commit together
+            if not nodes.mark_lost(node, cutoff):
+                continue
+            webhook_events.node_lost(node.name, f"silent for more than {settings.node_lease}s")
         names.append(node.name)
         log.warning("node %s lost: silent for more than %ss", node.name, settings.node_lease)
         for task in Task.select(Task.id).where(Task.node == node.id, Task.state.in_(ACTIVE)):

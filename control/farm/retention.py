@@ -2,6 +2,7 @@
 
 * finished tasks (``retention_tasks_days`` after they finished), with their events and logs;
 * the logs of finished tasks earlier, if ``retention_logs_days`` is shorter;
+* webhook deliveries delivered or failed, with the finished tasks (``retention_tasks_days``);
 * change-feed entries older than ``retention_feed_days``, never the newest one (it is
   the feed's head, and SQLite would hand its number out again);
 * tokens, node join tokens, invites and support tokens expired more than ``retention_tokens_days`` ago;
@@ -29,6 +30,7 @@ from control.core.db import write_transaction
 from control.core.models import now
 from control.farm.models import BROADCAST_KINDS, TERMINAL, Housekeeping, NodeJoinToken, Nonce, Task, TaskEvent, TaskLog
 from control.farm.telemetry import OUTCOME_PREFIX
+from control.farm.webhooks.service import prune_deliveries
 from control.registry.models import Change, Invite, SupportToken, Token
 
 log = logging.getLogger("zonefarm.retention")
@@ -128,6 +130,7 @@ def prune(settings: Settings, t: float | None = None) -> Pruned:
     if settings.retention_logs_days < settings.retention_tasks_days:
         _prune_logs(t - settings.retention_logs_days * DAY, pruned)
     _prune_feed(t - settings.retention_feed_days * DAY, pruned)
+    pruned.add("webhook_deliveries", prune_deliveries(t - settings.retention_tasks_days * DAY))
     token_cutoff = t - settings.retention_tokens_days * DAY
     with write_transaction():
         pruned.add("tokens", Token.delete().where(Token.expires_at.is_null(False),

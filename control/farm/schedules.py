@@ -20,7 +20,8 @@ it skips while a task of the template is still queued or running. A firing that 
 (the owner lost a grant, the template became unlaunchable) is recorded on the schedule
 (``last_outcome`` ``failed``, ``last_error``) and as a change-feed entry (entity
 ``schedule``, op ``update``, ``data.event`` ``schedule_failed``, with the error) that the
-audit trail shows, the owner (or the template's space) reads, and webhooks can hook.
+audit trail shows and the owner (or the template's space) reads, and as a ``schedule.failed``
+webhook event (``control.farm.webhooks.events.schedule_failed``, in the same transaction).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from control.core.models import iso, now
 from control.core.schemas import MAX_ID, Input
 from control.farm import templates
 from control.farm.models import TERMINAL, Schedule, Task, Template
+from control.farm.webhooks import events as webhook_events
 from control.registry import access, feed
 from control.registry.identity import Principal
 from control.registry.models import User
@@ -224,6 +226,7 @@ def _fire(row: Schedule, due: float, t: float, settings: Settings) -> Fired:
         feed.record("schedule", row.id, "update", {"event": FAILED_EVENT, "template": template.id, "due": iso(due),
                                                     "status": exc.status, "error": exc.message},
                     space_id=template.space_id, user_id=row.owner)
+        webhook_events.schedule_failed(row.id, template.id, row.owner, template.space_id, exc.message)  # webhooks
         return Fired(row.id, due, "failed", error=exc.message)
     return Fired(row.id, due, "launched", task_id)
 

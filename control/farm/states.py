@@ -10,6 +10,9 @@ matches, so a task never has two terminal states and no completion is counted tw
 A broadcast parent is never run itself: its state summarises its children and is
 recomputed, under a lock on the parent row, whenever a child moves.
 
+A task reaching a terminal state (a broadcast: its parent, once) also queues its webhook
+deliveries, in the same transaction (``control.farm.webhooks.events``).
+
 Writes that are not state changes live here too (a new task and its first event, a
 claim's lease renewed, progress, a cancel request, a kill handed out), each guarded by
 the state it expects, so one module says everything that can happen to a task row.
@@ -25,6 +28,7 @@ from control.core import actor as actors
 from control.core.db import database, is_postgres, write_transaction
 from control.core.models import now
 from control.farm.models import ACTIVE, TERMINAL, Node, Task, TaskEvent
+from control.farm.webhooks import events as webhook_events
 
 log = logging.getLogger("zonefarm.farm")
 
@@ -104,6 +108,8 @@ def transition(task_id: int, to_state: str, reason: str, expect: Iterable[str] |
                              reason=reason, data=extra or None, actor=actor or actors.current())
             if row.parent_id is not None:
                 summarise(row.parent_id)
+            elif to_state in TERMINAL:
+                webhook_events.task_ended(task_id, to_state)  # webhooks: in this transaction
             return True
     return False
 
@@ -186,6 +192,8 @@ def summarise(parent_id: int) -> None:
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         TaskEvent.create(task=parent_id, from_state=parent.state, to_state=desired,
                          reason=f"children: {summary}", data=counts, actor=actors.current())
+        if desired in TERMINAL:
+            webhook_events.task_ended(parent_id, desired)  # webhooks: one event per broadcast
 
 
 def record(task_id: int, state: str, reason: str, data: dict[str, Any] | None = None) -> None:

@@ -52,6 +52,18 @@ def request_target(api_url: str, route: str, query: dict[str, object] | None = N
     return f"{parts.scheme}://{parts.netloc}{path}", path
 
 
+def derive_key(secret: str, kind: str, name: str, generation: int = 0) -> str:
+    """A key of its own for one holder: ``HMAC-SHA256(secret, "<kind>:<name>:<generation>")``, hex.
+
+    The one derivation of per-holder keys (nodes, webhooks): the kind keeps the key spaces
+    apart (node ``7`` and webhook ``7`` get different keys from one secret), and a new
+    generation makes the old key useless without any key table to keep.
+    """
+    if generation < 0:
+        raise ValueError("key generation must be 0 or more")
+    return hmac.new(secret.encode(), f"{kind}:{name}:{generation}".encode(), hashlib.sha256).hexdigest()
+
+
 def derive_node_key(nodes_secret: str, node: str, generation: int = 0) -> str:
     """The key of one node: ``HMAC-SHA256(nodes_secret, "node:<name>:<generation>")``, hex.
 
@@ -59,9 +71,7 @@ def derive_node_key(nodes_secret: str, node: str, generation: int = 0) -> str:
     key, which signs as that node only (the name is part of the key and of what is
     signed), and a new generation (rotation, or deregistration) makes the old key useless.
     """
-    if generation < 0:
-        raise ValueError("key generation must be 0 or more")
-    return hmac.new(nodes_secret.encode(), f"node:{node}:{generation}".encode(), hashlib.sha256).hexdigest()
+    return derive_key(nodes_secret, "node", node, generation)
 
 
 def string_to_sign(timestamp: str, nonce: str, node: str, generation: int, method: str, path: str,
@@ -158,3 +168,50 @@ def verify(key: str, headers: dict[str, str], method: str, path: str, body: byte
     signed = claim(headers, max_skew, now)
     check(key, signed, method, path, body)
     return signed.node
+
+
+# --- webhook deliveries: the zone signs, a receiver checks ---------------------------------
+#
+# A delivery is signed with its webhook's own secret over ``"<timestamp>.<body>"`` (the raw
+# bytes sent), HMAC-SHA256, hex, sent as ``X-Zonefarm-Signature: sha256=<hex>`` with the
+# timestamp in ``X-Zonefarm-Timestamp`` (docs/webhooks.md). A receiver needs only this
+# function (or its ten lines in any language) and the secret shown when the webhook was made.
+
+HEADER_WEBHOOK = "X-Zonefarm-Webhook"
+HEADER_DELIVERY = "X-Zonefarm-Delivery"
+HEADER_EVENT = "X-Zonefarm-Event"
+WEBHOOK_SIGNATURE_PREFIX = "sha256="
+
+
+def payload_signature(key: str, timestamp: str, body: bytes) -> str:
+    """``HMAC-SHA256(key, "<timestamp>." + body)``, hex: what a webhook delivery is signed with."""
+    return hmac.new(key.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def sign_payload(key: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The timestamp and signature headers of one delivery attempt (a retry is signed afresh)."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    return {HEADER_TIMESTAMP: ts, HEADER_SIGNATURE: WEBHOOK_SIGNATURE_PREFIX + payload_signature(key, ts, body)}
+
+
+def verify_payload(key: str, headers: dict[str, str], body: bytes, max_skew: int = 300,
+                   now: float | None = None) -> None:
+    """Raise ValueError unless ``body`` carries a fresh signature made with ``key`` (constant time).
+
+    For webhook receivers: the timestamp must be within ``max_skew`` seconds (an old delivery
+    replayed later is refused); deduplicate on ``X-Zonefarm-Delivery`` for replays within it.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    ts = lowered.get(HEADER_TIMESTAMP.lower(), "")
+    sig = lowered.get(HEADER_SIGNATURE.lower(), "")
+    if not ts or not sig.startswith(WEBHOOK_SIGNATURE_PREFIX):
+        raise ValueError("missing signature headers")
+    try:
+        ts_value = int(ts)
+    except ValueError:
+        raise ValueError("malformed timestamp") from None
+    if abs((time.time() if now is None else now) - ts_value) > max_skew:
+        raise ValueError("timestamp outside the allowed window")
+    expected = payload_signature(key, ts, body)
+    if not hmac.compare_digest(expected, sig[len(WEBHOOK_SIGNATURE_PREFIX):].lower()):
+        raise ValueError("bad signature")

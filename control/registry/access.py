@@ -267,15 +267,18 @@ def audience(principal: Principal) -> feed.Audience:
 # --- resources a user owns inside an optional space (the farm's tasks) ------------------
 
 
+def may_see_owned(user_id: int | None, owner_id: int | None, space_id: int | None) -> bool:
+    """The rule of ``see_owned`` for a user known by id (None: the administrator), with no
+    request at hand: whether a webhook's owner may receive an event about the resource."""
+    if user_id is None or owner_id == user_id:
+        return True
+    return space_id is not None and membership.space_role(user_id, space_id) is not None
+
+
 def see_owned(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:
     """The owner, the members of its space and the administrator see it."""
     require_user_or_root(principal)
-    if principal.is_root:
-        return
-    uid = principal.user.id
-    if owner_id == uid:
-        return
-    if space_id is not None and membership.space_role(uid, space_id) is not None:
+    if may_see_owned(None if principal.is_root else principal.user.id, owner_id, space_id):
         return
     raise forbidden(f"only the submitter, members of the {what}'s space and the administrator may see it")
 
@@ -372,3 +375,36 @@ def change_owned_schedule(principal: Principal, owner_id: int | None, template_o
     if principal.is_root or (owner_id is not None and owner_id == principal.user.id):
         return
     change_shared(principal, template_owner, template_space, "schedule's template")
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+def webhook_holder(principal: Principal) -> int | None:
+    """Who a new webhook belongs to: the calling user, or None for the administrator.
+    Providers and nodes have no webhooks."""
+    require_user_or_root(principal)
+    return None if principal.is_root else principal.user.id
+
+
+def webhook_access(principal: Principal, owner_id: int | None) -> None:
+    """A webhook is its owner's and the administrator's only: others get 403 for every action."""
+    require_user_or_root(principal)
+    if principal.is_root or owner_id == principal.user.id:
+        return
+    raise forbidden("only the user who made a webhook, and the administrator, may see or change it")
+
+
+def webhook_scope(principal: Principal, scope: str, scope_id: int | None) -> None:
+    """What a webhook may listen to: ``all`` is the administrator's; ``space`` takes membership
+    of it (422 when there is no such space); ``template`` takes seeing the template
+    (``see_shared``, asked by the route, which has the template). Every event is checked again
+    against its receiver (``may_see_owned``), so a scope never shows what its owner could not read."""
+    require_user_or_root(principal)
+    if scope == "all" and not principal.is_root:
+        raise forbidden("scope: only the administrator may receive every event (scope all)")
+    if scope == "space" and scope_id is not None:  # no id at all: the service's 422 says what is missing
+        if Space.get_or_none(Space.id == scope_id) is None:
+            raise invalid(f"scope_id: space {scope_id} not found")
+        if not principal.is_root and membership.space_role(principal.user.id, scope_id) is None:
+            raise forbidden(f"scope_id: not a member of space {scope_id}")

@@ -104,9 +104,13 @@ def gunicorn_options(settings: Settings, *, workers: int | None = None,
 
 def load_api(settings: Settings) -> Any:
     # Built in each worker after fork: database pools must not cross a fork.
+    from control.farm.webhooks.delivery import Sender
     from control.web.app import build_app
     configure_logging(settings.log_level)
-    return build_app(settings)
+    app = build_app(settings)
+    # Webhook deliveries go out from a thread of each worker, never a request's (docs/webhooks.md).
+    Sender(settings).start()
+    return app
 
 
 def serve(settings: Settings, *, workers: int | None = None, threads: int | None = None) -> None:
