@@ -103,6 +103,13 @@ class Support(BaseModel):
     size = peewee.BigIntegerField()
     created_at = peewee.DoubleField(default=now)
     updated_at = peewee.DoubleField(default=now)
+    # What the provider agent last measured in the space's directory (control.registry.usage);
+    # None until its first report. ``over_quota``: used > size, uploads there are refused.
+    used = peewee.BigIntegerField(null=True)
+    files = peewee.BigIntegerField(null=True)
+    measured_at = peewee.DoubleField(null=True)
+    # A database default too: rows inserted by hand or by older code are not over quota.
+    over_quota = peewee.BooleanField(default=False, constraints=[peewee.SQL("DEFAULT FALSE")])
 
     class Meta:
         indexes = ((("space", "provider"), True),)

@@ -241,8 +241,32 @@ class SupportOut(BaseModel):
     provider_id: int
     provider_name: str
     size: int
+    used: int | None = Field(description="Bytes in the space's directory on this provider at "
+                                         "measured_at (the provider agent's report); null: not measured yet")
+    files: int | None = Field(description="Files there at measured_at; null: not measured yet")
+    measured_at: str | None = Field(description="When the provider last reported the space's usage")
+    over_quota: bool = Field(description="used > size: uploads to this provider are refused until it is "
+                                         "back under")
     created_at: str
     updated_at: str
+
+
+class UsageEntry(Input):
+    space_id: int = Field(ge=1, le=MAX_ID)
+    used: int = Field(ge=0, le=MAX_ID, description="Bytes in the space's directory")
+    files: int = Field(ge=0, le=MAX_ID, description="Regular files in the space's directory")
+
+
+class UsageReport(Input):
+    spaces: list[UsageEntry] = Field(max_length=10000, description="One entry per supported space "
+                                     "measured; a space the provider does not support is refused")
+
+
+class UsageAccepted(BaseModel):
+    updated: int = Field(description="Supports whose usage or over-quota state changed")
+    over_quota: list[int] = Field(description="Spaces over their size on this provider now")
+    ignored: list[int] = Field(description="Spaces reported that the provider does not support "
+                                           "(revoked meanwhile): nothing recorded for them")
 
 
 class ChangeOut(BaseModel):
