@@ -87,6 +87,9 @@ class Provider(BaseModel):
     sftp_port = peewee.IntegerField(default=22)
     sftp_user = peewee.CharField(max_length=64, null=True)
     storage_path = peewee.CharField(max_length=1024, null=True)
+    # The region of the provider's storage: a task's outputs go to a provider in its node's
+    # region first (control.farm.uploads). None: in no region.
+    region = peewee.CharField(max_length=100, null=True)
     # The total bytes the provider grants to all the spaces it supports; None: no limit.
     support_limit = peewee.BigIntegerField(null=True)
     created_at = peewee.DoubleField(default=now)

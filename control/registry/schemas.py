@@ -125,6 +125,9 @@ HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
 MIN_SUPPORT = 1024 * 1024
 MAX_BYTES = 2**62
 MAX_TTL = 10 * 365 * 86400  # the invite_max_ttl setting is the real bound
+REGION = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+REGION_DOC = ("The region of the provider's storage (as nodes name theirs): a task's outputs go to a "
+              "provider in its node's region first; null: none")
 LIMIT_DOC = "Total bytes the provider grants over all its supports; null: no limit"
 
 
@@ -197,6 +200,7 @@ class ProviderCreate(Input):
                                      description="Absolute directory; spaces live in "
                                                  "storage_path/<space id>")
     support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES, description=LIMIT_DOC)
+    region: str | None = Field(default=None, pattern=REGION, max_length=100, description=REGION_DOC)
 
 
 class ProviderUpdate(Input):
@@ -209,6 +213,7 @@ class ProviderUpdate(Input):
     storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024)
     support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES,
                                       description=LIMIT_DOC + "; null removes the limit")
+    region: str | None = Field(default=None, pattern=REGION, max_length=100, description=REGION_DOC)
 
 
 class ProviderOut(BaseModel):
@@ -222,6 +227,7 @@ class ProviderOut(BaseModel):
     storage_path: str | None
     support_limit: int | None = Field(description=LIMIT_DOC)
     granted: int = Field(description="Bytes the provider grants now, over all its supports")
+    region: str | None = Field(description=REGION_DOC)
     created_at: str
     updated_at: str
 
