@@ -16,6 +16,8 @@ from control.core.db import connection
 from control.farm import claims, uploads
 from control.farm.models import Task
 from control.farm.uploads import Candidate, NoRoom, choose
+from control.node.client import node_client
+from control.node.config import load_node_config
 from control.node.tasktypes import pipeline
 from tests.support.farm import Farm
 from tests.support.sshd import Sshd
@@ -115,10 +117,11 @@ def _round(farm: Farm, sid: int, params: dict[str, Any]) -> tuple[list[Task], di
 def test_the_dispatcher_picks_the_region_then_room_and_fails_a_task_with_nowhere_to_upload(
         farm: Farm, sshd: Sshd, sftp_storage: Path) -> None:
     sid, eu, us = _two_providers(farm, sshd, sftp_storage)
-    farm.add_node("wk1", region="eu")
+    work = farm.add_node("wk1", region="eu")
     params = {"generate": [["true"]], "outputs": ["r.txt"]}
     kept, targets = _round(farm, sid, params)
     first = kept[0].id
+    _node_reports_files(farm, work, first)
     assert targets[first]["provider"] == "prov-eu" and targets[first]["size"] == 2 * MIB
     event = _choice(farm, first)
     assert event["data"]["upload"]["provider"] == "prov-eu"
@@ -141,6 +144,25 @@ def test_the_dispatcher_picks_the_region_then_room_and_fails_a_task_with_nowhere
     assert f"provider prov-eu: size {2 * MIB} bytes, used {3 * MIB} (over quota)" in failed["reason"]
     assert f"provider prov-us: size {8 * MIB} bytes, used {8 * MIB}" in failed["reason"]
     assert failed["started_at"] is None
+
+
+def _node_reports_files(farm: Farm, work: Path, task_id: int) -> None:
+    """The signed report of a landed file: only the node running the attempt, only inside the task's directory;
+    where the file is comes from the zone's own choice (prov-eu), not from the node."""
+    wk1 = node_client(load_node_config(work.parent / "node.ini"))
+    landed = {"attempt": 1, "name": "out/x.txt", "size": 3, "sha256": "0" * 64}
+    resp = wk1.post(f"/tasks/{task_id}/files", landed)
+    assert resp.status == 200, resp.json()
+    assert (resp.json()["provider"], resp.json()["path"]) == ("prov-eu", f"task-{task_id}/out/x.txt")
+    assert wk1.post(f"/tasks/{task_id}/files", {**landed, "size": 4}).status == 200  # a retry replaces it
+    assert [f["size"] for f in farm.api.get(f"/tasks/{task_id}/files", token=farm.api.root).json()["items"]] == [4]
+    assert wk1.post(f"/tasks/{task_id}/files", {**landed, "name": "a/../../x"}).status == 422
+    assert wk1.post(f"/tasks/{task_id}/files", {**landed, "name": "/etc/x"}).status == 422
+    assert wk1.post(f"/tasks/{task_id}/files", {**landed, "attempt": 2}).status == 403
+    other = farm.add_node("wk2", region="eu")  # the same region: the next rounds choose as if on wk1
+    wk2 = node_client(load_node_config(other.parent / "node.ini"))
+    assert wk2.post(f"/tasks/{task_id}/files", landed).status == 403
+    assert farm.api.post(f"/tasks/{task_id}/files", token=farm.api.root, json=landed).status_code == 401
 
 
 def test_the_upload_step_refuses_past_the_size_or_into_a_marked_space(
