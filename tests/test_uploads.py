@@ -2,7 +2,7 @@
 """Where uploads go and quotas at upload time: the dispatcher's choice among a space's
 providers, a task failing before it runs when no provider has room, and the upload step
 refusing outputs that would take the space past its size (real dispatcher, ansible-runner
-jobs, node runner and sshd; API on SQLite and PostgreSQL)."""
+jobs, node runner and sshd; API on SQLite and PostgreSQL, the end-to-end round on SQLite)."""
 
 from __future__ import annotations
 
@@ -195,6 +195,9 @@ def test_the_upload_step_refuses_past_the_size_or_into_a_marked_space(
     assert done["sha256"] == hashlib.sha256(b"x").hexdigest()
 
 
+# The worker side end to end, on SQLite only: the database code it runs (the choice, the file
+# records) is tested on both databases above, in process.
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_pipeline_lists_its_files_and_fails_over_quota_before_uploading(
         farm: Farm, sshd: Sshd, sftp_storage: Path) -> None:
     """End to end, two tasks in one round: one uploads to the region's provider and lists its
