@@ -19,8 +19,14 @@ levels of nested groups and 10,000 users through 100 groups, served by ``zonefar
 each effective route asked ``--relations-runs`` times in turn by a user of both; the target
 is an answer within 300 ms (p95).
 
+Bulk submission (issue 14) on each database: 1,000 ``shell`` tasks submitted by one client
+one ``POST /api/v1/tasks`` at a time, and the same 1,000 in one ``POST /api/v1/tasks/batch``,
+``--batch-runs`` times each (interleaved, order alternating), on one ``zonefarm api``; the
+ratio of the medians is what one batch saves.
+
     .venv/bin/python bench/api.py [--runs 3] [--duration 5] [--relations-runs 20] [--json results.json]
-    .venv/bin/python bench/api.py --runs 0 --server-runs 0    # the relations alone
+    .venv/bin/python bench/api.py --runs 0 --server-runs 0 --batch-runs 0    # the relations alone
+    .venv/bin/python bench/api.py --runs 0 --server-runs 0 --relations-runs 0 --batch-runs 3    # batch alone
 """
 
 from __future__ import annotations
@@ -311,6 +317,49 @@ def bench_relations(label: str, url: str, runs: int, workdir: Path) -> dict[str,
     return out
 
 
+BATCH_SIZE = 1000
+
+
+def bench_batch(label: str, url: str, runs: int, workdir: Path) -> dict[str, list[float]]:
+    """Seconds to submit ``BATCH_SIZE`` tasks one POST at a time and in one batch, ``runs`` times each."""
+    fx = seed(url)
+    out: dict[str, list[float]] = {"single": [], "batch": []}
+    with serving("zonefarm", [str(BIN / "zonefarm"), "api"], fx, workdir) as server:
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {SECRET}"  # root: no grant needed, no fair-use limit
+        tasks = server.base + "/api/v1/tasks"
+        for run in range(runs):
+            for kind in ("single", "batch") if run % 2 == 0 else ("batch", "single"):
+                specs = [{"name": "shell", "params": {"argv": ["true", f"{kind}-{run}-{i}"]}}
+                         for i in range(BATCH_SIZE)]
+                started = time.perf_counter()
+                if kind == "single":
+                    for spec in specs:
+                        resp = session.post(tasks, json=spec, timeout=60)
+                        if resp.status_code != 201:
+                            raise SystemExit(f"batch {label}: POST /tasks answered {resp.status_code}: {resp.text}")
+                else:
+                    resp = session.post(tasks + "/batch", json={"tasks": specs}, timeout=600)
+                    if resp.status_code != 201 or resp.json()["count"] != BATCH_SIZE:
+                        raise SystemExit(f"batch {label}: POST /tasks/batch answered {resp.status_code}: "
+                                         f"{resp.text[:2000]}")
+                out[kind].append(time.perf_counter() - started)
+            print(f"  {label:8} run {run + 1}: {BATCH_SIZE} single POSTs {out['single'][-1]:6.2f} s, "
+                  f"one batch {out['batch'][-1]:6.2f} s", flush=True)
+    return out
+
+
+def summarise_batch(results: dict[str, dict[str, list[float]]]) -> tuple[list[str], dict[str, Any]]:
+    lines = [f"| database | {BATCH_SIZE} single POSTs, s (median) | one batch of {BATCH_SIZE}, s (median) "
+             "| single / batch |", "| --- | ---: | ---: | ---: |"]
+    data: dict[str, Any] = {}
+    for db, runs in results.items():
+        single, batch = statistics.median(runs["single"]), statistics.median(runs["batch"])
+        lines.append(f"| {db} | {single:.2f} | {batch:.2f} | {single / batch:.1f}x |")
+        data[f"batch.{db}"] = {**runs, "ratio": single / batch}
+    return lines, data
+
+
 def _p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
@@ -364,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-runs", type=int, default=3, help="runs per WSGI server; 0 skips the comparison")
     parser.add_argument("--relations-runs", type=int, default=20,
                         help="requests per effective-relations route and database; 0 skips them")
+    parser.add_argument("--batch-runs", type=int, default=3,
+                        help="runs of 1,000 single POSTs against one batch, per database; 0 skips them")
     parser.add_argument("--json", help="also write the raw figures here")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -376,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, Samples]]] = {}
     server_results: dict[str, Samples] = {}
     relations: dict[str, dict[str, Samples]] = {}
+    batches: dict[str, dict[str, list[float]]] = {}
     cluster: PgCluster | None = None
 
     def database_url(db: str, name: str) -> str:
@@ -403,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{db}: effective relations, {DEPTH} levels deep and {WIDE_GROUPS * WIDE_USERS_PER_GROUP} users "
                   f"through {WIDE_GROUPS} groups, {args.relations_runs} requests per route", flush=True)
             relations[db] = bench_relations(db, database_url(db, "relations"), args.relations_runs, workdir)
+        for db in databases if args.batch_runs else []:
+            print(f"{db}: {BATCH_SIZE} tasks one POST at a time vs one POST /tasks/batch, {args.batch_runs} runs",
+                  flush=True)
+            batches[db] = bench_batch(db, database_url(db, "batch"), args.batch_runs, workdir)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -427,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(rel_lines))
         data.update(rel_data)
         ok &= rel_ok
+    if batches:
+        batch_lines, batch_data = summarise_batch(batches)
+        print()
+        print("\n".join(batch_lines))
+        data.update(batch_data)
     load_after = os.getloadavg()
     print(f"\nload average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after, on {os.cpu_count()} cores")
     data["loadavg"] = {"before": load_before, "after": load_after}

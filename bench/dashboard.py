@@ -9,7 +9,7 @@ dashboard's forms as the administrator and as an ordinary user, and requests eac
 ``ms`` of each request line), so the client and the network are not counted. The budget
 is 300 ms per page; ``--strict`` exits 1 when a page's worst run misses it.
 
-    .venv/bin/python bench/dashboard.py [--tasks 10000] [--runs 5] [--databases sqlite postgres]
+    .venv/bin/python bench/dashboard.py [--tasks 10000] [--runs 5] [--databases sqlite postgres] [--pages /registry]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class ServerTimes(logging.Handler):
         self.last = json.loads(record.getMessage())["ms"]
 
 
-def measure(url: str, tasks: int, runs: int) -> list[dict[str, Any]]:
+def measure(url: str, tasks: int, runs: int, only: list[str] | None = None) -> list[dict[str, Any]]:
     fx = seed(url, tasks)
     tmp = Path(tempfile.mkdtemp(prefix="zf-bench-dash-"))
     settings = Settings(database=url, root_secret=SECRET, nodes_secret=SECRET, data_dir=str(tmp), db_pool_size=4)
@@ -149,6 +149,8 @@ def measure(url: str, tasks: int, runs: int) -> list[dict[str, Any]]:
                  f"/tasks/{fx['task']}/live?offset=0", f"/tasks/{fx['queued']}", "/submit", "/nodes",
                  "/queues", "/registry/users", "/registry/groups", "/registry/spaces", "/registry/providers",
                  "/changes"]
+        if only:  # pages named on the command line, as they start (e.g. /registry)
+            pages = [p for p in pages if any(p.startswith(prefix) for prefix in only)]
         for who, visitor in (("root", root), ("user", user)):
             for page in pages:
                 samples = []
@@ -172,6 +174,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--databases", nargs="+", default=["sqlite"], choices=["sqlite", "postgres"])
+    parser.add_argument("--pages", nargs="+", metavar="PREFIX", help="only the pages starting with these")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--strict", action="store_true", help=f"exit 1 when a page's worst run passes {BUDGET_MS} ms")
     args = parser.parse_args()
@@ -179,13 +182,13 @@ def main() -> int:
     for db in args.databases:
         if db == "sqlite":
             path = Path(tempfile.mkdtemp(prefix="zf-bench-dash-db-")) / "zonefarm.db"
-            results[db] = measure(f"sqlite:///{path}", args.tasks, args.runs)
+            results[db] = measure(f"sqlite:///{path}", args.tasks, args.runs, args.pages)
         else:
             from tests.support.pg import PgCluster
             cluster = PgCluster().start()
             try:
                 cluster.sql("CREATE DATABASE zf_bench_dash")
-                results[db] = measure(cluster.url("zf_bench_dash"), args.tasks, args.runs)
+                results[db] = measure(cluster.url("zf_bench_dash"), args.tasks, args.runs, args.pages)
             finally:
                 cluster.stop()
     worst = 0.0

@@ -4,6 +4,7 @@ its lock, the database shrinking back, 410 for a provider behind the kept feed).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ from control.core.config import Settings
 from control.core.db import connection, database, is_postgres
 from control.core.models import now
 from control.farm import retention, telemetry
-from control.farm.models import Housekeeping, Nonce, Task, TaskEvent, TaskLog
+from control.farm.dispatcher.loop import Dispatcher
+from control.farm.models import Housekeeping, NodeJoinToken, Nonce, Task, TaskEvent, TaskLog
 from control.provider.agent import Follower, ProviderConfig
-from control.registry.models import Change, Token
+from control.registry.models import Change, Invite, SupportToken, Token
 from tests.support import registry
 from tests.support.client import Api
 
@@ -46,6 +48,13 @@ def test_actors_are_recorded_and_root_reads_the_audit(api: Api) -> None:
     assert future["total"] == 0 and future["items"] == []
     page = api.get("/audit", token=api.root, params={"limit": 2, "offset": 1}).json()
     assert page["items"] == items[1:3]
+
+    # a provider redeeming a support token acts as itself, not as root or the space's admin
+    prov, ptoken = registry.provider(api, "prov1")
+    space = registry.space(api, token, "s-bob")
+    registry.support(api, token, space["id"], prov["id"], provider_token=ptoken)
+    supports = api.get("/audit", token=api.root, params={"kind": "change", "entity": "support"}).json()["items"]
+    assert [(i["action"], i["actor"]) for i in supports] == [("create", f"provider:{prov['id']}")], supports
 
     assert api.get("/audit", token=token).status_code == 403
     assert api.get("/audit").status_code == 401
@@ -103,6 +112,54 @@ def test_pruning_deletes_past_retention_and_the_database_shrinks_back(settings: 
         shrunk = _size()
     assert grown > baseline + 1_000_000
     assert shrunk < baseline + (grown - baseline) * 0.1, (baseline, grown, shrunk)
+
+
+def test_logs_kept_shorter_than_tasks_and_old_grants_of_entry_pruned(settings: Settings, api: Api) -> None:
+    """``retention_logs_days`` < ``retention_tasks_days``: the log goes, the task and its events
+    stay. Invites, support tokens and node join tokens expired past ``retention_tokens_days``
+    go; younger ones (expired or not) stay."""
+    _, token = api.submitter("alice")
+    space = registry.space(api, token, "s1")
+    prov, _ = registry.provider(api, "prov1")
+    settings = replace(settings, retention_logs_days=7, retention_tasks_days=30, retention_tokens_days=7)
+    t = now()
+    with connection():
+        task = Task.create(name="shell", state="succeeded", created_at=t - 11 * DAY, finished_at=t - 10 * DAY)
+        TaskEvent.create(task=task, ts=t - 10 * DAY, to_state="succeeded", reason="old")
+        TaskLog.create(task=task, seq=0, start=0, ts=t - 10 * DAY, text="old log")
+        fresh = Task.create(name="shell", state="succeeded", finished_at=t - DAY)
+        TaskLog.create(task=fresh, seq=0, start=0, ts=t - DAY, text="new log")
+        kept, gone = {}, {}
+        for age, into in ((8, gone), (1, kept)):
+            exp = t - age * DAY
+            into["invite"] = Invite.create(token_hash=f"i{age}".ljust(64, "0"), space=space["id"], subject="user",
+                                           expires_at=exp).id
+            into["support"] = SupportToken.create(token_hash=f"s{age}".ljust(64, "0"), space=space["id"],
+                                                  provider=prov["id"], expires_at=exp).id
+            into["join"] = NodeJoinToken.create(token_hash=f"j{age}".ljust(64, "0"), name=f"wk{age}",
+                                                expires_at=exp).id
+
+        pruned = retention.prune(settings, t)
+
+        assert pruned.counts["task_logs"] == 1 and pruned.counts.get("tasks", 0) == 0
+        assert [r.text for r in TaskLog.select()] == ["new log"]
+        assert {r.id for r in Task.select()} == {task.id, fresh.id}
+        assert [e.reason for e in TaskEvent.select().where(TaskEvent.task == task.id)] == ["old"]
+        assert pruned.counts["invites"] == pruned.counts["support_tokens"] == pruned.counts["join_tokens"] == 1
+        for model, key in ((Invite, "invite"), (SupportToken, "support"), (NodeJoinToken, "join")):
+            assert [r.id for r in model.select()] == [kept[key]], model
+    assert api.get(f"/tasks/{task.id}", token=api.root).json()["state"] == "succeeded"
+    assert api.get(f"/tasks/{task.id}/log", token=api.root).json()["text"] == ""
+
+
+def test_the_dispatcher_loop_prunes(settings: Settings, api: Api) -> None:
+    """One idle round of a real dispatcher ends with its housekeeping: the pruner ran."""
+    with connection():
+        old = Token.create(token_hash="c" * 64, kind="user", expires_at=now() - 30 * DAY)
+    Dispatcher(settings, ident="d-prune").serve(max_rounds=1)
+    with connection():
+        assert Token.get_or_none(Token.id == old.id) is None
+        assert Housekeeping.get(Housekeeping.name == "prune").last_run > now() - 60
 
 
 def test_one_pruner_at_a_time(settings: Settings, api: Api) -> None:

@@ -18,7 +18,7 @@ from control.core.config import Settings
 from control.core.db import connection, database, init_database, is_postgres
 from control.farm import states
 from control.farm.claims import claim
-from control.farm.eligibility import Want, active_counts, assess
+from control.farm.eligibility import Want, assess, load_usage
 from control.farm.explain import explain
 from control.farm.models import Node, Task, TaskEvent
 from control.farm.reaper import reap
@@ -290,7 +290,7 @@ def test_claim_fan_out_and_explain_share_one_rule(db: str) -> None:
     waiting = task()
     with connection():
         nodes = list(Node.select().order_by(Node.name))
-        found = assess(Task.get_by_id(waiting), nodes, active_counts())
+        found = assess(Task.get_by_id(waiting), nodes, load_usage())
         assert [n.name for n in found.fits] == ["free"]
         assert {name: r.code for name, r in found.rejected.items()} == {
             "busy": "node_busy", "cordoned": "node_cordoned", "draining": "node_draining",

@@ -36,6 +36,7 @@ from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.apiproc import ApiProcess, api_env, clean_env
 from tests.support.client import Api
 from tests.support.farm import ROOT, Farm
+from tests.support.nodes import SignedNode
 from tests.support.pg import free_port
 from tests.support.registry import provider
 from tests.support.server import LiveServer
@@ -327,6 +328,10 @@ def test_submit_wait_follows_to_the_end_and_exits_with_the_outcome(cli: Cli, far
 
     shown = _json(cli("task", "show", str(task_id), "--json"))
     assert shown["state"] == "succeeded" and shown["params"] == {"argv": ["sh", "-c", "echo hi; sleep 1"]}
+    sized = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--cpu", "0.5", "--memory", "1MiB",
+                      "--resource", "gpu=0", "--label", "rack=r9", "--json"))  # no node has the label: it waits
+    assert sized["resources"] == {"cpu": 0.5, "memory": 1 << 20} and sized["target"]["labels"] == {"rack": "r9"}
+    assert "any [rack=r9]" in cli("task", "show", str(sized["id"])).out
     listed = _json(cli("task", "ls", "--json", "--state", "failed"))
     assert [t["id"] for t in listed["items"]] == [final["id"]]
     why = _json(cli("task", "why", str(final["id"]), "--json"))
@@ -336,6 +341,38 @@ def test_submit_wait_follows_to_the_end_and_exits_with_the_outcome(cli: Cli, far
     assert text.rc == 0 and f"{task_id}" in text.out and "succeeded" in text.out
     logs = cli("task", "logs", str(final["id"]))
     assert logs.rc == 0 and logs.out == "broken\n"
+
+
+def test_submit_targets_and_cancel(cli: Cli, alice: dict[str, Any], api: Api) -> None:
+    """``--region`` and ``--all`` become the API's broadcast targets; ``task cancel`` stops a queued
+    task at once and says so, and a second cancel is the API's refusal (exit 3). No dispatcher:
+    the tasks stay queued, which is what cancelling needs."""
+    for name, region in (("wk1", "eu"), ("wk2", "us")):
+        assert SignedNode(api, name, NODES_SECRET).register(region=region).status_code in (200, 201)
+    assert cli.login().rc == 0
+    refused = cli("task", "submit", "shell", "-p", 'argv=["true"]', "--region", "eu")
+    assert refused.rc == 3 and "no grant to broadcast" in refused.err  # a broadcast is a grant of its own
+    for held in api.get("/grants", token=api.root).json()["items"]:  # alice's single-node grant
+        assert api.delete(f"/grants/{held['id']}", token=api.root).status_code == 204
+    api.grant(user=alice["id"], targets="all")
+    regional = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--region", "eu", "--json"))
+    assert (regional["target"]["kind"], regional["target"]["value"]) == ("region", "eu")
+    everywhere = _json(cli("task", "submit", "shell", "-p", 'argv=["true"]', "--all", "--json"))
+    assert everywhere["target"]["kind"] == "all"
+    for task in (regional, everywhere):
+        assert api.get(f"/tasks/{task['id']}", token=api.root).json()["target"] == task["target"]
+    both = cli("task", "submit", "shell", "-p", 'argv=["true"]', "--region", "eu", "--all")
+    assert both.rc == 2 and "at most one of" in both.err
+
+    done = cli("task", "cancel", str(regional["id"]))
+    assert done.rc == 0 and done.out.strip() == f"task {regional['id']} cancelled", done
+    assert api.get(f"/tasks/{regional['id']}", token=api.root).json()["state"] == "cancelled"
+    again = cli("task", "cancel", str(regional["id"]))
+    assert again.rc == 3 and again.err.strip(), again
+    cancelled = _json(cli("task", "cancel", str(everywhere["id"]), "--json"))
+    assert cancelled["id"] == everywhere["id"] and cancelled["state"] == "cancelled"
+    assert cli("task", "cancel", "999").rc == 3
+    assert api.get("/tasks", token=api.root, params={"state": "queued"}).json()["total"] == 0
 
 
 def _read_all(fd: int, into: list[bytes]) -> None:
@@ -449,20 +486,17 @@ def _json_lines(result: Result) -> list[Any]:
 
 @pytest.mark.parametrize("token_ttl", [2])
 def test_expired_token_is_refreshed_or_a_new_login_is_asked_for(cli: Cli, alice: dict[str, Any], api: Api) -> None:
-    """Against the API as it is: with refresh tokens the CLI renews silently; without, it says to log in.
+    """The API gives a refresh token at login, and the CLI renews an expired token with it silently.
 
-    Both ways the CLI learns of the expiry: from the expiry it recorded, and from the
-    API's 401 when the record is wrong (here: pushed into the future by hand).
+    The CLI learns of the expiry both ways: from the expiry it recorded, and from the API's
+    401 when the record is wrong (here: pushed into the future by hand).
     """
     assert cli.login().rc == 0
     first = cli.stored()
+    assert first.refresh_token, "the password grant gives the CLI a refresh token"
     time.sleep(3)
     assert api.get("/tasks", token=first.token).status_code == 401  # really expired
     out = cli("task", "ls", "--json")
-    if first.refresh_token is None:  # the API gives no refresh token: only a new login helps
-        assert out.rc == 3
-        assert "token expired (HTTP 401)" in out.err and f"zonefarm login {cli.url}/api/v1" in out.err
-        return
     assert out.rc == 0, out
     json.loads(out.out)
     second = cli.stored()
@@ -479,6 +513,14 @@ def test_expired_token_is_refreshed_or_a_new_login_is_asked_for(cli: Cli, alice:
     # The spent refresh token is gone for good (the API makes them single use).
     reuse = api.post("/auth/token", data={"grant_type": "refresh_token", "refresh_token": first.refresh_token})
     assert reuse.status_code in (400, 401)
+
+    # A refresh token the API refuses (here: one already spent): only a new login helps.
+    assert api.delete("/auth/token", token=third.token).status_code == 204
+    credentials.save(replace(third, refresh_token=first.refresh_token), cli.cred_env)
+    out = cli("task", "ls", "--json")
+    assert out.rc == 3, out
+    assert "refresh token was refused" in out.err and f"zonefarm login {cli.url}" in out.err
+    assert cli.stored().refresh_token is None  # forgotten: it will never work again
 
 
 def test_nodes_spaces_and_changes(cli: Cli, farm: Farm, alice: dict[str, Any], api: Api) -> None:
@@ -652,3 +694,28 @@ def test_support_takes_a_token_the_provider_redeems(cli: Cli, alice: dict[str, A
     assert cli("space", "support", "climate", "prov1", "--revoke").rc == 0
     assert _json(cli("space", "support", "climate", "--json"))["items"] == []
 
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the client speaks HTTP: one database is enough
+def test_templates_and_schedules(cli: Cli, alice: dict[str, Any], api: Api) -> None:
+    assert cli.login().rc == 0
+    token = api.login("alice", PASSWORD)
+    made = api.post("/templates", token=token, json={"name": "nightly", "spec": {
+        "name": "shell", "params": {"argv": ["echo", "hi"]}, "priority": 3}})
+    assert made.status_code == 201, made.text
+    api.patch(f"/templates/{made.json()['id']}", token=token, json={"spec": {"name": "shell",
+                                                                            "params": {"argv": ["echo", "v2"]}}})
+    assert "nightly" in cli("template", "ls").out
+    shown = _json(cli("template", "show", "nightly", "--version", "1", "--json"))
+    assert shown["version"] == 1 and shown["spec"]["params"]["argv"] == ["echo", "hi"]
+    launched = _json(cli("template", "launch", "nightly", "-p", "env={\"A\": \"1\"}", "--priority", "9", "--json"))
+    assert launched["template_version"] == 2 and launched["priority"] == 9
+    assert launched["params"] == {"argv": ["echo", "v2"], "env": {"A": "1"}}
+    plain = cli("template", "launch", "nightly")
+    assert plain.rc == 0 and "launched from template" in plain.out
+    assert cli("template", "show", "nope").rc == 3
+    sch = api.post("/schedules", token=token, json={"template": made.json()["id"], "cron": "0 3 * * *"})
+    assert sch.status_code == 201, sch.text
+    listed = cli("schedule", "ls", "--template", "nightly")
+    assert listed.rc == 0 and "0 3 * * * (UTC)" in listed.out
+    assert [s["id"] for s in _json(cli("schedule", "ls", "--json"))["items"]] == [sch.json()["id"]]

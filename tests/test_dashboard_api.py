@@ -15,6 +15,8 @@ import pytest
 from control.core.db import connection, write_transaction
 from control.farm.models import Task
 from control.registry import feed
+from control.web.dashboard.inproc import InProcessApi
+from control.web.dashboard.views import GROUP_CARDS
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.client import Api
 from tests.support.dashboard import Visitor, csrf_of
@@ -102,14 +104,23 @@ def test_wrong_password_and_tampered_cookie(site: str, api: Api) -> None:
 
 
 def test_logout_revokes_the_token(site: str, api: Api) -> None:
-    v = visitor(site, api, "alice")
+    alice = api.make_user("alice")
+    tokens = f"/users/{alice['id']}/tokens"
+    before = {t["id"] for t in api.get(tokens, token=api.root).json()["items"]}
+    v = Visitor(site)
+    v.login("alice")
     token = v.token
     assert api.get("/tasks", token=token).status_code == 200
+    # the login made one live token, an access token: no refresh token that logout could not revoke
+    made = [t for t in api.get(tokens, token=api.root).json()["items"] if t["id"] not in before]
+    assert [t["kind"] for t in made] == ["access"], made
     csrf = v.csrf()
     resp = v.post("/logout", {"csrf": csrf})
     assert resp.status_code == 303 and resp.headers["Location"].endswith("/login")
     assert api.get("/tasks", token=token).status_code == 401
     assert v.get("/tasks").status_code == 303
+    live = {t["id"] for t in api.get(tokens, token=api.root).json()["items"]}
+    assert live <= before, "a token from the dashboard's login outlived its logout"
 
 
 def test_forms_without_a_valid_csrf_token_are_refused(site: str, api: Api) -> None:
@@ -182,6 +193,14 @@ def test_node_actions_are_the_administrators(site: str, api: Api) -> None:
     assert 'data-flag="cordoned"' in root.get("/nodes").text
     assert root.post("/nodes/wk1/uncordon", {"csrf": root.csrf()}).status_code == 303
     assert api.get("/nodes/wk1", token=api.root).json()["cordoned"] is False
+    assert alice.post("/nodes/wk1/drain", {"csrf": alice.csrf()}).status_code == 403
+    assert api.get("/nodes/wk1", token=api.root).json()["draining"] is False
+    assert 'id="drain-wk1"' in root.get("/nodes").text
+    resp = root.post("/nodes/wk1/drain", {"csrf": root.csrf()})
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/nodes")
+    drained = api.get("/nodes/wk1", token=api.root).json()
+    assert drained["draining"] is True and drained["cordoned"] is True
+    assert "Node wk1 draining." in root.get("/nodes").text  # the flash, once
     assert root.post("/nodes/wk1/explode", {"csrf": root.csrf()}).status_code == 404
 
 
@@ -249,6 +268,18 @@ def test_tasks_page_paginates_filters_and_counts(site: str, api: Api, live_serve
     assert re.search(r'id="count-queued".*?<span class="count">60<', page.text, re.S)
     odd = root.get("/tasks?queue=odd&owner=alice")
     assert odd.text.count('data-task="') == 30
+    # node: the tasks last run on wk1 (a lost attempt's node), type: the API's name filter
+    with connection():
+        ids = [t.id for t in Task.select(Task.id).order_by(Task.id).limit(3)]
+        Task.update(last_node="wk1").where(Task.id.in_(ids)).execute()
+    on_wk1 = root.get("/tasks?node=wk1").text
+    assert sorted(int(n) for n in re.findall(r'data-task="(\d+)"', on_wk1)) == ids
+    assert root.get("/tasks?node=wk2").text.count('data-task="') == 0
+    boxed = submit(api, api.root, name="container", params={"image": "busybox"})
+    typed = root.get("/tasks?type=container").text
+    assert re.findall(r'data-task="(\d+)"', typed) == [str(boxed["id"])]
+    assert re.search(r'id="count-queued".*?<span class="count">1<', typed, re.S)  # counts filtered alike
+    assert root.get("/tasks?type=shell&node=wk1").text.count('data-task="') == 3
     assert root.get("/tasks?owner=nobody").text.count('data-task="') == 0
     assert "No user named" in root.get("/tasks?owner=nobody").text
     # time filters go to the API's created_after / created_before
@@ -307,6 +338,48 @@ def test_every_page_renders_for_root_and_user(site: str, api: Api) -> None:
     assert js.status_code == 200 and "htmx" in js.text[:2000]
     assert Visitor(site).get("/static/htmx.LICENSE.txt").status_code == 200
     assert Visitor(site).get("/static/../views.py").status_code in (403, 404)
+
+
+def test_registry_groups_page_is_a_few_reads_per_card(site: str, api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Six nested groups g0 > g1 > ... > g5, alice in g5: a page shows GROUP_CARDS of them, and
+    names the groups of a member's chain that are off the page from one read, not one each:
+    the page is one list, two reads per card and at most one for names (its 300 ms budget)."""
+    alice = api.make_user("alice")
+    bob = api.make_user("bob")
+    ids = [api.post("/groups", token=api.root, json={"name": f"g{i}"}).json()["id"] for i in range(6)]
+    for parent, child in zip(ids, ids[1:], strict=False):
+        assert api.put(f"/groups/{parent}/children/{child}", token=api.root).status_code == 201
+    api.put(f"/groups/{ids[5]}/users/{alice['id']}", token=api.root, json={"role": "member"})
+    api.put(f"/groups/{ids[0]}/users/{bob['id']}", token=api.root, json={"role": "member"})
+    reads: list[str] = []
+    real_call = InProcessApi.call
+
+    def counted(self: InProcessApi, method: str, path: str, *args: object, **kw: object) -> object:
+        reads.append(path)
+        return real_call(self, method, path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(InProcessApi, "call", counted)
+    root = Visitor(site)
+    root.login_root(ROOT_SECRET)
+    reads.clear()
+    page = root.get("/registry/groups").text
+    cards = re.findall(r'<section class="card entity" id="group-(\d+)"', page)
+    assert cards == [str(g) for g in ids[:GROUP_CARDS]]
+    assert len(reads) == 1 + 2 * GROUP_CARDS + 1, reads
+    top = page[page.index(f'id="group-{ids[0]}"'):page.index(f'id="group-{ids[1]}"')]
+    assert "alice" in top and "via g1 › g2 › g3 › g4 › g5" in top  # g4 and g5 are on the next page
+    assert 'href="/registry/groups?offset=4"' in page
+    rest = root.get("/registry/groups?offset=4").text
+    assert re.findall(r'<section class="card entity" id="group-(\d+)"', rest) == [str(g) for g in ids[4:]]
+    # bob, in g0 only, sees g0's members and its child g1 (the children read names it), not
+    # the names of the groups further down
+    v = Visitor(site)
+    v.login("bob")
+    reads.clear()
+    mine = v.get("/registry/groups").text
+    assert re.findall(r'<section class="card entity" id="group-(\d+)"', mine) == [str(ids[0])]
+    assert "alice" in mine and f"via g1 › #{ids[2]} › #{ids[3]}" in mine and "g2" not in mine
+    assert len(reads) == 1 + 2 + 1, reads
 
 
 def test_changes_page_starts_at_the_head_of_a_long_feed(site: str, api: Api) -> None:

@@ -128,10 +128,12 @@ def test_killed_runner_is_lost_requeued_and_finished_elsewhere(farm: Farm) -> No
 
 
 def test_two_dispatchers_never_run_a_task_twice(farm: Farm) -> None:
+    """Both dispatchers claim (a few tasks a round each, so neither takes the whole queue in one
+    round), and no task runs twice."""
     works = [farm.add_node(f"wk{i}", concurrency=5) for i in range(1, 4)]
-    farm.start_dispatcher("d1")
-    farm.start_dispatcher("d2")
-    ids = [farm.submit("shell", {"argv": ["true"]})["id"] for _ in range(24)]
+    ids = [farm.submit("shell", {"argv": ["true"]})["id"] for _ in range(18)]
+    farm.start_dispatcher("d1", "--claim-limit", "6")  # three rounds' worth: while one's job runs, the other claims
+    farm.start_dispatcher("d2", "--claim-limit", "6")
     for task_id in ids:
         assert farm.wait(task_id)["state"] == "succeeded"
     launched = {}
@@ -141,8 +143,8 @@ def test_two_dispatchers_never_run_a_task_twice(farm: Farm) -> None:
             assert task_id not in launched, f"task {task_id} launched twice"
             launched[task_id] = spec
     assert sorted(launched) == sorted(ids)
-    claimers = {e["reason"].split()[2] for i in ids for e in farm.events(i) if e["to_state"] == "assigned"}
-    assert claimers <= {"d1", "d2"}
+    claims = [e["reason"].split()[2] for i in ids for e in farm.events(i) if e["to_state"] == "assigned"]
+    assert set(claims) == {"d1", "d2"}, f"claims by dispatcher: {claims}"  # both did work, not one alone
 
 
 def test_nodes_secret_never_leaks(farm: Farm) -> None:
@@ -360,6 +362,58 @@ def test_node_agent_cli_registers_and_heartbeats(api: Api, live_server: LiveServ
     os.chmod(config, 0o640)
     refused = node("heartbeat")
     assert refused.returncode != 0 and "chmod 600" in refused.stderr
+
+
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_two_dispatchers_fire_each_due_time_once_with_one_killed_halfway(farm: Farm) -> None:
+    """Two ``zonefarm dispatcher`` processes on PostgreSQL fire one schedule every second; d1 is
+    killed (-9) once it has fired some. Each due time fires once (no duplicate), in phase, and
+    d2 carries on alone. No node: the tasks stay queued, which skip_if_running=false allows."""
+    api = farm.api
+    tpl = api.post("/templates", token=api.root, json={"name": "tick", "spec": {"name": "shell",
+                                                                               "params": {"argv": ["true"]}}})
+    assert tpl.status_code == 201, tpl.text
+    sch = api.post("/schedules", token=api.root, json={"template": tpl.json()["id"], "interval": 1,
+                                                      "skip_if_running": False})
+    assert sch.status_code == 201, sch.text
+    schedule_id = sch.json()["id"]
+
+    def firings() -> list[float]:
+        """The due time of each task the schedule made, from its first event."""
+        tasks = api.get("/tasks", token=api.root, params={"schedule": schedule_id, "limit": 500}).json()["items"]
+        return sorted(farm.events(t["id"])[0]["data"]["due"] for t in tasks)
+
+    def wait_for(ok: Any, what: str, timeout: float = 60) -> list[float]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = firings()
+            if ok(now):
+                return now
+            time.sleep(0.3)
+        raise AssertionError(f"{what}: {firings()}\n{farm.dispatcher_logs()[-3000:]}")
+
+    d1 = farm.start_dispatcher("d1")
+    farm.start_dispatcher("d2")
+    by_d1 = wait_for(lambda f: len(f) >= 3 and _fired_by(farm, api, schedule_id, "d1"), "d1 never fired")
+    d1.kill()  # kill -9, whatever it is doing
+    d1.wait(10)
+    farm.dispatchers.remove(d1)
+    after = wait_for(lambda f: len(f) >= len(by_d1) + 4, "d2 did not carry on alone")
+    dues = after
+    assert len(dues) == len(set(dues)), f"a due time fired twice: {dues}"
+    steps = [b - a for a, b in zip(dues, dues[1:], strict=False)]
+    assert all(s >= 1 and abs(s - round(s)) < 1e-6 for s in steps), f"not in phase: {dues}"
+    assert _fired_by(farm, api, schedule_id, "d2")
+
+
+def _fired_by(farm: Farm, api: Api, schedule_id: int, ident: str) -> bool:
+    """Whether dispatcher ``ident`` launched a task of the schedule (the actor of its first event)."""
+    from control.core.db import connection
+    from control.farm.models import Task, TaskEvent
+    with connection():
+        return (TaskEvent.select().join(Task)
+                .where(Task.schedule_id == schedule_id, TaskEvent.to_state == "queued",
+                       TaskEvent.actor == f"dispatcher:{ident}").exists())
 
 
 def test_dispatcher_killed_mid_round_loses_and_doubles_nothing(farm: Farm) -> None:

@@ -122,8 +122,9 @@ def test_a_users_effective_groups_and_spaces(api: Api, diamond: dict[str, Any]) 
 def test_another_user_sees_only_what_it_may_see(api: Api, diamond: dict[str, Any]) -> None:
     w = diamond
     me = w["dora"]["id"]
-    # eve shares S with dora, and no group: she sees S only
-    assert [s["name"] for s in api.get(f"/users/{me}/effective_spaces", token=w["eve_t"]).json()["items"]] == ["S"]
+    # eve shares S with dora, and no group: she sees S only, and not the groups dora reaches it through
+    shared = api.get(f"/users/{me}/effective_spaces", token=w["eve_t"]).json()["items"]
+    assert [(s["name"], s["direct"], s["membership"]) for s in shared] == [("S", False, [])]
     assert api.get(f"/users/{me}/effective_groups", token=w["eve_t"]).json()["total"] == 0
     # bob shares nothing
     assert api.get(f"/users/{me}/effective_spaces", token=w["bob_t"]).json()["total"] == 0
@@ -131,6 +132,19 @@ def test_another_user_sees_only_what_it_may_see(api: Api, diamond: dict[str, Any
     assert api.get(f"/users/{me}/effective_spaces", token=api.root).json()["total"] == 2
     error(api.get("/users/424242/effective_groups", token=api.root), 404)
     error(api.get(f"/users/{me}/effective_groups"), 401)
+    # once she is in A (so in P, and in T through P; she sees A and P, not B, C or D) the chains
+    # still name none of them
+    join(api, api.root, "groups", w["A"], w["eve"]["id"])
+    shared = api.get(f"/users/{me}/effective_spaces", token=w["eve_t"]).json()["items"]
+    assert [(s["name"], s["membership"]) for s in shared] == [("S", []), ("T", [])]
+    assert [(g["name"], g["membership"]) for g in
+            api.get(f"/users/{me}/effective_groups", token=w["eve_t"]).json()["items"]] == [("A", []), ("P", [])]
+    # in D too (so in B and C through it): the chain through A, B and D is hers to see
+    join(api, api.root, "groups", w["D"], w["eve"]["id"])
+    full = {"S": [[w["A"], w["B"], w["D"]]], "T": [[w["P"], w["A"], w["B"], w["D"]]]}
+    for who in (w["eve_t"], w["dora_t"], api.root):  # as dora herself and root always see them
+        seen = api.get(f"/users/{me}/effective_spaces", token=who).json()["items"]
+        assert {s["name"]: s["membership"] for s in seen} == full
 
 
 def _ladder(rungs: int) -> tuple[int, int, int]:

@@ -159,17 +159,25 @@ def test_request_histograms_add_up_across_gunicorn_workers(tmp_path: Path, start
     server = _start(started, tmp_path, env)
     server.wait_ready()
     base = server.url.removesuffix("/api/v1")
-    for _ in range(40):  # new connections: gunicorn spreads them over both workers
+    def worker_files() -> set[str]:
+        return {p.name for p in stale.iterdir() if p.name.startswith("histogram_")}
+
+    made = 0
+    # New connections: gunicorn spreads them over both workers. Go on until each worker has
+    # served (its own histogram file exists), so the scrape must add two workers' counts.
+    while made < 20 or (len(worker_files()) < 2 and made < 400):
         resp = requests.get(server.url + "/openapi.json", timeout=10, headers={"Connection": "close"})
         assert resp.status_code == 200
-    files = {p.name for p in stale.iterdir()}
+        made += 1
+    files = worker_files()
     assert "histogram_999999.db" not in files  # emptied on start
+    assert len(files) == 2, (made, files)  # one file per worker, each of which served
     families = scrape(base)
-    count = sum(v for lab, v, s in families["zonefarm_api_request_duration_seconds"]
-                if s.endswith("_count") and lab["route"] == "/api/v1/openapi.json")
-    assert count == 40
-    workers = {f.split("_")[-1] for f in files if f.startswith("histogram_")}
-    assert workers, files  # one file per worker that served (usually both)
+    samples = [(lab, v, s) for lab, v, s in families["zonefarm_api_request_duration_seconds"]
+               if lab["route"] == "/api/v1/openapi.json"]
+    assert sum(v for _, v, s in samples if s.endswith("_count")) == made
+    assert next(v for lab, v, s in samples if s.endswith("_bucket") and lab["le"] == "+Inf") == made
+    assert 0 < sum(v for _, v, s in samples if s.endswith("_sum")) < made * 10
 
 
 @pytest.fixture

@@ -295,3 +295,61 @@ def test_upgrade_adds_task_limits_and_keeps_tasks(empty_db_url: str) -> None:
     assert "m0011_task_limits" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
     assert _rows(empty_db_url, "SELECT name, params, limits FROM task") == [("shell", '{"argv": ["true"]}', None)]
     assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_templates_schedules_and_task_origins(empty_db_url: str) -> None:
+    """A site from before templates upgrades: its tasks keep everything and came from no template."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    _execute(empty_db_url, "DROP TABLE schedule", "DROP TABLE template_version", "DROP TABLE template",
+             "DROP INDEX task_template_id_state", "ALTER TABLE task DROP COLUMN template_id",
+             "ALTER TABLE task DROP COLUMN template_version", "ALTER TABLE task DROP COLUMN schedule_id",
+             "DELETE FROM schema_version WHERE version >= 31",
+             "INSERT INTO task (name, params, queue, target_kind, priority, timeout, max_attempts, attempt, state, "
+             "cancel_requested, created_at, progress, reason) VALUES ('shell', '{\"argv\": [\"true\"]}', 'default', "
+             "'any', 0, 60, 3, 0, 'queued', false, 1.0, 0, '')")
+    assert "m0031_templates_schedules" in _zonefarm(empty_db_url, "db", "status")["pending"]
+    assert "m0031_templates_schedules" in _zonefarm(empty_db_url, "db", "upgrade")["applied"]
+    assert _rows(empty_db_url, "SELECT name, template_id, template_version, schedule_id FROM task") == [
+        ("shell", None, None, None)]
+    schema = _schema(empty_db_url)
+    assert {"name", "owner", "space_id", "version", "spec"} <= {c[0] for c in schema["template"]["columns"]}
+    assert {"template_id", "version", "spec"} <= {c[0] for c in schema["template_version"]["columns"]}
+    assert {"template_id", "cron", "interval", "timezone", "next_run", "skip_if_running"} <= {
+        c[0] for c in schema["schedule"]["columns"]}
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+
+
+def test_upgrade_adds_actors_and_keeps_the_feed_and_task_events(empty_db_url: str) -> None:
+    """A site from before the audit (schema 11) upgrades: its changes and task events are kept,
+    with the actor ``system`` (who made them was not recorded), and the new tables start empty."""
+    _zonefarm(empty_db_url, "db", "upgrade")
+    actor_indexes = sorted(name for table in ("change", "task_event")
+                           for name, columns, _ in _schema(empty_db_url)[table]["indexes"] if "actor" in columns)
+    assert len(actor_indexes) == 2, actor_indexes
+    _execute(empty_db_url,
+             *[f'DROP INDEX "{name}"' for name in actor_indexes],
+             'ALTER TABLE "change" DROP COLUMN actor', "ALTER TABLE task_event DROP COLUMN actor",
+             *[f"ALTER TABLE provider DROP COLUMN {c}" for c in ("feed_acked_seq", "feed_polled_at")],
+             "DROP TABLE dispatcher_health", "DROP TABLE housekeeping",
+             "DELETE FROM schema_version WHERE version = 20",
+             'INSERT INTO "change" (ts, entity, entity_id, op, user_id) VALUES (5.0, \'user\', 7, \'create\', 7)',
+             "INSERT INTO provider (name, domain, admin_email, sftp_port, created_at, updated_at) "
+             "VALUES ('prov-old', 'old.example.org', 'ops@example.org', 22, 1.0, 2.0)",
+             "INSERT INTO task (name, params, queue, target_kind, priority, timeout, max_attempts, attempt, state, "
+             "cancel_requested, created_at, progress, reason) VALUES ('shell', '{\"argv\": [\"true\"]}', 'default', "
+             "'any', 0, 60, 3, 0, 'queued', false, 1.0, 0, '')",
+             "INSERT INTO task_event (task_id, ts, to_state, reason) SELECT id, 1.0, 'queued', 'submitted' FROM task")
+    assert _zonefarm(empty_db_url, "db", "status")["pending"] == ["m0020_audit_metrics"]
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == ["m0020_audit_metrics"]
+    assert _rows(empty_db_url, 'SELECT seq, ts, entity, entity_id, op, actor FROM "change"') == [
+        (1, 5.0, "user", 7, "create", "system")]
+    assert _rows(empty_db_url, "SELECT to_state, reason, actor FROM task_event") == [("queued", "submitted", "system")]
+    assert _rows(empty_db_url, "SELECT name, feed_acked_seq, feed_polled_at FROM provider") == [
+        ("prov-old", None, None)]
+    assert _rows(empty_db_url, "SELECT count(*) FROM dispatcher_health") == [(0,)]
+    assert _rows(empty_db_url, "SELECT count(*) FROM housekeeping") == [(0,)]
+    schema = _schema(empty_db_url)
+    assert sorted(name for table in ("change", "task_event")
+                  for name, columns, _ in schema[table]["indexes"] if "actor" in columns) == actor_indexes
+    assert _zonefarm(empty_db_url, "db", "upgrade")["applied"] == []
+    assert _schema(empty_db_url) == schema

@@ -264,7 +264,8 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
                  "worker_region": "eu", "worker_queues": ["default"], "worker_concurrency": 2,
                  "worker_workdir": str(tmp_path / "work"), "worker_ansible_host": "127.0.0.1",
                  "worker_ansible_port": 22, "worker_ansible_user": "zf", "worker_ansible_connection": "local",
-                 "worker_python": sys.executable, "worker_labels": {}, "worker_heartbeat_interval": 15,
+                 "worker_python": sys.executable, "worker_labels": {},
+                 "worker_resources": {"gpu": 2, "memory": 1 << 33}, "worker_heartbeat_interval": 15,
                  "worker_task_nice": 0, "worker_upload_key": "/k", "worker_upload_known_hosts": "/h",
                  "worker_sandbox_policy": "/etc/zonefarm-sandbox.ini", "common_venv": "/opt/zonefarm/venv",
                  "worker_container_images": ["ghcr.io/openzim/*", "busybox:*"],
@@ -288,3 +289,4 @@ def test_the_worker_role_writes_a_derived_key_and_never_the_nodes_secret(tmp_pat
     assert config.container_images == ("ghcr.io/openzim/*", "busybox:*")
     assert config.node_key not in proc.stdout + proc.stderr
     assert config.ca_file == "/etc/zonefarm/ca.pem"
+    assert config.resources == {"gpu": 2, "memory": 1 << 33}  # reported over the detected ones

@@ -39,7 +39,7 @@ def test_submit_shell_task_and_read_it_back(api: Api) -> None:
     task = created.json()
     assert created.headers["Location"] == f"/api/v1/tasks/{task['id']}"
     assert task["state"] == "queued" and task["attempt"] == 0 and task["queue"] == "default"
-    assert task["target"] == {"kind": "any", "value": None} and task["owner"] is None
+    assert task["target"] == {"kind": "any", "value": None, "labels": None} and task["owner"] is None
     shown = api.get(f"/tasks/{task['id']}", token=api.root).json()
     assert shown["params"] == {"argv": ["echo", "hi"]} and shown["priority"] == 3
     events = api.get(f"/tasks/{task['id']}/events", token=api.root).json()

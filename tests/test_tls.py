@@ -295,6 +295,28 @@ def test_inventory_script_verifies_against_zonefarm_ca_file(https_api: ApiProces
     assert ROOT_SECRET not in refused.stderr + refused.stdout
 
 
+
+def test_user_cli_verifies_against_its_ca_file(https_api: ApiProcess, other_ca: str, tmp_path: Path) -> None:
+    """The user's ``zonefarm`` command: the wrong CA is one clear line (no traceback, no token); the right one works."""
+    env = {**clean_env(), "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+           "ZONEFARM_URL": _base(https_api), "ZONEFARM_TOKEN": ROOT_SECRET,
+           # requests lets this override Session.verify; the CA the user names must win over it
+           "REQUESTS_CA_BUNDLE": other_ca}
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "control", *args, "node", "ls", "--json"], cwd=ROOT,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    for refused in (cli("--ca-file", other_ca), cli()):  # another CA; the environment's bundle
+        assert refused.returncode != 0, refused.stdout
+        assert f"TLS failure talking to {_base(https_api)}/api/v1/nodes" in refused.stderr, refused.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.stderr and "--ca-file" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert ROOT_SECRET not in refused.stderr + refused.stdout
+    for ok in (cli("--ca-file", https_api.ca_file or ""), cli(ZONEFARM_CA_FILE=https_api.ca_file or "")):
+        assert ok.returncode == 0, ok.stderr
+        assert "items" in json.loads(ok.stdout) or isinstance(json.loads(ok.stdout), list), ok.stdout
+
 # --- the roles: site CA, the zone's certificate, the plain-HTTP refusal ------------------------
 
 def _role_play(tmp_path: Path, **extra: object) -> subprocess.CompletedProcess[str]:
@@ -374,3 +396,63 @@ def test_role_serves_the_operators_certificate(tmp_path: Path, site_ca: trustme.
     assert not (tmp_path / "pki").exists()  # no site CA when the operator brings theirs
     half = _role_play(tmp_path, zone_tls_cert_src=str(src / "zone.crt"), zonefarm_ca_file=str(src / "ca.pem"))
     assert half.returncode != 0 and "zone_tls_cert_src and zone_tls_key_src go together" in half.stdout
+
+
+# --- the worker and provider roles refuse a zone URL in clear to another host ------------------
+
+PUBLIC_HTTP = "http://zone1.example.org:8700"
+CLIENT_CASES: dict[str, dict[str, object]] = {
+    "public": {"zonefarm_zone_url": PUBLIC_HTTP},
+    "loopback": {"zonefarm_zone_url": "http://127.0.0.1:8700"},
+    "localhost": {"zonefarm_zone_url": "http://localhost:8700"},
+    "https": {"zonefarm_zone_url": "https://zone1.example.org:8700"},
+    "override": {"zonefarm_zone_url": PUBLIC_HTTP, "{role}_allow_plain_http": True},
+    "site_override": {"zonefarm_zone_url": PUBLIC_HTTP, "zonefarm_allow_plain_http": True},
+}
+
+
+def _validate_outcomes(role: str, tmp_path: Path) -> dict[str, str]:
+    """Run ``roles/<role>/tasks/validate.yml`` once per case (one inventory host each): host -> "" or its failure.
+
+    The role's defaults are each host's variables, with the case's values over them, as an operator's
+    inventory would set them; the role's own tasks are not run (they would install things).
+    """
+    import os
+
+    import yaml
+
+    defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text())
+    site = {"zonefarm_root_secret": ROOT_SECRET, "zonefarm_nodes_secret": NODES_SECRET, "common_user": "zonefarm",
+            "common_group": "zonefarm", "common_config_dir": "/etc/zonefarm", "common_data_dir": "/var/lib/zonefarm",
+            "common_venv": "/opt/zonefarm/venv", "common_ca_src": "", "common_ca_file": "",
+            "ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    hosts = {name: {**defaults, **site, **{k.format(role=role): v for k, v in case.items()}}
+             for name, case in CLIENT_CASES.items()}
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts}}))
+    (tmp_path / "play.yml").write_text(json.dumps([{
+        "name": "Validate", "hosts": "all", "gather_facts": False,
+        "tasks": [{"name": "Validate", "ansible.builtin.include_tasks": str(ROOT / "roles" / role / "tasks" /
+                                                                          "validate.yml")}]}]))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "json",
+           "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_FORKS": str(len(hosts))}
+    proc = subprocess.run([str(Path(sys.executable).with_name("ansible-playbook")), "-i",
+                           str(tmp_path / "inventory.yml"), str(tmp_path / "play.yml")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    outcomes = {name: "" for name in hosts}
+    for task in json.loads(proc.stdout)["plays"][0]["tasks"]:
+        for host, result in task["hosts"].items():
+            failed = [r for r in result.get("results", [result]) if r.get("failed")]
+            if failed:
+                outcomes[host] = str(failed[0].get("msg"))
+    return outcomes
+
+
+@pytest.mark.parametrize("role", ["worker", "provider"])
+def test_worker_and_provider_roles_refuse_a_zone_url_in_clear(role: str, tmp_path: Path) -> None:
+    outcomes = _validate_outcomes(role, tmp_path)
+    refused = outcomes.pop("public")
+    assert f"{role}_zone_url {PUBLIC_HTTP} is plain HTTP to another host" in refused, refused
+    assert f"{role}_allow_plain_http" in refused, refused
+    assert NODES_SECRET not in refused and ROOT_SECRET not in refused
+    # loopback, HTTPS, and the explicit override (the role's variable, or the site-wide one) pass
+    assert outcomes == {name: "" for name in outcomes}, outcomes

@@ -212,6 +212,16 @@ def test_refresh_token_is_good_for_one_exchange(api: Api) -> None:
     assert error(refresh(api, first["access_token"]), 401)
 
 
+def test_password_grant_without_a_refresh_token(api: Api) -> None:
+    """``refresh=false`` (the dashboard's login): the access token alone, nothing left behind."""
+    user = api.make_user("hana")
+    body = grant(api, "hana", refresh="false").json()
+    assert body["refresh_token"] is None and api.get("/users", token=body["access_token"]).status_code == 200
+    kinds = [t["kind"] for t in api.get(f"/users/{user['id']}/tokens", token=api.root).json()["items"]]
+    assert kinds == ["access"]
+    assert error(grant(api, "hana", refresh="no"), 422)
+
+
 def test_racing_exchanges_of_one_refresh_token_have_one_winner(api: Api) -> None:
     api.make_user("gina")
     token = grant(api, "gina").json()["refresh_token"]

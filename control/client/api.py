@@ -96,8 +96,13 @@ def new_session(ca_file: str | None) -> requests.Session:
 
 
 def send(session: requests.Session, method: str, url: str, **kwargs: Any) -> requests.Response:
-    """One request; network and TLS failures become ApiFailure with a cause and no token in it."""
+    """One request; network and TLS failures become ApiFailure with a cause and no token in it.
+
+    ``verify`` is passed on every request: requests lets ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``
+    in the environment override ``Session.verify``, which would drop the ``--ca-file`` the user gave.
+    """
     kwargs.setdefault("timeout", TIMEOUT)
+    kwargs.setdefault("verify", session.verify)
     try:
         return session.request(method, url, **kwargs)
     except requests.exceptions.SSLError as exc:

@@ -1,4 +1,4 @@
-"""The user-facing ``zonefarm`` commands: login, tasks, nodes, spaces, groups and the change feed.
+"""The user-facing ``zonefarm`` commands: login, tasks, templates, schedules, nodes, spaces, groups and the change feed.
 
 They talk to the API over HTTP only (``control.client.api``), so they run on any
 machine that can reach the zone, with nothing of the server installed but this package.
@@ -75,6 +75,20 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the API's JSON instead of a table.")(f)
 
 
+def paging(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--limit`` and ``--offset`` of a list command."""
+    f = click.option("--offset", type=click.IntRange(0), default=0)(f)
+    return click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)(f)
+
+
+def _named_page(client: Client, path: str, name: str | None, limit: int, offset: int) -> dict[str, Any]:
+    """One page of a list route that filters by ``?name=`` (a substring)."""
+    query: dict[str, Any] = {"limit": limit, "offset": offset}
+    if name:
+        query["name"] = name
+    return client.get(path, params=query)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -94,6 +108,17 @@ def parse_params(ctx: click.Context, param: click.Parameter, values: tuple[str, 
         except ValueError:
             params[key] = raw
     return params
+
+
+def parse_labels(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``k=v`` pairs taken as strings, as node labels are."""
+    labels: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", ctx, param)
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgtp])(i?)b?|b?)\s*$", re.IGNORECASE)
@@ -254,7 +279,8 @@ def task() -> None:
 def _target(t: dict[str, Any]) -> str:
     target = t.get("target") or {}
     kind, value = target.get("kind"), target.get("value")
-    return f"{kind}:{value}" if value else str(kind)
+    labels = ",".join(f"{k}={v}" for k, v in sorted((target.get("labels") or {}).items()))
+    return (f"{kind}:{value}" if value else str(kind)) + (f" [{labels}]" if labels else "")
 
 
 def _resolve(client: Client, collection: str, ref: str, what: str) -> int:
@@ -286,6 +312,14 @@ def _summary(t: dict[str, Any]) -> str:
 @click.option("--node", help="Run on this node only.")
 @click.option("--region", help="Run on every node of this region (a broadcast).")
 @click.option("--all", "everywhere", is_flag=True, help="Run on every node (a broadcast).")
+@click.option("--label", "labels", multiple=True, callback=parse_labels, metavar="KEY=VALUE",
+              help="Only nodes carrying this label (gpu=a100); with --region or --all it narrows the "
+                   "broadcast. Repeatable.")
+@click.option("--cpu", type=click.FloatRange(0), help="Cores the task reserves on its node (0.5).")
+@click.option("--memory", callback=parse_size, help="Memory the task reserves on its node: bytes, 8GiB.")
+@click.option("--disk", callback=parse_size, help="Disk the task reserves on its node: bytes, 10GiB.")
+@click.option("--resource", "named", multiple=True, callback=parse_params, metavar="NAME=AMOUNT",
+              help="A named resource a node reports, reserved on its node (gpu=1). Repeatable.")
 @click.option("--space", help="Space (id or name) the task works for.")
 @click.option("--priority", type=click.IntRange(-1000, 1000), help="Higher runs first (default 0).")
 @click.option("--timeout", type=click.IntRange(1), help="Seconds per attempt (default 3600).")
@@ -294,8 +328,10 @@ def _summary(t: dict[str, Any]) -> str:
 @json_option
 @pass_ctx
 def task_submit(obj: Ctx, task_type: str, params: dict[str, Any], queue: str | None, node: str | None,
-                region: str | None, everywhere: bool, space: str | None, priority: int | None,
-                timeout: int | None, max_attempts: int | None, wait: bool, as_json: bool) -> None:
+                region: str | None, everywhere: bool, labels: dict[str, str], cpu: float | None,
+                memory: int | None, disk: int | None, named: dict[str, Any], space: str | None,
+                priority: int | None, timeout: int | None, max_attempts: int | None, wait: bool,
+                as_json: bool) -> None:
     """Submit a task of TYPE (`zonefarm task types` lists them)."""
     targets = [name for name, given in (("--node", node), ("--region", region), ("--all", everywhere)) if given]
     if len(targets) > 1:
@@ -307,6 +343,11 @@ def task_submit(obj: Ctx, task_type: str, params: dict[str, Any], queue: str | N
         body["target"] = {"region": region}
     elif everywhere:
         body["target"] = {"all": True}
+    if labels:
+        body["target"] = {**body.get("target", {}), "labels": labels}
+    resources = {k: v for k, v in (("cpu", cpu), ("memory", memory), ("disk", disk)) if v is not None}
+    if resources or named:
+        body["resources"] = {**resources, **named}
     for key, value in (("queue", queue), ("priority", priority), ("timeout", timeout),
                        ("max_attempts", max_attempts)):
         if value is not None:
@@ -391,6 +432,7 @@ def task_show(obj: Ctx, task_id: int, as_json: bool) -> None:
                                                                      if t["cancel_requested"] else "")),
         ("progress", f"{t['progress']:.0f}%"), ("attempt", f"{t['attempt']} of {t['max_attempts']}"),
         ("node", t["node"] or t["last_node"]), ("queue", t["queue"]), ("target", _target(t)),
+        ("resources", t.get("resources") or None),
         ("space", t["space"]), ("priority", t["priority"]), ("timeout", f"{t['timeout']} s"),
         ("exit code", t["exit_code"]), ("reason", t["reason"] or None)]
     if t.get("why"):
@@ -490,6 +532,114 @@ def task_types(obj: Ctx, as_json: bool) -> None:
         names = [p + ("" if p in required else "?") for p in (schema.get("properties") or {})]
         rows.append((t["name"], " ".join(names)))
     table(("TYPE", "PARAMS (? = optional)"), rows)
+
+
+# ---------------------------------------------------------------------------- templates and schedules
+
+
+@cli.group()
+def template() -> None:
+    """Task templates: list, show, launch."""
+
+
+@template.command("ls")
+@click.option("--name", help="Only templates whose name holds this.")
+@paging
+@json_option
+@pass_ctx
+def template_ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List the templates you can see (your own and your spaces')."""
+    page = _named_page(obj.client, "/templates", name, limit, offset)
+    if as_json:
+        emit_json(page)
+        return
+    table(("ID", "NAME", "VERSION", "TYPE", "OWNER", "UPDATED"),
+          [(t["id"], t["name"], t["version"], t["spec"].get("name"),
+            f"space {t['space']}" if t["space"] else (f"user {t['owner']}" if t["owner"] else "root"),
+            short_time(t["updated_at"])) for t in page["items"]])
+    _more(page)
+
+
+@template.command("show")
+@click.argument("ref", metavar="TEMPLATE")
+@click.option("--version", "version", type=click.IntRange(1), help="An older version (default: the current one).")
+@json_option
+@pass_ctx
+def template_show(obj: Ctx, ref: str, version: int | None, as_json: bool) -> None:
+    """Show a template (id or name): its owner, version and task spec."""
+    client = obj.client
+    template_id = _resolve(client, "/templates", ref, "template")
+    t = client.get(f"/templates/{template_id}")
+    shown = client.get(f"/templates/{template_id}/versions/{version}") if version else t
+    if as_json:
+        emit_json(shown)
+        return
+    block([("id", template_id), ("name", shown["name"]), ("version", f"{shown['version']} of {t['version']}"),
+           ("owner", f"space {t['space']}" if t["space"] else (f"user {t['owner']}" if t["owner"] else "root")),
+           ("saved by", shown["created_by"]), ("saved", short_time(shown.get("updated_at") or shown["created_at"])),
+           ("spec", shown["spec"])])
+
+
+@template.command("launch")
+@click.argument("ref", metavar="TEMPLATE")
+@click.option("-p", "--param", "params", multiple=True, callback=parse_params, metavar="KEY=VALUE",
+              help="Override a parameter (merged into the template's); VALUE as for `task submit`. Repeatable.")
+@click.option("--queue", help="Override the queue.")
+@click.option("--priority", type=click.IntRange(-1000, 1000), help="Override the priority.")
+@click.option("--timeout", type=click.IntRange(1), help="Override the seconds per attempt.")
+@click.option("--wait", is_flag=True, help="Follow the task until it ends; exit 1 if it does not succeed.")
+@json_option
+@pass_ctx
+def template_launch(obj: Ctx, ref: str, params: dict[str, Any], queue: str | None, priority: int | None,
+                    timeout: int | None, wait: bool, as_json: bool) -> None:
+    """Launch a template (id or name) with optional overrides, as a task of yours."""
+    client = obj.client
+    body: dict[str, Any] = {"params": params} if params else {}
+    for key, value in (("queue", queue), ("priority", priority), ("timeout", timeout)):
+        if value is not None:
+            body[key] = value
+    created = client.post(f"/templates/{_resolve(client, '/templates', ref, 'template')}/launch", json=body)
+    if not wait:
+        if as_json:
+            emit_json(created)
+        else:
+            click.echo(f"task {created['id']} launched from template {created['template']} "
+                       f"v{created['template_version']} ({created['state']})")
+        return
+    final = wait_task(client, created["id"], Progress())
+    if as_json:
+        emit_json(final)
+    else:
+        click.echo(_summary(final))
+    _exit(0 if final["state"] == "succeeded" else 1)
+
+
+@cli.group()
+def schedule() -> None:
+    """Schedules of templates: list."""
+
+
+@schedule.command("ls")
+@click.option("--template", "ref", metavar="TEMPLATE", help="Only the schedules of this template (id or name).")
+@paging
+@json_option
+@pass_ctx
+def schedule_ls(obj: Ctx, ref: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List the schedules you can see: when each fires next, and what its last firing did."""
+    client = obj.client
+    query: dict[str, Any] = {"limit": limit, "offset": offset}
+    if ref is not None:
+        query["template"] = _resolve(client, "/templates", ref, "template")
+    page = client.get("/schedules", params=query)
+    if as_json:
+        emit_json(page)
+        return
+    table(("ID", "TEMPLATE", "WHEN", "ENABLED", "NEXT RUN", "LAST RUN", "LAST"),
+          [(s["id"], s["template"], f"{s['cron']} ({s['timezone']})" if s["cron"] else f"every {s['interval']} s",
+            "yes" if s["enabled"] else "no", short_time(s["next_run"]), short_time(s["last_run"]),
+            " ".join(str(v) for v in (s["last_outcome"], f"task {s['last_task']}" if s["last_task"] else "",
+                                      s["last_error"]) if v) or "-") for s in page["items"]])
+    _more(page)
 
 
 # ---------------------------------------------------------------------------- nodes
@@ -612,16 +762,12 @@ def space() -> None:
 
 @space.command("ls")
 @click.option("--name", help="Case-insensitive substring of the name.")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@paging
 @json_option
 @pass_ctx
 def space_ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
     """List the spaces you can see, with your role in each."""
-    query: dict[str, Any] = {"limit": limit, "offset": offset}
-    if name:
-        query["name"] = name
-    page = obj.client.get("/spaces", params=query)
+    page = _named_page(obj.client, "/spaces", name, limit, offset)
     if as_json:
         emit_json(page)
         return
@@ -942,16 +1088,12 @@ def group() -> None:
 
 @group.command("ls")
 @click.option("--name", help="Case-insensitive substring of the name.")
-@click.option("--limit", type=click.IntRange(1, 500), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0)
+@paging
 @json_option
 @pass_ctx
 def group_ls(obj: Ctx, name: str | None, limit: int, offset: int, as_json: bool) -> None:
     """List the groups you can see, with your role in each."""
-    query: dict[str, Any] = {"limit": limit, "offset": offset}
-    if name:
-        query["name"] = name
-    page = obj.client.get("/groups", params=query)
+    page = _named_page(obj.client, "/groups", name, limit, offset)
     if as_json:
         emit_json(page)
         return

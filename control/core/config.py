@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -142,6 +143,17 @@ class Settings:
     task_processes_max: int = opt(
         4096,
         "Most processes a task may ask for in `limits.processes`; more is refused (422).")
+    task_resources_default: str = opt(
+        "",
+        "Resources a task reserves on its node when its `resources` leave them out, e.g. "
+        "`cpu=1, memory=2GiB, disk=10GiB` (memory and disk in bytes, or with KiB/MiB/GiB/TiB; any named "
+        "resource a node reports, such as `gpu=1`). Empty: a task reserves only what it asks for, and one "
+        "asking for nothing is placed by concurrency alone. See docs/placement.md.")
+    placement_reserve_after: float = opt(
+        600.0,
+        "Seconds a queued task that asks for `resources` may wait for room before it holds the next node "
+        "that can fit it: no other task starts there until it does, so a stream of small tasks cannot "
+        "starve a big one. 0 turns holding off.")
     callback_skew: int = opt(
         300,
         "Largest allowed clock difference on signed node requests, seconds.")
@@ -232,6 +244,11 @@ class Settings:
         return tuple(p for p in self.container_images.replace(",", " ").split() if p)
 
     @property
+    def resources_default(self) -> dict[str, float]:
+        """``task_resources_default`` as resource -> amount (checked when the settings load)."""
+        return parse_resources(self.task_resources_default)
+
+    @property
     def callback_url(self) -> str:
         return self.api_url or f"{'https' if self.tls else 'http'}://{self.listen}"
 
@@ -276,6 +293,27 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = "********" if f.metadata.get("secret") and value else value
         return out
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+RESOURCE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+RESOURCE_MAX = float(2**63 - 1)
+
+
+def parse_resources(raw: str) -> dict[str, float]:
+    """``cpu=1, memory=2GiB`` as ``{"cpu": 1, "memory": 2147483648}``; ValueError naming the bad item."""
+    out: dict[str, float] = {}
+    for item in raw.replace(",", " ").split():
+        name, sep, value = item.partition("=")
+        match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", value.strip())
+        unit = match.group(2).lower() if match else ""
+        if not sep or not RESOURCE_NAME.match(name) or match is None or unit not in _BYTE_UNITS:
+            raise ValueError(f"{item!r} is not name=amount (e.g. cpu=0.5, memory=2GiB)")
+        amount = float(match.group(1)) * _BYTE_UNITS[unit]
+        if amount > RESOURCE_MAX:
+            raise ValueError(f"{item!r} is too large")
+        out[name] = int(amount) if name in ("memory", "disk") or amount.is_integer() else amount
+    return out
 
 
 def is_loopback(host: str) -> bool:
@@ -361,6 +399,12 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         top = values.get(f"task_{kind}_max", getattr(Settings, f"task_{kind}_max", None))
         if default is not None and top is not None and default > top:
             raise ConfigError(f"task_{kind}_default ({default}) is above task_{kind}_max ({top})")
+    try:
+        parse_resources(values.get("task_resources_default", ""))
+    except ValueError as exc:
+        raise ConfigError(f"task_resources_default: {exc}") from None
+    if values.get("placement_reserve_after", 0) < 0:
+        raise ConfigError(f"placement_reserve_after must be 0 or more, got {values['placement_reserve_after']}")
     if "listen" in values and ":" not in values["listen"]:
         raise ConfigError(f"listen must be host:port, got {values['listen']!r}")
     return Settings(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 CODES = {
     400: "bad_request",
@@ -23,8 +24,10 @@ CODES = {
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, details: list[dict[str, Any]] | None = None) -> None:
+        """``details`` lists what was wrong item by item (a batch's index, field and message)."""
         super().__init__(message)
+        self.details = details
         self.status = status
         self.code = code or CODES.get(status, "error")
         self.message = message

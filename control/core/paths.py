@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Resolved once: resolving on each call cost a realpath() per task-type lookup (a batch makes thousands).
+_CHECKOUT = Path(__file__).resolve().parents[2]
+
 
 def share_dir() -> Path:
     env = os.environ.get("ZONEFARM_SHARE_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2]
+    return Path(env) if env else _CHECKOUT

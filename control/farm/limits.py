@@ -1,4 +1,7 @@
-"""A task's limits: what it asked for, the site's defaults for the rest, refused above the maxima.
+"""A task's limits and resources: what it asked for, the site's defaults for the rest.
+
+Limits are refused above the site's maxima; resources (what placement reserves on a node,
+``resources``) are refused by submission when no node could ever hold them.
 
 The settings ``task_memory_mb_*``, ``task_cpus_*`` and ``task_processes_*`` (zone role:
 ``zone_task_limits_default``/``zone_task_limits_max``) are the site's defaults and maxima.
@@ -13,7 +16,7 @@ from typing import Any
 
 from control.core.config import Settings
 from control.core.errors import invalid
-from control.farm.schemas import TaskLimits
+from control.farm.schemas import TaskLimits, TaskResources
 
 KINDS = ("memory_mb", "cpus", "processes")
 
@@ -30,3 +33,14 @@ def effective(requested: TaskLimits | None, settings: Settings) -> dict[str, Any
                           f"(setting task_{kind}_max)")
         out[kind] = value
     return out
+
+
+def resources(requested: TaskResources | None, settings: Settings) -> dict[str, float] | None:
+    """What a task reserves on its node: what it asked for over the site's ``task_resources_default``.
+
+    Amounts of 0 are dropped (0 asks for nothing); None when nothing is left, so such a
+    task is placed by concurrency alone.
+    """
+    asked = requested.amounts() if requested is not None else {}
+    merged = {k: v for k, v in {**settings.resources_default, **asked}.items() if v > 0}
+    return merged or None

@@ -71,6 +71,14 @@ class Task(BaseModel):
     timeout = peewee.IntegerField(default=3600)
     # What the task may use on its node (memory_mb, cpus, processes), the site's defaults filled in.
     limits = JSONField(null=True)
+    # What the task reserves on its node while assigned or running (cpu, memory and disk bytes,
+    # named ones such as gpu), the site's defaults filled in; None: nothing (concurrency alone).
+    resources = JSONField(null=True)
+    # A label selector: the node must carry each of these labels (target {"labels": {...}}).
+    target_labels = JSONField(null=True)
+    # The node a task that waited past placement_reserve_after holds: no other task starts there
+    # until this one does (control.farm.eligibility). A plain id, read only while the task is queued.
+    reserved_node = peewee.IntegerField(null=True)
     max_attempts = peewee.IntegerField(default=3)
     attempt = peewee.IntegerField(default=0)
     state = peewee.CharField(max_length=16, default="queued")
@@ -90,12 +98,19 @@ class Task(BaseModel):
     outputs = JSONField(null=True)
     progress = peewee.FloatField(default=0)
     reason = peewee.TextField(default="")
+    # Where it came from (plain ids, like owner: deleting a template keeps the history): the
+    # template and the version launched, and the schedule that fired it.
+    template_id = peewee.IntegerField(null=True)
+    template_version = peewee.IntegerField(null=True)
+    schedule_id = peewee.IntegerField(null=True)
 
     class Meta:
         indexes = (
             (("state", "queue", "priority", "created_at"), False),
+            (("template_id", "state"), False),
             (("node", "state"), False),
             (("state", "lease_expires_at"), False),
+            (("reserved_node", "state"), False),
         )
 
     @property
@@ -207,6 +222,62 @@ class Housekeeping(BaseModel):
     value = peewee.BigIntegerField(default=0)
 
 
+class Template(BaseModel):
+    """A named task spec to launch again and again (``control.farm.templates``).
+
+    ``spec`` is the submission schema's dict (``TaskCreate``, as the user gave it), so a field
+    the schema gains later passes through unchanged. The owner is a user (``owner``) or a
+    space (``space_id``, its roles decide), or neither: the administrator's. Every update
+    writes a new ``TemplateVersion``; ``version`` is the current one.
+    """
+
+    name = peewee.CharField(max_length=100, unique=True)
+    owner = peewee.IntegerField(null=True, index=True)
+    space_id = peewee.IntegerField(null=True, index=True)
+    version = peewee.IntegerField(default=1)
+    spec = JSONField(default=dict)
+    created_by = peewee.CharField(max_length=200, default="system")
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+
+class TemplateVersion(BaseModel):
+    """One version of a template as it was saved; old ones stay readable."""
+
+    template = peewee.ForeignKeyField(Template, backref="versions", on_delete="CASCADE")
+    version = peewee.IntegerField()
+    name = peewee.CharField(max_length=100)
+    spec = JSONField(default=dict)
+    created_by = peewee.CharField(max_length=200, default="system")
+    created_at = peewee.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("template", "version"), True),)
+
+
+class Schedule(BaseModel):
+    """When a template is launched by itself: a cron expression or an interval (``control.farm.schedules``).
+
+    ``next_run`` is the due time the dispatchers fire; the one whose guarded UPDATE moves it
+    on (compare-and-set on its old value) launches, so each due time fires once. ``owner``
+    (None: the administrator) is whom the tasks are submitted as.
+    """
+
+    template = peewee.ForeignKeyField(Template, backref="schedules", on_delete="CASCADE")
+    owner = peewee.IntegerField(null=True, index=True)
+    cron = peewee.CharField(max_length=200, null=True)
+    interval = peewee.IntegerField(null=True)
+    timezone = peewee.CharField(max_length=64, default="UTC")
+    enabled = peewee.BooleanField(default=True)
+    skip_if_running = peewee.BooleanField(default=True)
+    next_run = peewee.DoubleField(null=True, index=True)
+    last_run = peewee.DoubleField(null=True)
+    last_task = peewee.IntegerField(null=True)
+    last_outcome = peewee.CharField(max_length=16, default="")  # launched | skipped | failed
+    last_error = peewee.TextField(default="")
+    created_at = peewee.DoubleField(default=now)
+
+
 class TaskUpload(BaseModel):
     """Where a task's outputs go: the provider the dispatcher chose at its last launch
     (``control.farm.uploads``). Counting those of active tasks is a provider's upload load."""
@@ -235,4 +306,5 @@ class TaskFile(BaseModel):
 
 
 # TaskUpload and TaskFile are created by migration 0033 (not 0002's list, so its tables stay as they were).
-FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping]
+FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping,
+               Template, TemplateVersion, Schedule]

@@ -29,7 +29,7 @@ later), so they cannot disagree. In order:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from control.core.config import Settings
 from control.core.db import is_postgres
@@ -160,3 +160,28 @@ def check_submission(principal: Principal, settings: Settings, sub: Submission) 
     require_grant(principal, sub)
     require_space(principal, sub)
     require_fair_use(principal, settings, sub)
+
+
+def check_batch(principal: Principal, settings: Settings, subs: list[Submission]) -> dict[int, ApiError]:
+    """``check_submission`` for a batch: each item's refusal by index ({} when all may go).
+
+    The same rules in the same order, decided once per distinct kind of item (a batch of a
+    thousand alike asks the grant and space question once); fair use counts the batch's
+    total at once (429 for the batch, raised). Refused items leave fair use unasked.
+    """
+    refusals: dict[int, ApiError] = {}
+    decided: dict[Submission, ApiError | None] = {}
+    for index, sub in enumerate(subs):
+        key = replace(sub, count=1)
+        if key not in decided:
+            try:
+                require_grant(principal, key)
+                require_space(principal, key)
+                decided[key] = None
+            except ApiError as exc:
+                decided[key] = exc
+        if decided[key] is not None:
+            refusals[index] = decided[key]  # type: ignore[assignment]
+    if not refusals and subs:
+        require_fair_use(principal, settings, replace(subs[0], count=sum(s.count for s in subs)))
+    return refusals

@@ -106,6 +106,10 @@ class NodeOut(BaseModel):
     running: int = Field(description="Tasks assigned to or running on the node")
     free: int = Field(description="Free slots: concurrency minus running (0 when cordoned or not online)")
     resources: dict[str, Any]
+    reserved: dict[str, int | float] = Field(description="Resources its assigned and running tasks reserve "
+                                                          "(free: resources minus these)")
+    held_for: int | None = Field(description="The queued task the node is held for: it waited longest for room "
+                                             "here, and no other task starts here until it does")
     labels: dict[str, str]
     ansible_host: str
     ansible_port: int
@@ -155,13 +159,68 @@ class Target(Input):
     node: str | None = Field(default=None, pattern=NODE_NAME)
     region: str | None = Field(default=None, pattern=LABEL)
     all: bool | None = None
+    labels: dict[str, Annotated[str, Field(max_length=200)]] | None = Field(
+        default=None, max_length=20, description=(
+            "A label selector: only nodes carrying every one of these labels (node registration's labels). "
+            "Alone: one run on any such node of the queue; with region or all: a broadcast to those nodes"))
 
     @model_validator(mode="after")
     def _one(self) -> Target:
         given = [k for k in ("node", "region", "all") if getattr(self, k) not in (None, False)]
+        if self.labels:
+            for key in self.labels:
+                if not re.match(LABEL, key):
+                    raise ValueError(f"labels: {key!r} is not a valid label name")
+            if given == ["node"]:
+                raise ValueError('labels: give labels alone or with "region" or "all", not with "node"')
+            if len(given) <= 1:
+                return self
         if len(given) != 1:
-            raise ValueError('give exactly one of {"node": name}, {"region": r}, {"all": true}')
+            raise ValueError('give exactly one of {"node": name}, {"region": r}, {"all": true}, '
+                             'or {"labels": {...}} alone or with a region')
         return self
+
+
+RESOURCE_NAME = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+RESOURCE_MAX = 2**62  # bytes, cores or units: far above any node, well inside every number type
+
+
+class TaskResources(Input):
+    """What a task reserves on its node while assigned or running (docs/placement.md).
+
+    A node takes the task only when its capacity (the ``resources`` it reports) minus what its
+    assigned and running tasks reserve covers every amount. Besides cpu, memory and disk, any
+    resource a node reports may be named (``"gpu": 1``). Omitted ones get the site's defaults
+    (setting ``task_resources_default``).
+    """
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "additionalProperties": {"type": "number", "minimum": 0, "maximum": RESOURCE_MAX},
+        "propertyNames": {"pattern": RESOURCE_NAME}, "maxProperties": 20})
+
+    cpu: float | None = Field(default=None, ge=0, le=1 << 20, description="Cores, fractional (0.5)")
+    memory: int | None = Field(default=None, ge=0, le=RESOURCE_MAX, description="Bytes")
+    disk: int | None = Field(default=None, ge=0, le=RESOURCE_MAX, description="Bytes")
+
+    @model_validator(mode="after")
+    def _named(self) -> TaskResources:
+        extra = self.model_extra or {}
+        given = len(extra) + sum(1 for k in ("cpu", "memory", "disk") if k in self.model_fields_set)
+        if given > 20:
+            raise ValueError("resources: at most 20 entries")
+        for name, amount in extra.items():
+            if not re.match(RESOURCE_NAME, name):
+                raise ValueError(f"resources: {name!r} is not a valid resource name")
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+                raise ValueError(f"resources.{name}: must be a number")
+            if not 0 <= amount <= RESOURCE_MAX:
+                raise ValueError(f"resources.{name}: must be between 0 and {RESOURCE_MAX}")
+        return self
+
+    def amounts(self) -> dict[str, float]:
+        """Every amount given, named ones included."""
+        return {k: v for k, v in {**self.model_dump(exclude_none=True), **(self.model_extra or {})}.items()
+                if v is not None}
 
 
 class TaskLimits(Input):
@@ -192,6 +251,9 @@ class TaskCreate(Input):
     limits: TaskLimits | None = Field(default=None, description=(
         "Memory, CPUs and processes for the task; omitted values get the site's defaults, and more than the "
         "site's maxima is refused (422)"))
+    resources: TaskResources | None = Field(default=None, description=(
+        "What the task reserves on its node (cpu, memory and disk bytes, any named resource a node reports); "
+        "omitted ones get the site's defaults. A request no registered node could ever hold is refused (422)"))
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first")
     timeout: int = Field(default=3600, ge=1, le=30 * 86400, description="Seconds, per attempt, from start")
     max_attempts: int = Field(default=3, ge=1, le=100)
@@ -233,6 +295,7 @@ class GrantOut(BaseModel):
 class TargetOut(BaseModel):
     kind: Literal["any", "node", "region", "all"]
     value: str | None
+    labels: dict[str, str] | None = Field(default=None, description="The label selector, if any")
 
 
 class TaskOut(BaseModel):
@@ -244,6 +307,7 @@ class TaskOut(BaseModel):
     space: int | None
     owner: int | None = Field(description="User id of the submitter; null for the administrator")
     parent: int | None = Field(description="The broadcast this task is one child run of")
+    resources: dict[str, int | float] = Field(description="What the task reserves on its node, defaults filled in")
     priority: int
     timeout: int
     max_attempts: int
@@ -260,6 +324,9 @@ class TaskOut(BaseModel):
     assigned_at: str | None
     started_at: str | None
     finished_at: str | None
+    template: int | None = Field(default=None, description="The template it was launched from")
+    template_version: int | None = Field(default=None, description="That template's version")
+    schedule: int | None = Field(default=None, description="The schedule that fired it")
 
 
 class Blocker(BaseModel):

@@ -203,6 +203,26 @@ def enqueue(fields: dict[str, Any], reason: str, data: dict[str, Any] | None = N
     return task
 
 
+def enqueue_many(rows: list[dict[str, Any]], reasons: list[str], *, t: float | None = None) -> list[int]:
+    """New ``queued`` tasks and their first events, in bulk (a batch); their ids, in order.
+
+    Each slice of rows is one INSERT ... RETURNING id (PostgreSQL, and SQLite from 3.35),
+    the events one INSERT per slice: building one statement per row cost more than the rest
+    of a batch together.
+    """
+    t = now() if t is None else t
+    fields = [{**row, "state": "queued", "created_at": t} for row in rows]
+    ids: list[int] = []
+    for i in range(0, len(fields), 200):
+        ids += [r[0] for r in Task.insert_many(fields[i:i + 200]).returning(Task.id).tuples().execute()]
+    actor = actors.current()
+    events = [{"task": task_id, "ts": t, "from_state": None, "to_state": "queued", "reason": reason, "data": None,
+               "actor": actor} for task_id, reason in zip(ids, reasons, strict=True)]
+    for i in range(0, len(events), 200):
+        TaskEvent.insert_many(events[i:i + 200]).execute()
+    return ids
+
+
 def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> list[Task]:
     """``queued -> assigned`` for a claim: node id -> task ids; returns the tasks it moved.
 
@@ -214,7 +234,7 @@ def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> lis
         (Task.update(state="assigned", node=nid, attempt=Task.attempt + 1,
                      claimed_by=dispatcher_id, assigned_at=t, started_at=None,
                      finished_at=None, lease_expires_at=t + lease, kill_sent_at=None,
-                     progress=0)
+                     progress=0, reserved_node=None)
          .where(Task.id.in_(ids), Task.state == "queued")
          .execute())
     all_ids = [i for ids in picks.values() for i in ids]
@@ -232,6 +252,19 @@ def assign(picks: dict[int, list[int]], dispatcher_id: str, lease: float) -> lis
     for parent_id in sorted({task.parent_id for task in claimed if task.parent_id}):
         summarise(parent_id)
     return claimed
+
+
+def hold(task_id: int, node_id: int, node_name: str, waited: float) -> bool:
+    """A queued task that waited past ``waited`` seconds holds ``node_id`` (``control.farm.eligibility``).
+
+    Guarded by ``state = 'queued'``; the event says which node, so the history shows why
+    smaller tasks stopped starting there.
+    """
+    changed = Task.update(reserved_node=node_id).where(Task.id == task_id, Task.state == "queued").execute()
+    if changed:
+        record(task_id, "queued", f"queued over {waited:g}s: holds node {node_name}, where no other task "
+                                  "starts until this one does", {"holds": node_name})
+    return bool(changed)
 
 
 def extend_claims(dispatcher_id: str, task_ids: list[int], lease: float) -> int:

@@ -41,6 +41,9 @@ class NodeConfig:
     ansible_connection: str = "ssh"
     python: str = "/usr/bin/python3"
     labels: dict[str, str] = field(default_factory=dict)
+    # Resources the node reports over what it detects (cpu count, memory and free disk bytes):
+    # named ones such as gpu, or less than the machine has (the rest kept for its own services).
+    resources: dict[str, float] = field(default_factory=dict)
     heartbeat_interval: float = 0.0
     # The private key pipeline uploads authenticate with; empty means paramiko's defaults.
     ssh_key: str = ""
@@ -70,12 +73,27 @@ class NodeConfig:
             "ansible_host": self.ansible_host, "ansible_port": self.ansible_port,
             "ansible_user": self.ansible_user, "ansible_connection": self.ansible_connection,
             "python": self.python, "workdir": self.workdir, "config_path": self.path,
-            "resources": resources, "labels": dict(self.labels),
+            "resources": {**resources, **self.resources}, "labels": dict(self.labels),
         }
 
 
 def _split(raw: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.replace("\n", ",").split(",") if p.strip())
+
+
+def _resources(raw: str) -> dict[str, float]:
+    """``gpu=2, memory=8589934592``: name=amount items, amounts plain numbers (bytes for memory and disk)."""
+    out: dict[str, float] = {}
+    for item in _split(raw):
+        key, _, value = item.partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            raise ValueError(f"resources: {item!r} is not name=number") from None
+        if not key.strip() or not 0 <= amount < 2**62:
+            raise ValueError(f"resources: {item!r} is not name=number")
+        out[key.strip()] = int(amount) if amount.is_integer() else amount
+    return out
 
 
 def _nice(value: int) -> int:
@@ -134,7 +152,8 @@ def load_node_config(path: str | os.PathLike[str], *, require_key: bool = True) 
             ansible_user=sec.get("ansible_user", "root"),
             ansible_connection=sec.get("ansible_connection", "ssh"),
             python=sec.get("python", "/usr/bin/python3"),
-            labels=labels, heartbeat_interval=sec.getfloat("heartbeat_interval", 0.0),
+            labels=labels, resources=_resources(sec.get("resources", "")),
+            heartbeat_interval=sec.getfloat("heartbeat_interval", 0.0),
             ssh_key=sec.get("ssh_key", "").strip(), known_hosts=sec.get("known_hosts", "").strip(),
             ca_file=sec.get("ca_file", "").strip(),
             task_dirs_keep_days=sec.getfloat("task_dirs_keep_days", 7.0),

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import peewee
 
@@ -237,6 +238,17 @@ def visible_relations_of_user(principal: Principal, user_id: int, kind: str) -> 
     return visible_spaces(principal) if kind == "spaces" else visible_groups(principal)
 
 
+def chains_the_caller_sees(principal: Principal, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A user's effective groups or spaces (``membership.user_*_relations``) with only the
+    chains (``via``) made wholly of groups the caller may see itself. Another user may learn
+    that dora reaches a space they share, not the names of groups it is in none of: a chain
+    through one is left out (the user itself and root see every chain)."""
+    visible = visible_groups(principal)
+    if visible is None:
+        return entries
+    return [{**e, "via": [chain for chain in e["via"] if visible.issuperset(chain)]} for e in entries]
+
+
 def audience(principal: Principal) -> feed.Audience:
     """The changes the caller may read: the feed's form of the visibility rules above."""
     if principal.is_root:
@@ -295,3 +307,68 @@ def submit_into_space(principal: Principal, space_id: int, writer: str | None = 
         raise forbidden(f"space: {writer} writes its outputs into space {space_id}, which takes write "
                         f"permission there (the {need} role or above; {has})")
     raise forbidden(f"not a member of space {space_id}")
+
+
+# --- resources owned by a user or by a space (the farm's templates and their schedules) --
+# A space-owned one follows the space's roles: members see it (and may launch it, if they
+# may submit its task), admins and owners change it. A user-owned one is its owner's alone.
+# Root owns the ones with neither and may do everything.
+
+SHARED_WRITE = "admin"
+
+
+def _held(principal: Principal, owner_id: int | None, space_id: int | None, need: str, what: str) -> None:
+    require_user_or_root(principal)
+    if principal.is_root:
+        return
+    uid = principal.user.id
+    if space_id is None:
+        if owner_id == uid:
+            return
+        raise forbidden(f"only its owner and the administrator may {'see' if need == READ else 'change'} "
+                        f"this {what}")
+    role = membership.space_role(uid, space_id)
+    if role is None:
+        raise forbidden(f"this {what} belongs to space {space_id}; only its members and the administrator see it")
+    check_role(role, need, f"{what}'s space")
+
+
+def see_shared(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:
+    """Its owner (a user, or a space's members) and the administrator see it."""
+    _held(principal, owner_id, space_id, READ, what)
+
+
+def change_shared(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:
+    """Its owning user, its space's admins and owners, and the administrator change or delete it."""
+    _held(principal, owner_id, space_id, SHARED_WRITE, what)
+
+
+def new_shared_owner(principal: Principal, space_id: int | None, what: str) -> tuple[int | None, int | None]:
+    """The owner of a new shared resource: (user id, space id). A space takes its admin role."""
+    require_user_or_root(principal)
+    if space_id is not None:
+        if Space.get_or_none(Space.id == space_id) is None:
+            raise invalid(f"space: space {space_id} not found")
+        if not principal.is_root:
+            check_role(membership.space_role(principal.user.id, space_id), SHARED_WRITE, "space")
+        return None, space_id
+    return (None if principal.is_root else principal.user.id), None
+
+
+def visible_shared(principal: Principal) -> tuple[int | None, set[int]] | None:
+    """What shared resources a caller may list: (its user id, its spaces); None means all (root)."""
+    require_user_or_root(principal)
+    if principal.is_root:
+        return None
+    uid = principal.user.id
+    return uid, membership.user_spaces(uid)
+
+
+def change_owned_schedule(principal: Principal, owner_id: int | None, template_owner: int | None,
+                          template_space: int | None) -> None:
+    """A schedule fires as its owner: the owner changes it, and so do those who may change its
+    template (to stop a schedule on their template) and the administrator."""
+    require_user_or_root(principal)
+    if principal.is_root or (owner_id is not None and owner_id == principal.user.id):
+        return
+    change_shared(principal, template_owner, template_space, "schedule's template")

@@ -107,9 +107,12 @@ def revoke_tokens(*, token_id: int | None = None, provider: Provider | None = No
     query.execute()
 
 
-def issue_user_tokens(user: User, *, scope: str, ttl: int, refresh_ttl: int) -> tuple[str, str]:
-    """An access token and the refresh token that replaces it, both with ``scope``."""
+def issue_user_tokens(user: User, *, scope: str, ttl: int, refresh_ttl: int | None) -> tuple[str, str | None]:
+    """An access token and the refresh token that replaces it, both with ``scope``; no refresh
+    token when ``refresh_ttl`` is None (a client that could never revoke one asks for none)."""
     access, _ = new_token("user", user=user, ttl=ttl, scope=scope)
+    if refresh_ttl is None:
+        return access, None
     refresh, _ = new_token("refresh", user=user, ttl=refresh_ttl, scope=scope)
     return access, refresh
 

@@ -36,6 +36,9 @@ class PasswordGrant(Input):
     password: Secret = Field(min_length=1, max_length=1024)
     scope: Scope | SkipJsonSchema[None] = Field(default=None, description=SCOPE_DOC,
                                                 json_schema_extra=_no_null_default)
+    refresh: Literal["true", "false"] = Field(
+        default="true", description="`false`: no refresh token, only the access token (a browser session, "
+                                    "which ends at logout, has no use for one nobody could revoke)")
 
 
 class RefreshGrant(Input):
@@ -55,7 +58,8 @@ class TokenOut(BaseModel):
     access_token: str
     token_type: Literal["bearer"]
     expires_in: int
-    refresh_token: str = Field(description="Exchange once with grant_type=refresh_token")
+    refresh_token: str | None = Field(description="Exchange once with grant_type=refresh_token; null when "
+                                                  "the password grant said refresh=false")
     scope: Scope
 
 
@@ -395,7 +399,8 @@ class UserRelationOut(BaseModel):
     role: Role = Field(description="The user's effective role there")
     direct: bool = Field(description="The user is also a direct member")
     membership: list[list[int]] = Field(
-        description="Each chain of group ids (outermost first) the user is a member through")
+        description="Each chain of group ids (outermost first) the user is a member through; to another "
+                    "user only the chains wholly of groups that user may see itself")
 
 
 class ChainLink(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 
 from control.core.errors import invalid
 from control.registry import membership
+from control.registry.access import chains_the_caller_sees
 from control.registry.members import Relation, relation
 from control.registry.models import Group, Space, User
 from control.registry.schemas import (
@@ -78,7 +79,9 @@ def effective_page(users: membership.EffectiveUsers, ctx: Context) -> dict[str, 
 
 def relations_page(model: type[Group] | type[Space], entries: list[dict[str, Any]],
                    ctx: Context) -> dict[str, Any]:
-    """A user's effective groups or spaces (``membership.user_*_relations``), by id."""
+    """A user's effective groups or spaces (``membership.user_*_relations``), by id, with the
+    chains the caller may see (``access.chains_the_caller_sees``)."""
+    entries = chains_the_caller_sees(ctx.principal, entries)
     named = names(model, (e["id"] for e in entries))
     return page_rows(entries, ctx, lambda e: named[e["id"]].name,
                      lambda e: UserRelationOut(id=e["id"], name=named[e["id"]].name, role=e["role"],

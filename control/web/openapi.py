@@ -16,7 +16,14 @@ ERROR_SCHEMA = {
     "required": ["error"],
     "properties": {"error": {"type": "object", "required": ["code", "message"],
                              "properties": {"code": {"type": "string"},
-                                            "message": {"type": "string"}}}},
+                                            "message": {"type": "string"},
+                                            "details": {"type": "array", "description": (
+                                                "Item by item (a batch): index, status, field, message"),
+                                                "items": {"type": "object", "properties": {
+                                                    "index": {"type": "integer"},
+                                                    "status": {"type": "integer"},
+                                                    "field": {"type": "string"},
+                                                    "message": {"type": "string"}}}}}}},
 }
 _TYPES = {int: "integer", str: "string", float: "number", bool: "boolean"}
 

@@ -392,8 +392,10 @@ def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
                 return _respond(204, None)
             return _respond(200, result)
         except ApiError as exc:
-            return _respond(exc.status, {"error": {"code": exc.code, "message": exc.message}},
-                            exc.headers)
+            error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            if exc.details:
+                error["details"] = exc.details
+            return _respond(exc.status, {"error": error}, exc.headers)
         except peewee.IntegrityError:
             return _respond(409, {"error": {"code": "conflict",
                                             "message": "conflicts with an existing record"}})

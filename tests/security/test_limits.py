@@ -50,14 +50,22 @@ def test_a_task_cannot_fork_past_its_processes(farm: SecFarm) -> None:
 
 @SQLITE
 def test_a_task_over_its_cpu_time_is_stopped(farm: SecFarm) -> None:
-    farm.add_node("wk1")
+    """0.05 CPU for a 20 s timeout is 1 s of CPU time (RLIMIT_CPU), then SIGXCPU: ``failed``, saying so.
+
+    The wall-clock timeout is twenty times the budget and the node runs its tasks un-niced
+    (``task_nice = 0``; niceness is not what this tests), so even on a loaded machine the CPU limit
+    ends the spinner first. A limit that did nothing shows ``unlimited`` and ends ``timed_out``.
+    """
+    farm.add_node("wk1", task_nice=0)
     farm.start_dispatcher("d1")
-    spin = farm.submit("shell", {"argv": ["sh", "-c", "while :; do :; done"]}, limits={"cpus": 0.5}, timeout=4,
-                       max_attempts=1)
+    spin = farm.submit("shell", {"argv": ["sh", "-c", "grep 'Max cpu time' /proc/self/limits; while :; do :; done"]},
+                       limits={"cpus": 0.05}, timeout=20, max_attempts=1)
     done = farm.wait(spin["id"], timeout=60)
-    assert done["state"] in ("failed", "timed_out"), done
-    if done["state"] == "failed":  # the CPU budget (0.5 CPU x 4 s) ran out before the wall-clock timeout
-        assert "CPU time limit exceeded" in done["reason"], done["reason"]
+    log = farm.log(spin["id"])
+    seen = next((line.split()[3:5] for line in log.splitlines() if line.startswith("Max cpu time")), None)
+    assert seen == ["1", "6"], log  # soft: 0.05 x 20 s; hard: 5 s more, so SIGXCPU comes before SIGKILL
+    assert done["state"] == "failed", (done, log)
+    assert "CPU time limit exceeded" in done["reason"], done["reason"]
 
 
 @SQLITE

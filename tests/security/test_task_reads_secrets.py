@@ -9,6 +9,7 @@ as an identity of its own and every one of those is 0600/0700 and someone else's
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,11 @@ from tests.support.secfarm import SecFarm
 pytestmark = pytest.mark.slow
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the farm: worker side
 
-PROBE = 'for p in "$@"; do if cat "$p" >/dev/null 2>&1 || ls "$p" >/dev/null 2>&1; then echo "READ $p"; ' \
-        'else echo "DENIED $p"; fi; done; for p in "$@"; do cat "$p" 2>/dev/null; done; true'
+# A file is read when cat gets its bytes, a directory when ls lists it (a file's own name is no secret:
+# its directory is 0755 here, see tests/support/secfarm.py).
+PROBE = 'for p in "$@"; do if [ -d "$p" ]; then ls "$p" >/dev/null 2>&1 && r=READ || r=DENIED; ' \
+        'else cat "$p" >/dev/null 2>&1 && r=READ || r=DENIED; fi; echo "$r $p"; done; ' \
+        'for p in "$@"; do cat "$p" 2>/dev/null; done; true'
 
 
 def _wait_log(farm: SecFarm, task_id: int, text: str, timeout: float = 30) -> str:
@@ -48,11 +52,21 @@ def test_a_task_reads_no_secret_and_no_other_task(farm: SecFarm) -> None:
     targets = [conf / "node.ini", conf / "upload_ed25519", conf / "zonefarm.ini",
                finished / "output.log", finished / "spec.json", finished / "work" / "data.txt", finished,
                f"{running_dir}/mine.txt", running_dir]
-    bob = farm.submit("shell", {"argv": ["sh", "-c", PROBE, "probe", *map(str, targets)]})
-    assert farm.wait(bob["id"])["state"] == "succeeded"
+    # what docs/security.md says a pool task still may: read world-readable system files (never write
+    # them), and reach the network (here the API on loopback)
+    system = ('; [ -s /etc/os-release ] && cat /etc/os-release >/dev/null && echo SYSTEM-READ; '
+              'if touch /usr/zonefarm-probe 2>/dev/null; then echo SYSTEM-WRITTEN; else echo SYSTEM-READ-ONLY; fi; '
+              f'/usr/bin/python3 -c "import urllib.request as u; '
+              f'print(\'NET\', u.urlopen(\'{farm.api_url}/api/v1/healthz\', timeout=5).status)"; true')
+    bob = farm.submit("shell", {"argv": ["sh", "-c", PROBE + system, "probe", *map(str, targets)]})
+    done = farm.wait(bob["id"])
     log = farm.log(bob["id"])
+    assert done["state"] == "succeeded", (done, log)
     for target in targets:
         assert f"DENIED {target}" in log, log
+    assert "SYSTEM-READ\n" in log and "SYSTEM-READ-ONLY" in log and "SYSTEM-WRITTEN" not in log, log
+    assert "NET 200" in log, log
+    assert not Path("/usr/zonefarm-probe").exists()
     for secret in (NODES_SECRET, ROOT_SECRET, "alice-secret-1", "alice-secret-2", "alice-log-1", "PRIVATE KEY"):
         assert secret not in log
     node_key = (conf / "node.ini").read_text().split("node_key = ", 1)[1].split()[0]

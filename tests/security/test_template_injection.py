@@ -24,7 +24,8 @@ from control.core.db import connection, write_transaction
 from control.farm import states
 from tests.conftest import NODES_SECRET
 from tests.support.nodes import SignedNode
-from tests.support.secfarm import SecFarm
+from tests.support.secfarm import SecFarm, support_spaces
+from tests.support.sshd import Sshd
 
 pytestmark = pytest.mark.slow
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the farm: worker side
@@ -196,6 +197,32 @@ def test_labels_and_registration_fields_are_data(farm: SecFarm) -> None:
     task = farm.submit("shell", {"argv": ["echo", "ran"]})
     assert farm.wait(task["id"])["state"] == "succeeded" and farm.log(task["id"]) == "ran\n"
     assert not marker.exists(), "a registration field ran a command on the dispatcher"
+
+
+@SQLITE
+def test_provider_fields_are_data(farm: SecFarm, provider_sshd: Sshd, storage: tuple[Path, Path]) -> None:
+    """A provider's fields reach the job as its pipeline tasks' upload target: they are data too.
+
+    The name is held to a pattern (a template is a 422 naming it); the storage path is free text
+    after its leading slash, and travels in the job inventory and the task's spec.json.
+    """
+    _, spaces = storage
+    marker = Path("/tmp") / f"zonefarm-injected-{uuid.uuid4().hex}"
+    payload = f"{{{{ lookup('pipe','touch {marker}') }}}}"
+    named = farm.api.post("/providers", token=farm.api.root, json={
+        "name": payload, "domain": "evil.example.org", "admin_email": "ops@example.org"})
+    assert named.status_code == 422 and "name" in named.json()["error"]["message"], named.text
+    storage_path = f"/srv/{payload}{{% raw %}}"
+    (space,) = support_spaces(farm, provider_sshd, spaces, ("injected",), storage_path=storage_path)
+    task = farm.submit("pipeline", {"generate": [["sh", "-c", "echo uploaded > out.txt"]], "outputs": ["out.txt"]},
+                       space=space, max_attempts=1)
+    farm.start_dispatcher("d1")
+    done = farm.wait(task["id"], timeout=90)
+    assert done["state"] == "succeeded", farm.log(task["id"])
+    upload = farm.spec("wk1", task["id"])["upload"]
+    assert upload["storage_path"] == f"{storage_path}/{space}" and upload["provider"] == "prov1", upload
+    assert (spaces / str(space) / f"task-{task['id']}" / "out.txt").read_text() == "uploaded\n"
+    assert not marker.exists(), "a provider's storage path ran a command on the dispatcher"
 
 
 @SQLITE

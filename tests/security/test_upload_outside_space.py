@@ -14,86 +14,24 @@ from __future__ import annotations
 import os
 import posixpath
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import jinja2
 import paramiko
 import pytest
 
 from control.node.tasktypes.pipeline import remote_path
-from tests.support.secfarm import SecFarm, traversable_base
+from tests.support.secfarm import SecFarm, role_dropin, support_spaces
 from tests.support.sshd import Sshd
 
 pytestmark = pytest.mark.slow
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the farm: worker side
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def role_dropin(user: str, root: Path, spaces: Path) -> str:
-    """The provider role's sshd drop-in, rendered as the role renders it."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             autoescape=False)  # noqa: S701 - an sshd config, not HTML
-    env.filters["relpath"] = os.path.relpath
-    template = env.from_string((ROOT / "roles/provider/templates/sftp.conf.j2").read_text())
-    return template.render(ansible_managed="test", provider_sftp_user=user, provider_storage_root=str(root),
-                           provider_storage_path=str(spaces))
-
-
-@pytest.fixture
-def storage() -> Iterator[tuple[Path, Path]]:
-    """The provider's storage root (the chroot, root's 0755) and its spaces directory."""
-    with traversable_base("zonefarm-sec-sftp-") as base:
-        root = base / "storage"
-        root.mkdir(mode=0o755)
-        spaces = root / "spaces"
-        spaces.mkdir(mode=0o755)
-        yield root, spaces
-
-
-@pytest.fixture
-def provider_sshd(farm: SecFarm, storage: tuple[Path, Path], tmp_path: Path) -> Iterator[Sshd]:
-    root, spaces = storage
-    work = farm.add_node("wk1")
-    key = farm.config_dir("wk1") / "upload_ed25519"
-    server = Sshd(tmp_path / "sshd", match=role_dropin("root", root, spaces),
-                  authorized=[(key.with_suffix(".pub")).read_text().strip()])
-    # the node trusts this provider's host key (as the worker role writes upload_known_hosts)
-    config = farm.config_dir("wk1") / "node.ini"
-    known = server.base / "known_hosts"
-    config.write_text(config.read_text().replace(f"ssh_key = {key}", f"ssh_key = {key}\nknown_hosts = {known}"))
-    assert work.is_dir()
-    yield server
-    server.stop()
-
-
-def _spaces(farm: SecFarm, sshd: Sshd, spaces: Path) -> tuple[int, int]:
-    api = farm.api
-    provider = api.post("/providers", token=api.root, json={
-        "name": "prov1", "domain": "prov1.example.org", "admin_email": "ops@example.org",
-        "sftp_host": "127.0.0.1", "sftp_port": sshd.port, "sftp_user": "root", "storage_path": str(spaces)})
-    assert provider.status_code == 201, provider.text
-    pid, provider_token = provider.json()["provider"]["id"], provider.json()["token"]
-    user, token = api.user_with_token("alice")
-    ids = []
-    for name in ("space-a", "space-b"):
-        space = api.post("/spaces", token=token, json={"name": name})
-        assert space.status_code == 201, space.text
-        ticket = api.post(f"/spaces/{space.json()['id']}/support_tokens", token=token, json={})
-        assert ticket.status_code == 201, ticket.text
-        support = api.post(f"/providers/{pid}/supports", token=provider_token,
-                           json={"token": ticket.json()["token"], "size": 1 << 20})
-        assert support.status_code == 201, support.text
-        ids.append(int(space.json()["id"]))
-        (spaces / str(ids[-1])).mkdir(exist_ok=True)  # what the provider agent makes for a supported space
-    return ids[0], ids[1]
 
 
 @SQLITE
 def test_a_task_cannot_upload_outside_its_space(farm: SecFarm, provider_sshd: Sshd,
                                                 storage: tuple[Path, Path]) -> None:
     root, spaces = storage
-    space_a, space_b = _spaces(farm, provider_sshd, spaces)
+    space_a, space_b = support_spaces(farm, provider_sshd, spaces, ("space-a", "space-b"))
     key = farm.config_dir("wk1") / "upload_ed25519"
     # the task tries the node's upload key (from its environment, else from its path) to write into space B
     steal = (f'echo evil > evil.txt; K="${{ZONEFARM_SSH_KEY:-{key}}}"; echo "ENV:${{ZONEFARM_SSH_KEY:-none}}"; '

@@ -58,15 +58,16 @@ class Farm:
         self.nodes[name] = base / "work"
         return base / "work"
 
-    def start_dispatcher(self, ident: str, **env_extra: str) -> subprocess.Popen[bytes]:
-        """A ``zonefarm dispatcher`` process; ``env_extra`` adds settings (``ZONEFARM_*``) or Ansible's."""
+    def start_dispatcher(self, ident: str, *args: str, **env_extra: str) -> subprocess.Popen[bytes]:
+        """A ``zonefarm dispatcher`` process with more command-line ``args`` (``--claim-limit 3``);
+        ``env_extra`` adds settings (``ZONEFARM_*``) or Ansible's."""
         env = clean_env()
         env.update(ZONEFARM_DATABASE=self.settings.database, ZONEFARM_DATA_DIR=self.settings.data_dir,
                    ZONEFARM_TASK_LEASE=str(self.lease), ZONEFARM_NODE_LEASE="120",
                    ZONEFARM_DISPATCH_INTERVAL="0.2", ZONEFARM_ARTIFACTS_KEEP="3", ZONEFARM_LOG_LEVEL="INFO",
                    **env_extra)
         with open(self.tmp / f"dispatcher-{ident}.log", "ab") as log:  # the child keeps its own descriptor
-            proc = subprocess.Popen([sys.executable, "-m", "control.cli", "dispatcher", "--ident", ident],
+            proc = subprocess.Popen([sys.executable, "-m", "control.cli", "dispatcher", "--ident", ident, *args],
                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         self.dispatchers.append(proc)
         return proc

@@ -26,12 +26,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from control.core.config import Settings
 from tests.conftest import NODES_SECRET, ROOT_SECRET
 from tests.support.client import Api
 from tests.support.farm import Farm
+from tests.support.sshd import Sshd
 
 LEASE = 4
+ROOT = Path(__file__).resolve().parents[2]
 SANDBOX_TASKS = Path("/var/lib/zonefarm-sandbox/tasks")  # the default sandbox policy's task directories
 
 
@@ -63,6 +67,8 @@ class SecFarm(Farm):
     def add_node(self, name: str, region: str = "default", concurrency: int = 40, **extra: Any) -> Path:
         conf = self.tmp / "nodes" / name
         conf.mkdir(parents=True, exist_ok=True)
+        for directory in (conf.parent, conf):  # 0755 whatever the umask (see the module's docstring)
+            directory.chmod(0o755)
         key = conf / "upload_ed25519"
         if not key.exists():
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"zonefarm-upload@{name}",
@@ -96,3 +102,42 @@ def open_farm(api: Api, url: str, settings: Settings, base: Path) -> SecFarm:
 def agent_uid() -> int:
     """The runner's (the node agent's) account in these tests: whoever runs pytest, root here."""
     return os.geteuid()
+
+
+def role_dropin(user: str, root: Path, spaces: Path) -> str:
+    """The provider role's sshd drop-in, rendered as the role renders it."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             autoescape=False)  # noqa: S701 - an sshd config, not HTML
+    env.filters["relpath"] = os.path.relpath
+    template = env.from_string((ROOT / "roles/provider/templates/sftp.conf.j2").read_text())
+    return template.render(ansible_managed="test", provider_sftp_user=user, provider_storage_root=str(root),
+                           provider_storage_path=str(spaces))
+
+
+def support_spaces(farm: SecFarm, sshd: Sshd, spaces: Path, names: tuple[str, ...], *,
+                   provider: str = "prov1", storage_path: str | None = None) -> list[int]:
+    """Alice's spaces ``names``, each supported by one provider uploading to ``sshd``; their ids.
+
+    ``storage_path`` is what the provider registers (default: ``spaces``, where the SFTP account
+    starts); each space's directory is made under ``spaces``, as the provider agent would.
+    """
+    api = farm.api
+    registered = api.post("/providers", token=api.root, json={
+        "name": provider, "domain": "prov1.example.org", "admin_email": "ops@example.org",
+        "sftp_host": "127.0.0.1", "sftp_port": sshd.port, "sftp_user": "root",
+        "storage_path": str(spaces) if storage_path is None else storage_path})
+    assert registered.status_code == 201, registered.text
+    pid, provider_token = registered.json()["provider"]["id"], registered.json()["token"]
+    _, token = api.user_with_token("alice")
+    ids = []
+    for name in names:
+        space = api.post("/spaces", token=token, json={"name": name})
+        assert space.status_code == 201, space.text
+        ticket = api.post(f"/spaces/{space.json()['id']}/support_tokens", token=token, json={})
+        assert ticket.status_code == 201, ticket.text
+        support = api.post(f"/providers/{pid}/supports", token=provider_token,
+                           json={"token": ticket.json()["token"], "size": 1 << 20})
+        assert support.status_code == 201, support.text
+        ids.append(int(space.json()["id"]))
+        (spaces / str(ids[-1])).mkdir(exist_ok=True)  # what the provider agent makes for a supported space
+    return ids

@@ -31,7 +31,7 @@ from typing import Any
 from control.core import actor as actors
 from control.core.config import Settings
 from control.core.db import connection, init_database
-from control.farm import claims, nodes, reaper, retention, states, telemetry, uploads
+from control.farm import claims, nodes, reaper, retention, schedules, states, telemetry, uploads
 from control.farm.catalogue import UnknownTaskType, playbook
 from control.farm.dispatcher import CLAIM_LIMIT
 from control.farm.dispatcher import job as jobs
@@ -98,7 +98,8 @@ class Dispatcher:
         started = time.monotonic()
         kills = reaper.reap(self.settings)
         tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease,
-                             placement=self.settings.dispatch_placement)
+                             placement=self.settings.dispatch_placement,
+                             reserve_after=self.settings.placement_reserve_after)
         targets: dict[int, dict[str, Any]] = {}
         if tasks:
             tasks = self._known_types(tasks)
@@ -212,6 +213,19 @@ class Dispatcher:
         except Exception:
             log.exception("pruning failed; it is tried again after prune_interval")
 
+    def fire_schedules(self) -> list[schedules.Fired]:
+        """Launch the schedules due now that no other dispatcher fired first (``control.farm.schedules``).
+
+        Once per loop, so a due time waits at most one round; a failure is logged and tried
+        again next loop (the due time it did not fire stays due).
+        """
+        try:
+            with connection(), actors.acting(self.actor):
+                return schedules.fire_due(self.settings)
+        except Exception:
+            log.exception("firing schedules failed; retrying next round")
+            return []
+
     def serve(self, max_rounds: int | None = None) -> None:
         with actors.acting(self.actor):
             self._serve(max_rounds)
@@ -221,6 +235,7 @@ class Dispatcher:
         backoff = 0.0
         while not self.stop.is_set():
             error = False
+            self.fire_schedules()  # first: a task it launches is claimed in this very round
             try:
                 done = self.run_round()
             except Exception:

@@ -6,8 +6,8 @@ and call a service in ``control.registry`` or ``control.farm``."""
 from control.web.routes import health
 from control.web import openapi
 from control.web.routes import tokens, roottoken, users, groups, spaces, providers, support, invites, changes
-from control.web.routes import nodes, tasks, grants, queues, inventory, audit
+from control.web.routes import nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules
 from control.web.routes import taskfiles
 
 RESOURCES = (health, openapi, tokens, roottoken, users, groups, spaces, providers, support, invites, changes,
-             nodes, tasks, grants, queues, inventory, audit, taskfiles)
+             nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules, taskfiles)

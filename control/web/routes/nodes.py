@@ -14,7 +14,7 @@ from control.core.errors import forbidden
 from control.core.models import iso, now
 from control.core.schemas import Page
 from control.farm import nodes
-from control.farm.eligibility import active_counts, free_slots, unavailable
+from control.farm.eligibility import Usage, free_slots, load_usage, unavailable
 from control.farm.models import Node
 from control.farm.schemas import (
     HeartbeatOut,
@@ -35,14 +35,16 @@ from control.web.routing import Context, Query, Reply, route
 TAG = "nodes"
 
 
-def node_out(node: Node, running: int) -> NodeOut:
+def node_out(node: Node, usage: Usage) -> NodeOut:
     takes = unavailable(node) is None
+    running = usage.tasks
     return NodeOut(
         name=node.name, state=node.state, cordoned=node.cordoned, draining=node.draining,
         drained=node.draining and running == 0, region=node.region, hostname=node.hostname,
         dispatch_error=node.dispatch_error or "",
         pid=node.pid, queues=list(node.queues or []), concurrency=node.concurrency, running=running,
         free=max(free_slots(node, running), 0) if takes else 0, resources=node.resources or {},
+        reserved=usage.reserved, held_for=usage.held_for,
         labels=node.labels or {}, ansible_host=node.ansible_host, ansible_port=node.ansible_port,
         ansible_user=node.ansible_user, ansible_connection=node.ansible_connection,
         python=node.python, workdir=node.workdir, registered_at=iso(node.registered_at),
@@ -51,7 +53,7 @@ def node_out(node: Node, running: int) -> NodeOut:
 
 
 def _one_out(node: Node) -> NodeOut:
-    return node_out(node, nodes.running(node))
+    return node_out(node, load_usage([node.id]).get(node.id) or Usage())
 
 
 def _same_node(principal: Principal, name: str) -> None:
@@ -129,8 +131,8 @@ def list_nodes(ctx: Context) -> dict[str, Any]:
         listed = [n for n in listed if n.serves(q["queue"])]
     total = len(listed)
     page = listed[q["offset"]:q["offset"] + q["limit"]]
-    active = active_counts([n.id for n in page]) if page else {}
-    return {"items": [node_out(n, active.get(n.id, 0)) for n in page], "total": total,
+    usage = load_usage([n.id for n in page]) if page else {}
+    return {"items": [node_out(n, usage.get(n.id) or Usage()) for n in page], "total": total,
             "limit": q["limit"], "offset": q["offset"]}
 
 

@@ -50,14 +50,16 @@ def task_out(task: Task) -> TaskOut:
 def _fields(task: Task) -> dict[str, Any]:
     return dict(
         id=task.id, name=task.name, params=task.params or {}, queue=task.queue,
-        target=TargetOut(kind=task.target_kind, value=task.target_value), space=task.space_id,
+        target=TargetOut(kind=task.target_kind, value=task.target_value, labels=task.target_labels),
+        resources=task.resources or {}, space=task.space_id,
         owner=task.owner, parent=task.parent_id, priority=task.priority, timeout=task.timeout,
         max_attempts=task.max_attempts, attempt=task.attempt, state=task.state,
         node=task.node_name, last_node=task.last_node,
         cancel_requested=task.cancel_requested, progress=task.progress, exit_code=task.exit_code,
         outputs=task.outputs, reason=task.reason or "", created_at=iso(task.created_at),
         assigned_at=iso(task.assigned_at), started_at=iso(task.started_at),
-        finished_at=iso(task.finished_at))
+        finished_at=iso(task.finished_at), template=task.template_id, template_version=task.template_version,
+        schedule=task.schedule_id)
 
 
 def _with_node() -> peewee.ModelSelect:
@@ -102,6 +104,8 @@ TASK_FILTERS = {
     "parent": Query(int, None, "Child runs of this broadcast", 1, None),
     "space": Query(int, None, "Space id", 1, None),
     "owner": Query(int, None, "Submitter's user id", 1, None),
+    "template": Query(int, None, "Tasks launched from this template", 1, None),
+    "schedule": Query(int, None, "Tasks this schedule launched", 1, None),
     "created_after": Query(str, None, "Submitted at or after this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
     "created_before": Query(str, None, "Submitted before this time (RFC 3339, e.g. 2026-11-30T09:00:00Z)"),
     "limit": Query(int, 50, "Page size", 1, 500),
@@ -122,7 +126,8 @@ def _filtered(ctx: Context) -> peewee.ModelSelect:
     if q["node"]:
         query = query.where((Node.name == q["node"]) | ((Task.node.is_null()) & (Task.last_node == q["node"])))
     for key, column in (("name", Task.name), ("queue", Task.queue), ("parent", Task.parent),
-                        ("space", Task.space_id), ("owner", Task.owner)):
+                        ("space", Task.space_id), ("owner", Task.owner), ("template", Task.template_id),
+                        ("schedule", Task.schedule_id)):
         if q[key] is not None:
             query = query.where(column == q[key])
     if q["created_after"]:

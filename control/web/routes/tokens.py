@@ -22,11 +22,11 @@ from control.registry.schemas import PasswordGrant, RefreshGrant, TokenInfo, Tok
 from control.web.routing import Context, Query, Reply, paginate, route
 
 
-def _tokens(ctx: Context, user: User, scope: str) -> Reply:
-    access, refresh = issue_user_tokens(user, scope=scope, ttl=ctx.settings.token_ttl,
-                                        refresh_ttl=ctx.settings.refresh_token_ttl)
+def _tokens(ctx: Context, user: User, scope: str, *, refresh: bool = True) -> Reply:
+    access, refresh_token = issue_user_tokens(user, scope=scope, ttl=ctx.settings.token_ttl,
+                                              refresh_ttl=ctx.settings.refresh_token_ttl if refresh else None)
     return Reply(200, TokenOut(access_token=access, token_type="bearer",  # noqa: S106
-                               expires_in=ctx.settings.token_ttl, refresh_token=refresh, scope=scope),
+                               expires_in=ctx.settings.token_ttl, refresh_token=refresh_token, scope=scope),
                  {"Cache-Control": "no-store"})
 
 
@@ -47,7 +47,7 @@ def _password_grant(ctx: Context, req: PasswordGrant) -> Reply | ApiError:
     if needs_rehash(user.password_hash):  # the cost rose since this hash was made
         user.password_hash = hash_password(req.password)
         user.save(only=[User.password_hash])
-    return _tokens(ctx, user, req.scope or "write")
+    return _tokens(ctx, user, req.scope or "write", refresh=req.refresh == "true")
 
 
 def _refresh_grant(ctx: Context, req: RefreshGrant) -> Reply:
