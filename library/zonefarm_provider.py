@@ -56,6 +56,11 @@ options:
         (or a resize) that would exceed it, and a limit below what the provider grants already.
       - Omitted, the limit is left as it is (none at registration).
     type: int
+  region:
+    description:
+      - Region of the provider's storage; tasks upload to a provider in their node's region first.
+      - Omitted, the region is left as it is (none at registration).
+    type: str
   token_path:
     description: File that receives the provider token (mode 0600). Required with O(state=present).
     type: path
@@ -141,7 +146,8 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError  # noqa: E402
 from ansible.module_utils.urls import open_url  # noqa: E402
 
-FIELDS = ("domain", "admin_email", "sftp_host", "sftp_port", "sftp_user", "storage_path", "support_limit")
+FIELDS = ("domain", "admin_email", "sftp_host", "sftp_port", "sftp_user", "storage_path", "support_limit",
+          "region")
 PAGE = 100
 
 
@@ -328,6 +334,7 @@ def main() -> None:
             "sftp_user": {"type": "str"},
             "storage_path": {"type": "str"},
             "support_limit": {"type": "int"},
+            "region": {"type": "str"},
             "token_path": {"type": "path", "no_log": False},
             "token_owner": {"type": "str"},
             "token_group": {"type": "str"},

@@ -85,6 +85,17 @@ def append_log(task_id: int, attempt: int, text: str, offset: int | None, log_ma
     TaskLog.create(task=task_id, seq=seq, start=end, text=text)
 
 
+def node_task(task_id: int, node_name: str) -> Task:
+    """The task a node reports on, locked; refused unless it is assigned to that node."""
+    states.lock_task(task_id)
+    task = Task.select(Task, Node).join(Node, peewee.JOIN.LEFT_OUTER).where(Task.id == task_id).first()
+    if task is None:
+        raise not_found("task", task_id)
+    if task.node_id is None or task.node_name != node_name:
+        raise forbidden(f"task {task_id} is not assigned to node {node_name}")
+    return task
+
+
 def report(task_id: int, node_name: str, body: Callback, lease: int, log_max: int | None = None) -> CallbackOut:
     """Apply one report from ``node_name``; ``lease`` is how many seconds it buys the attempt.
 
@@ -93,12 +104,7 @@ def report(task_id: int, node_name: str, body: Callback, lease: int, log_max: in
     Runs inside the caller's write transaction, the task row locked first so a callback
     and the reaper (or two callbacks) take turns.
     """
-    states.lock_task(task_id)
-    task = Task.select(Task, Node).join(Node, peewee.JOIN.LEFT_OUTER).where(Task.id == task_id).first()
-    if task is None:
-        raise not_found("task", task_id)
-    if task.node_id is None or task.node_name != node_name:
-        raise forbidden(f"task {task_id} is not assigned to node {node_name}")
+    task = node_task(task_id, node_name)
     if body.attempt != task.attempt:
         raise forbidden(f"attempt {body.attempt} of task {task_id} is stale; the current attempt is {task.attempt}")
     if task.state in TERMINAL:  # a repeated or late report: change nothing

@@ -278,5 +278,33 @@ class Schedule(BaseModel):
     created_at = peewee.DoubleField(default=now)
 
 
+class TaskUpload(BaseModel):
+    """Where a task's outputs go: the provider the dispatcher chose at its last launch
+    (``control.farm.uploads``). Counting those of active tasks is a provider's upload load."""
+
+    task = peewee.ForeignKeyField(Task, unique=True, on_delete="CASCADE")
+    provider_id = peewee.IntegerField(index=True)
+    chosen_at = peewee.DoubleField(default=now)
+
+
+class TaskFile(BaseModel):
+    """One output of a task, recorded by the node's signed callback as its upload lands."""
+
+    task = peewee.ForeignKeyField(Task, backref="files", on_delete="CASCADE")
+    attempt = peewee.IntegerField()
+    name = peewee.CharField(max_length=1024)  # relative to the task's directory
+    size = peewee.BigIntegerField()
+    sha256 = peewee.CharField(max_length=64)
+    provider_id = peewee.IntegerField(null=True)  # null once the provider is deleted
+    provider_name = peewee.CharField(max_length=100)
+    space_id = peewee.IntegerField()
+    path = peewee.CharField(max_length=1100)  # in the space: task-<id>/<name>
+    created_at = peewee.DoubleField(default=now)
+
+    class Meta:
+        indexes = ((("task", "name"), True),)
+
+
+# TaskUpload and TaskFile are created by migration 0033 (not 0002's list, so its tables stay as they were).
 FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping,
                Template, TemplateVersion, Schedule]

@@ -420,3 +420,29 @@ INVENTORY_SCHEMA: dict[str, Any] = {
     "additionalProperties": {"type": "object", "properties": {
         "hosts": {"type": "array", "items": {"type": "string"}}}},
 }
+
+
+# --- a task's uploaded outputs (control.farm.taskfiles) -------------------------------------
+
+OUTPUT_NAME = r"^[^/\x00][^\x00]*$"  # relative; ".." is refused by control.farm.taskfiles.space_path
+
+
+class FileLanded(Input):
+    """Signed by the node running the attempt, once the file has its final name on the provider."""
+
+    attempt: int = Field(ge=1, le=1000)
+    name: str = Field(pattern=OUTPUT_NAME, max_length=1024, description="Path in the task's directory")
+    size: int = Field(ge=0, le=MAX_ID)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class TaskFileOut(BaseModel):
+    name: str = Field(description="Path of the output in the task's directory")
+    size: int
+    sha256: str
+    provider_id: int | None = Field(description="The provider holding it; null once that provider is deleted")
+    provider: str
+    space_id: int
+    path: str = Field(description="Where it is in the space: task-<id>/<name>")
+    attempt: int
+    created_at: str

@@ -463,7 +463,7 @@ class TaskRun:
         """The type's trusted follow-up (pipeline upload), in the runner's own account, with the keys."""
         env = sandbox_env()
         env.update(ZONEFARM_TASK_ID=str(self.spec["id"]), ZONEFARM_ATTEMPT_DIR=str(self.tdir),
-                   ZONEFARM_TASK_DIR=str(self.work))
+                   ZONEFARM_TASK_DIR=str(self.work), ZONEFARM_NODE_CONFIG=self.config.path)
         if self.config.ssh_key:
             env["ZONEFARM_SSH_KEY"] = self.config.ssh_key
         if self.config.known_hosts:

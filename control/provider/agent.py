@@ -4,6 +4,15 @@ It long-polls ``GET /api/v1/changes?since=SEQ`` with the provider token and save
 number it applied, so a restarted agent resumes where it stopped and misses nothing. The
 feed is the source of truth; replaying it from 0 rebuilds the same directories.
 
+Every ``usage_interval`` seconds it measures each supported space's directory (bytes and
+regular files, :func:`measure`) and reports them all in one request
+(``POST /providers/{id}/usage``). A space the zone then says is over its size gets an
+``.over-quota`` marker and loses group write on its directory (the SFTP upload account is in
+the group: no new task directory can be made there) until a later report finds it back
+under. This is enforcement by the agent, for storage that cannot hold a hard limit itself
+(overlay, FUSE, NFS-Ganesha); the upload step checks the marker and the zone's numbers before
+it starts (``control.node.tasktypes.pipeline``).
+
 A support the zone revokes (or a deleted space) gets a ``.revoked`` marker in its directory
 and nothing else: research data is never deleted by a registry edit. A later support of the
 same space removes the marker.
@@ -37,7 +46,9 @@ from control.node.secretfile import InsecureFileError, require_private
 
 SECTION = "provider"
 REVOKED = ".revoked"
+OVER_QUOTA = ".over-quota"
 DIR_MODE = 0o2770  # setgid: uploads by the SFTP account (same group) stay in the group
+FULL_MODE = 0o2750  # over quota: the group (the SFTP account) may read but not write
 log = logging.getLogger("zonefarm.provider")
 
 
@@ -66,6 +77,10 @@ class ProviderConfig:
     request_timeout: float = 10.0
     # CA file the zone's certificate is checked against (https api_url); empty means the system's CAs.
     ca_file: str = ""
+    # Seconds between usage measurements (0: never measure); each walk of a space stops after
+    # usage_max_entries directory entries and reports what it counted (a lower bound).
+    usage_interval: int = 300
+    usage_max_entries: int = 2_000_000
     token: str = field(default="", repr=False)
 
     @property
@@ -121,11 +136,52 @@ def load_provider_config(path: str | os.PathLike[str]) -> ProviderConfig:
             state_file=sec.get("state_file", "").strip() or str(token_file.parent / "provider.seq"),
             poll_timeout=sec.getint("poll_timeout", 30), request_timeout=sec.getfloat("request_timeout", 10.0),
             ca_file=sec.get("ca_file", "").strip(),
+            usage_interval=sec.getint("usage_interval", 300),
+            usage_max_entries=sec.getint("usage_max_entries", 2_000_000),
             token=_read_token(token_file))
     except ValueError as exc:
         if isinstance(exc, ProviderConfigError):
             raise
         raise ProviderConfigError(f"{p}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Usage:
+    used: int
+    files: int
+    entries: int
+    complete: bool
+
+
+def measure(root: Path, max_entries: int) -> Usage:
+    """Bytes and regular files under ``root``: one ``os.scandir`` walk, no symlink followed.
+
+    The sizes come from the directory entries' ``lstat`` (apparent size, what a user's
+    upload adds), one system call per entry and no file opened. The walk is bounded: past
+    ``max_entries`` entries it stops and reports what it counted, marked incomplete, so a
+    huge tree costs a bounded time per interval and is reported as at least that much.
+    """
+    used = files = entries = 0
+    stack = [root]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue  # vanished or unreadable meanwhile: the next pass counts it
+        with it:
+            for entry in it:
+                entries += 1
+                if entries > max_entries:
+                    return Usage(used, files, entries - 1, False)
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        used += entry.stat(follow_symlinks=False).st_size
+                        files += 1
+                except OSError:
+                    continue
+    return Usage(used, files, entries, True)
 
 
 class Follower:
@@ -193,6 +249,55 @@ class Follower:
                 and change["op"] == "delete":
             log.error("this provider was deleted from the zone (change %s)", change["seq"])
 
+    # --- usage ---------------------------------------------------------------------------
+
+    def supported_dirs(self) -> dict[int, Path]:
+        """The space directories this agent keeps and has not marked revoked."""
+        out = {}
+        try:
+            entries = list(os.scandir(self.storage))
+        except FileNotFoundError:
+            return {}
+        for entry in entries:
+            if entry.name.isdigit() and entry.is_dir(follow_symlinks=False) \
+                    and not os.path.exists(os.path.join(entry.path, REVOKED)):
+                out[int(entry.name)] = Path(entry.path)
+        return out
+
+    def report_usage(self) -> dict[str, Any]:
+        """Measure every supported space, report them in one request, mark those over quota."""
+        dirs = self.supported_dirs()
+        measured = {sid: measure(path, self.config.usage_max_entries) for sid, path in sorted(dirs.items())}
+        for sid, u in measured.items():
+            if not u.complete:
+                log.warning("space %s: walk stopped after %s entries; reported %s bytes is a lower bound",
+                            sid, u.entries, u.used)
+        body = {"spaces": [{"space_id": sid, "used": u.used, "files": u.files} for sid, u in measured.items()]}
+        resp = self.client.post(f"/providers/{self.config.provider_id}/usage", body)
+        if resp.status in (401, 403):
+            raise TokenRejected(f"the zone refused the usage report ({resp.status}): {_error_message(resp)}")
+        if resp.status != 200:
+            raise FeedError(f"POST /usage answered {resp.status}: {_error_message(resp)}")
+        answer = dict(resp.json())
+        over = set(answer.get("over_quota", []))
+        for sid, path in dirs.items():
+            self.mark_quota(sid, path, sid in over, measured[sid])
+        return answer
+
+    def mark_quota(self, space_id: int, path: Path, over: bool, u: Usage) -> None:
+        """Over quota: a marker and no group write; back under: both undone."""
+        marker = path / OVER_QUOTA
+        if over:
+            if not marker.exists():
+                marker.write_text(json.dumps({"used": u.used, "files": u.files, "ts": time.time()}) + "\n")
+                log.warning("space %s is over quota (%s bytes): uploads refused until it is back under",
+                            space_id, u.used)
+            os.chmod(path, FULL_MODE)
+        elif marker.exists():
+            os.chmod(path, DIR_MODE)
+            marker.unlink()
+            log.info("space %s is back under quota (%s bytes): uploads accepted again", space_id, u.used)
+
     # --- the feed ------------------------------------------------------------------------
 
     def step(self, timeout: int | None = None) -> int:
@@ -228,8 +333,12 @@ class Follower:
         """Follow until ``stop`` is set; transport errors back off up to 30 s, never crash the agent."""
         self.storage.mkdir(parents=True, exist_ok=True)
         delay = 1.0
+        next_usage = time.monotonic()
         while not stop.is_set():
             try:
+                if self.config.usage_interval > 0 and time.monotonic() >= next_usage:
+                    next_usage = time.monotonic() + self.config.usage_interval
+                    self.report_usage()
                 self.step()
                 delay = 1.0
             except TokenRejected as exc:
@@ -283,9 +392,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     if args.once:
         try:
             count = follower.step(timeout=0)
+            usage = follower.report_usage() if config.usage_interval > 0 else None
         except TokenRejected as exc:
             raise SystemExit(f"zonefarm provider: {exc}") from None
-        print(json.dumps({"applied": count, "seq": follower.seq}))
+        print(json.dumps({"applied": count, "seq": follower.seq, "usage": usage}))
         return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

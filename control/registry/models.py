@@ -92,6 +92,9 @@ class Provider(BaseModel):
     sftp_port = peewee.IntegerField(default=22)
     sftp_user = peewee.CharField(max_length=64, null=True)
     storage_path = peewee.CharField(max_length=1024, null=True)
+    # The region of the provider's storage: a task's outputs go to a provider in its node's
+    # region first (control.farm.uploads). None: in no region.
+    region = peewee.CharField(max_length=100, null=True)
     # The total bytes the provider grants to all the spaces it supports; None: no limit.
     support_limit = peewee.BigIntegerField(null=True)
     created_at = peewee.DoubleField(default=now)
@@ -108,6 +111,13 @@ class Support(BaseModel):
     size = peewee.BigIntegerField()
     created_at = peewee.DoubleField(default=now)
     updated_at = peewee.DoubleField(default=now)
+    # What the provider agent last measured in the space's directory (control.registry.usage);
+    # None until its first report. ``over_quota``: used > size, uploads there are refused.
+    used = peewee.BigIntegerField(null=True)
+    files = peewee.BigIntegerField(null=True)
+    measured_at = peewee.DoubleField(null=True)
+    # A database default too: rows inserted by hand or by older code are not over quota.
+    over_quota = peewee.BooleanField(default=False, constraints=[peewee.SQL("DEFAULT FALSE")])
 
     class Meta:
         indexes = ((("space", "provider"), True),)

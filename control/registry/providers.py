@@ -16,7 +16,7 @@ from control.registry.models import Provider, Support
 from control.registry.names import unique_name
 
 FIELDS = ("name", "domain", "admin_email", "sftp_host", "sftp_port", "sftp_user", "storage_path",
-          "support_limit")
+          "support_limit", "region")
 REQUIRED = ("name", "domain", "admin_email", "sftp_port")
 
 

@@ -129,6 +129,9 @@ HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$"
 MIN_SUPPORT = 1024 * 1024
 MAX_BYTES = 2**62
 MAX_TTL = 10 * 365 * 86400  # the invite_max_ttl setting is the real bound
+REGION = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+REGION_DOC = ("The region of the provider's storage (as nodes name theirs): a task's outputs go to a "
+              "provider in its node's region first; null: none")
 LIMIT_DOC = "Total bytes the provider grants over all its supports; null: no limit"
 
 
@@ -201,6 +204,7 @@ class ProviderCreate(Input):
                                      description="Absolute directory; spaces live in "
                                                  "storage_path/<space id>")
     support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES, description=LIMIT_DOC)
+    region: str | None = Field(default=None, pattern=REGION, max_length=100, description=REGION_DOC)
 
 
 class ProviderUpdate(Input):
@@ -213,6 +217,7 @@ class ProviderUpdate(Input):
     storage_path: str | None = Field(default=None, pattern=r"^/[^\x00]*$", max_length=1024)
     support_limit: int | None = Field(default=None, ge=0, le=MAX_BYTES,
                                       description=LIMIT_DOC + "; null removes the limit")
+    region: str | None = Field(default=None, pattern=REGION, max_length=100, description=REGION_DOC)
 
 
 class ProviderOut(BaseModel):
@@ -226,6 +231,7 @@ class ProviderOut(BaseModel):
     storage_path: str | None
     support_limit: int | None = Field(description=LIMIT_DOC)
     granted: int = Field(description="Bytes the provider grants now, over all its supports")
+    region: str | None = Field(description=REGION_DOC)
     created_at: str
     updated_at: str
 
@@ -245,8 +251,32 @@ class SupportOut(BaseModel):
     provider_id: int
     provider_name: str
     size: int
+    used: int | None = Field(description="Bytes in the space's directory on this provider at "
+                                         "measured_at (the provider agent's report); null: not measured yet")
+    files: int | None = Field(description="Files there at measured_at; null: not measured yet")
+    measured_at: str | None = Field(description="When the provider last reported the space's usage")
+    over_quota: bool = Field(description="used > size: uploads to this provider are refused until it is "
+                                         "back under")
     created_at: str
     updated_at: str
+
+
+class UsageEntry(Input):
+    space_id: int = Field(ge=1, le=MAX_ID)
+    used: int = Field(ge=0, le=MAX_ID, description="Bytes in the space's directory")
+    files: int = Field(ge=0, le=MAX_ID, description="Regular files in the space's directory")
+
+
+class UsageReport(Input):
+    spaces: list[UsageEntry] = Field(max_length=10000, description="One entry per supported space "
+                                     "measured; a space the provider does not support is refused")
+
+
+class UsageAccepted(BaseModel):
+    updated: int = Field(description="Supports whose usage or over-quota state changed")
+    over_quota: list[int] = Field(description="Spaces over their size on this provider now")
+    ignored: list[int] = Field(description="Spaces reported that the provider does not support "
+                                           "(revoked meanwhile): nothing recorded for them")
 
 
 class ChangeOut(BaseModel):

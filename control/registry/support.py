@@ -21,7 +21,7 @@ import peewee
 
 from control.core.errors import conflict, forbidden, invalid, not_found
 from control.core.models import iso, now
-from control.registry import feed
+from control.registry import feed, usage
 from control.registry.identity import Principal, find_secret, gone, issued_secret, new_secret
 from control.registry.models import Provider, Space, Support, SupportToken
 
@@ -81,6 +81,7 @@ def resize(support: Support, size: int) -> None:
     support.save()
     feed.record("support", support.id, "update", support_data(support.space, support.provider_id, size),
                 space_id=support.space_id, provider_id=support.provider_id)
+    usage.resized(support)
 
 
 def revoke(support: Support) -> None:

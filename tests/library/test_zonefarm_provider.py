@@ -189,3 +189,12 @@ def test_token_argument_is_no_log() -> None:
              and any(isinstance(k, ast.Constant) and k.value == "api_token" for k in n.keys)]
     spec = ast.literal_eval(specs[0])
     assert spec["api_token"]["no_log"] is True
+
+
+def test_the_region_is_registered_and_kept(api: Api, args: dict[str, Any], run: Any) -> None:
+    """Tasks upload to a provider in their worker's region first (docs/data.md)."""
+    assert run({**args, "region": "eu"})["provider"]["region"] == "eu"
+    assert run({**args, "region": "eu"})["changed"] is False
+    assert run(args)["changed"] is False  # omitted: left as it is
+    moved = run({**args, "region": "us"})
+    assert moved["changed"] is True and providers(api)[0]["region"] == "us"

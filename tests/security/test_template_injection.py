@@ -112,9 +112,20 @@ def with_value(params: dict[str, Any], path: tuple[Any, ...], value: str) -> dic
 
 
 def _space(farm: SecFarm) -> int:
-    user, token = farm.api.user_with_token("inject")
-    resp = farm.api.post("/spaces", token=token, json={"name": "inject-space"})
+    """A space with a provider that takes uploads (on a closed port), so the dispatcher has an
+    upload target and launches pipeline tasks (their upload then fails, which is fine here)."""
+    api = farm.api
+    user, token = api.user_with_token("inject")
+    resp = api.post("/spaces", token=token, json={"name": "inject-space"})
     assert resp.status_code == 201, resp.text
+    reg = api.post("/providers", token=api.root, json={
+        "name": "inject-prov", "domain": "inject.example.org", "admin_email": "ops@example.org",
+        "sftp_host": "127.0.0.1", "sftp_port": 9, "sftp_user": "nobody", "storage_path": "/nonexistent"})
+    assert reg.status_code == 201, reg.text
+    ticket = api.post(f"/spaces/{resp.json()['id']}/support_tokens", token=token, json={})
+    support = api.post(f"/providers/{reg.json()['provider']['id']}/supports", token=reg.json()["token"],
+                       json={"token": ticket.json()["token"], "size": 1 << 30})
+    assert support.status_code == 201, support.text
     return int(resp.json()["id"])
 
 

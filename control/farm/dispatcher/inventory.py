@@ -79,10 +79,13 @@ def job_hostvars(node: Node) -> dict[str, Any]:
             "zonefarm_batch": [], "zonefarm_kills": []}
 
 
-def build_inventory(tasks: list[Task], kills: list[Task], lease: int) -> tuple[dict[str, Any], list[Path]]:
+def build_inventory(tasks: list[Task], kills: list[Task], lease: int,
+                    targets: dict[int, Upload] | None = None) -> tuple[dict[str, Any], list[Path]]:
     """The job's inventory (registry nodes as hosts, one group per task type) and its plays.
 
     ``tasks`` and ``kills`` carry their node (``task.node``); a kill also its ``kill_reason``.
+    ``targets``: each uploading task's provider, chosen by ``control.farm.uploads.plan``; a
+    task without one gets the first provider with SFTP and storage, as before.
     """
     hosts: dict[str, dict[str, Any]] = {}
     groups: dict[str, set[str]] = defaultdict(set)
@@ -94,7 +97,7 @@ def build_inventory(tasks: list[Task], kills: list[Task], lease: int) -> tuple[d
         hv["zonefarm_batch"].append({
             "id": task.id, "attempt": task.attempt, "name": task.name, "params": task.params or {},
             "timeout": task.timeout, "limits": task.limits or {},
-            "upload": upload_target(task.space_id, uploads)})
+            "upload": (targets or {}).get(task.id) or upload_target(task.space_id, uploads)})
         groups[f"zonefarm_type_{task.name}"].add(node.name)
     for task in kills:
         node = task.node

@@ -31,7 +31,7 @@ from typing import Any
 from control.core import actor as actors
 from control.core.config import Settings
 from control.core.db import connection, init_database
-from control.farm import claims, nodes, reaper, retention, schedules, states, telemetry
+from control.farm import claims, nodes, reaper, retention, schedules, states, telemetry, uploads
 from control.farm.catalogue import UnknownTaskType, playbook
 from control.farm.dispatcher import CLAIM_LIMIT
 from control.farm.dispatcher import job as jobs
@@ -100,12 +100,15 @@ class Dispatcher:
         tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease,
                              placement=self.settings.dispatch_placement,
                              reserve_after=self.settings.placement_reserve_after)
+        targets: dict[int, dict[str, Any]] = {}
         if tasks:
             tasks = self._known_types(tasks)
+            with connection():
+                tasks, targets = uploads.plan(tasks)  # an uploader with nowhere to upload fails now
         if not tasks and not kills:
             return Round()
         with connection():
-            inventory, plays = build_inventory(tasks, kills, self.settings.task_lease)
+            inventory, plays = build_inventory(tasks, kills, self.settings.task_lease, targets)
         try:
             outcome = self.run_job(inventory, plays, [t.id for t in tasks])
         except Exception as exc:

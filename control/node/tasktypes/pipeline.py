@@ -14,12 +14,21 @@ provider role chroots to its storage directory: every file goes to
 output is a regular path inside the task's directory, a symlink leaving it is refused).
 Each file goes to a temporary name and is renamed when complete, so a reader on the
 provider never sees half a file; a failed transfer is retried a bounded number of times.
+Before the first byte it checks the room: the outputs' total size plus the space's use (as
+the zone last measured it, in ``upload``) must fit in the support's size, and the provider's
+agent must not have marked the space over quota (an ``.over-quota`` file in the space's
+directory, read over SFTP). A refusal fails the task at once, naming the space, the
+provider, the size and the use; it is not retried (the next attempt would be refused too).
+Each file that lands is reported at once with a request signed by the node (its INI file is
+``ZONEFARM_NODE_CONFIG``, readable by this program only, as the runner's account): name, size
+and SHA-256, which ``GET /tasks/{id}/files`` lists. A report the zone refuses fails the upload.
 Host keys come from ``ZONEFARM_KNOWN_HOSTS`` (the node config's ``known_hosts``) or the
 system's known_hosts; an unknown host key is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import sys
@@ -29,6 +38,7 @@ from typing import Any
 
 from control.node.tasktypes import load_spec, say, write_failure, write_outputs
 
+OVER_QUOTA = ".over-quota"  # the provider agent's marker (control.provider.agent)
 UPLOAD_ATTEMPTS = 3
 UPLOAD_BACKOFF = 1.0
 EXIT_UPLOAD_FAILED = 75
@@ -56,6 +66,33 @@ def remote_path(space_id: int, task_id: int, relative: str) -> str:
     if not target.startswith(own):
         raise ValueError(f"output {relative!r} would land outside space {space}'s {own}")
     return target
+
+
+class QuotaRefused(RuntimeError):
+    """The space has no room for these outputs on this provider: fail now, never retry."""
+
+
+def check_room(upload: dict[str, Any], total: int) -> None:
+    """Refuse outputs that would take the space past its size on the chosen provider."""
+    size = upload.get("size")
+    if size is None:
+        return
+    used = int(upload.get("used") or 0)
+    if used + total > int(size):
+        raise QuotaRefused(f"space {upload.get('space') or upload['space_id']} on provider {upload.get('provider')} "
+                           f"has a size of {size} bytes and uses {used}: these outputs ({total} bytes) would "
+                           f"make {used + total}, {used + total - int(size)} over")
+
+
+def check_marker(sftp: Any, upload: dict[str, Any]) -> None:
+    """The provider's agent found the space over quota since the zone's last numbers."""
+    try:
+        sftp.stat(f"{int(upload['space_id'])}/{OVER_QUOTA}")
+    except OSError:
+        return
+    raise QuotaRefused(f"space {upload.get('space') or upload['space_id']} is over quota on provider "
+                       f"{upload.get('provider')} (size {upload.get('size')} bytes, used {upload.get('used')} "
+                       "when last measured): its agent refuses uploads until it is back under")
 
 
 def _connect(upload: dict[str, Any]) -> Any:
@@ -89,15 +126,57 @@ def _makedirs(sftp: Any, path: str) -> None:
             sftp.mkdir(part)
 
 
-def _upload_once(upload: dict[str, Any], files: list[tuple[Path, str]], attempt: int) -> None:
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Reporter:
+    """Tells the zone each file that landed (``POST /tasks/{id}/files``, signed as the node)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        from control.node.client import node_client
+        from control.node.config import load_node_config
+
+        path = os.environ.get("ZONEFARM_NODE_CONFIG")
+        self.client = node_client(load_node_config(path)) if path else None
+        self.route = f"/tasks/{int(spec['id'])}/files"
+        self.attempt = int(spec.get("attempt") or 1)
+
+    def landed(self, name: str, size: int, sha256: str) -> None:
+        if self.client is None:
+            return  # run by hand, outside a node: nothing to report to
+        from control.node.client import TransportError
+
+        body = {"attempt": self.attempt, "name": name, "size": size, "sha256": sha256}
+        for delay in (1.0, 2.0, 4.0, None):
+            try:
+                resp = self.client.post(self.route, body)
+            except TransportError as exc:
+                if delay is None:
+                    raise RuntimeError(f"could not record {name} with the zone: {exc}") from None
+                time.sleep(delay)
+                continue
+            if resp.status != 200:
+                raise RuntimeError(f"the zone refused the record of {name} ({resp.status}): {resp.error_message()}")
+            return
+
+
+def _upload_once(upload: dict[str, Any], files: list[tuple[Path, str, str]], attempt: int,
+                 reporter: Reporter, root: Path) -> None:
     sftp = _connect(upload)
     try:
-        for local, remote in files:
+        check_marker(sftp, upload)
+        for local, remote, digest in files:
             _makedirs(sftp, posixpath.dirname(remote))
             tmp = posixpath.join(posixpath.dirname(remote), f".{posixpath.basename(remote)}.part{attempt}")
             sftp.put(str(local), tmp, confirm=True)
             sftp.posix_rename(tmp, remote)
             say(f"uploaded {local.name} -> {upload['sftp_host']}:{remote}")
+            reporter.landed(local.relative_to(root).as_posix(), local.stat().st_size, digest)
     finally:
         sftp.close()
         sftp.sshclient.close()
@@ -110,13 +189,16 @@ def upload_outputs(spec: dict[str, Any], tdir: Path, paths: list[Path]) -> list[
     if not upload or not upload.get("space_id"):
         raise RuntimeError("no provider storage to upload to (does a provider support the task's space?)")
     root = tdir.resolve()
-    files = [(p, remote_path(upload["space_id"], spec["id"], p.relative_to(root).as_posix())) for p in paths]
+    check_room(upload, sum(p.stat().st_size for p in paths))
+    files = [(p, remote_path(upload["space_id"], spec["id"], p.relative_to(root).as_posix()), sha256_of(p))
+             for p in paths]
+    reporter = Reporter(spec)
     delay = UPLOAD_BACKOFF
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         try:
-            _upload_once(upload, files, attempt)
-            return [{"path": p.relative_to(root).as_posix(), "remote": r, "size": p.stat().st_size}
-                    for p, r in files]
+            _upload_once(upload, files, attempt, reporter, root)
+            return [{"path": p.relative_to(root).as_posix(), "remote": r, "size": p.stat().st_size, "sha256": d}
+                    for p, r, d in files]
         except (OSError, paramiko.SSHException) as exc:
             say(f"upload attempt {attempt}/{UPLOAD_ATTEMPTS} failed: {type(exc).__name__}: {exc}")
             if attempt == UPLOAD_ATTEMPTS:
@@ -124,6 +206,13 @@ def upload_outputs(spec: dict[str, Any], tdir: Path, paths: list[Path]) -> list[
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+def _failed(attempt_dir: Path, reason: str) -> int:
+    say(reason)
+    write_outputs(attempt_dir, {"uploaded": [], "error": reason})
+    write_failure(attempt_dir, reason)
+    return EXIT_UPLOAD_FAILED
 
 
 def upload() -> int:
@@ -135,11 +224,10 @@ def upload() -> int:
     say("stage upload")
     try:
         uploaded = upload_outputs(spec, tdir, outputs_in(tdir, list(spec["params"].get("outputs") or [])))
+    except QuotaRefused as exc:
+        return _failed(attempt_dir, f"upload refused over quota: {exc}")
     except (OSError, ValueError, RuntimeError, paramiko.SSHException) as exc:
-        say(f"upload failed: {exc}")
-        write_outputs(attempt_dir, {"uploaded": [], "error": str(exc)})
-        write_failure(attempt_dir, f"upload failed: {exc}")
-        return EXIT_UPLOAD_FAILED
+        return _failed(attempt_dir, f"upload failed: {exc}")
     write_outputs(attempt_dir, {"uploaded": uploaded})
     return 0
 

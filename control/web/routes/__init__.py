@@ -7,6 +7,7 @@ from control.web.routes import health
 from control.web import openapi
 from control.web.routes import tokens, roottoken, users, groups, spaces, providers, support, invites, changes
 from control.web.routes import nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules, webhooks
+from control.web.routes import taskfiles
 
 RESOURCES = (health, openapi, tokens, roottoken, users, groups, spaces, providers, support, invites, changes,
-             nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules, webhooks)
+             nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules, webhooks, taskfiles)

@@ -29,7 +29,7 @@ def provider_out(p: Provider) -> ProviderOut:
     return ProviderOut(id=p.id, name=p.name, domain=p.domain, admin_email=p.admin_email,
                        sftp_host=p.sftp_host, sftp_port=p.sftp_port, sftp_user=p.sftp_user,
                        storage_path=p.storage_path, support_limit=p.support_limit,
-                       granted=support.granted(p.id), created_at=iso(p.created_at),
+                       granted=support.granted(p.id), region=p.region, created_at=iso(p.created_at),
                        updated_at=iso(p.updated_at))
 
 

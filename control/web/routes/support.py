@@ -19,7 +19,7 @@ from typing import Any
 from control.core.errors import forbidden, not_found
 from control.core.models import iso
 from control.core.schemas import Page
-from control.registry import support
+from control.registry import support, usage
 from control.registry.access import fetch, provider_access, space_access, support_writer
 from control.registry.identity import revoke_secret, secret_lifetime
 from control.registry.models import Provider, Space, Support, SupportToken
@@ -30,6 +30,8 @@ from control.registry.schemas import (
     SupportTokenCreate,
     SupportTokenIssued,
     SupportTokenOut,
+    UsageAccepted,
+    UsageReport,
 )
 from control.web.listing import page_query
 from control.web.routing import Context, Reply, paginate, paginated_query, route
@@ -42,7 +44,9 @@ OLD_ROUTE = ("support takes the provider's consent: a space admin issues a suppo
 
 def support_out(s: Support) -> SupportOut:
     return SupportOut(space_id=s.space_id, space_name=s.space.name, provider_id=s.provider_id,
-                      provider_name=s.provider.name, size=s.size, created_at=iso(s.created_at),
+                      provider_name=s.provider.name, size=s.size, used=s.used, files=s.files,
+                      measured_at=iso(s.measured_at),
+                      over_quota=s.over_quota, created_at=iso(s.created_at),
                       updated_at=iso(s.updated_at))
 
 
@@ -169,3 +173,14 @@ def resize_support(ctx: Context, id: int, sid: int) -> SupportOut:
 def revoke_provider_support(ctx: Context, id: int, sid: int) -> None:
     provider_access(ctx.principal, id)
     support.revoke(_existing(fetch(Space, sid).id, id))
+
+
+@route("POST", "/providers/{id}/usage",
+       summary="Report the usage of the spaces the provider supports (the provider's agent, or root): "
+               "bytes and files per space; a space past its size is marked over quota", tag=TAG,
+       body=UsageReport, responses={200: UsageAccepted})
+def report_usage(ctx: Context, id: int) -> UsageAccepted:
+    provider = provider_access(ctx.principal, id)
+    req: UsageReport = ctx.body
+    changed, over, ignored = usage.report(provider, [(e.space_id, e.used, e.files) for e in req.spaces])
+    return UsageAccepted(updated=changed, over_quota=over, ignored=ignored)
