@@ -23,7 +23,7 @@ from tests.support.farm import Farm
 from tests.support.sshd import Sshd
 
 # The end-to-end fixtures of tests/test_dispatch.py (a real dispatcher, nodes and sshd).
-from tests.test_dispatch import farm, settings, sftp_storage, sshd  # noqa: F401
+from tests.test_dispatch import settings, sftp_storage, sshd  # noqa: F401  (farm: tests/conftest.py)
 
 MIB = 1 << 20
 
