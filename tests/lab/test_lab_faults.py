@@ -128,8 +128,6 @@ def running_on(api: Api, task_id: int, timeout: float = 90) -> str:
     return task["node"]
 
 
-@pytest.mark.xfail(reason="KNOWN FAILURE, open: failed in the one lab run after the sandbox/TLS merges "
-                   "(2026-11-30, machine at load 15-20); see the closing note", strict=False)
 def test_a_dead_workers_task_is_requeued_and_succeeds_elsewhere(lab: Lab, api: Api,
                                                                  farm_restored: None) -> None:
     """`docker stop` the worker mid-task: lost, requeued, then succeeded on the other worker."""
@@ -223,8 +221,6 @@ def late_callback(api: Api, node: str, task_id: int, attempt: int) -> requests.R
                          verify=str(ca_file(api.lab)))
 
 
-@pytest.mark.xfail(reason="KNOWN FAILURE, open: failed in the one lab run after the sandbox/TLS merges "
-                   "(2026-11-30, machine at load 15-20); see the closing note", strict=False)
 def test_a_cut_off_workers_task_is_requeued_and_its_late_report_refused(lab: Lab, api: Api,
                                                                          farm_restored: None) -> None:
     """Disconnect a worker for longer than its lease: the task moves; once back, the worker's
@@ -243,7 +239,9 @@ def test_a_cut_off_workers_task_is_requeued_and_its_late_report_refused(lab: Lab
     wait_for(f"{victim} online again", lambda: api.nodes()[victim]["state"] == "online", NODE_LEASE * 4, every=1)
     # Its runner's `finished` gets through now, is refused (403: stale attempt) and the runner
     # stops without reporting: it marks its attempt directory done, with no runner.error.
-    attempt_dir = f"/srv/zonefarm/work/{victim}/tasks/{task['id']}/1"
+    # The attempt's directory under the workdir the node registered (the worker role's
+    # worker_workdir, /var/lib/zonefarm/work): not on the shared storage.
+    attempt_dir = f"{api.nodes()[victim]['workdir']}/tasks/{task['id']}/1"
     wait_for(f"{victim}'s runner of attempt 1 to stop",
              lambda: lab.exec(victim, f"test -e {attempt_dir}/done")[0] == 0, 90, every=1)
     assert lab.exec(victim, f"test -e {attempt_dir}/runner.error")[0] != 0, lab.exec(victim, f"cat {attempt_dir}/*")
