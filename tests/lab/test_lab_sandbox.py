@@ -170,6 +170,11 @@ def _busybox_tar() -> bytes:
         pytest.skip("busybox-static is missing here: run `make deps`")
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
+        # The directory's own entry: without it `docker import` made /bin 0600, and the task's
+        # account (never root) found no `sh` in it.
+        bindir = tarfile.TarInfo("bin")
+        bindir.type, bindir.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(bindir)
         tar.add(busybox, arcname="bin/busybox")
         for applet in ("sh", "echo", "id", "ls", "cat", "grep", "sleep"):
             info = tarfile.TarInfo(f"bin/{applet}")
