@@ -26,6 +26,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+STOP_GRACE = 10  # seconds `docker stop` waits for a host's shutdown before it kills the host
 
 
 class Api:
@@ -131,10 +132,16 @@ def running_on(api: Api, task_id: int, timeout: float = 90) -> str:
 def test_a_dead_workers_task_is_requeued_and_succeeds_elsewhere(lab: Lab, api: Api,
                                                                  farm_restored: None) -> None:
     """`docker stop` the worker mid-task: lost, requeued, then succeeded on the other worker."""
-    task = api.submit(["sleep", "10"])
+    # The task outlives the stop's grace by far: with `sleep 10` and a 10 s grace, a worker
+    # whose shutdown was slow (wk2, running its own dockerd, in the full lab run) let the task
+    # end on it and report `succeeded` in attempt 1 before the engine killed the host.
+    task = api.submit(["sleep", str(STOP_GRACE + 20)])
     victim = running_on(api, task["id"])
-    stopped = time.monotonic()
-    lab.hosts[victim].container.stop(timeout=10)
+    asked = time.monotonic()
+    lab.hosts[victim].container.stop(timeout=STOP_GRACE)
+    stopped = time.monotonic()  # the leases count from here: the host is dead, its task still running
+    lab.hosts[victim].container.reload()
+    assert lab.hosts[victim].container.status == "exited"
 
     def requeued() -> float | None:
         states = [e["to_state"] for e in api.events(task["id"])]
@@ -143,7 +150,7 @@ def test_a_dead_workers_task_is_requeued_and_succeeds_elsewhere(lab: Lab, api: A
         return None
 
     to_requeue = wait_for("the task to be lost and requeued", requeued, NODE_LEASE + TASK_LEASE + 30)
-    print(f"\nworker {victim} stopped -> task {task['id']} requeued in {to_requeue:.1f}s "
+    print(f"\nworker {victim} stopped in {stopped - asked:.1f}s -> task {task['id']} requeued in {to_requeue:.1f}s "
           f"(node_lease={NODE_LEASE}s task_lease={TASK_LEASE}s)")
     done = wait_for("the task to end", lambda: (t := api.task(task["id"]))["state"] in TERMINAL and t, 90)
     events = api.events(task["id"])
