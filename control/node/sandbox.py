@@ -52,11 +52,13 @@ import os
 import pwd
 import resource
 import secrets
+import select
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +69,7 @@ DEFAULT_POOL_FIRST_UID = 60100
 DEFAULT_POOL_SIZE = 64
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when the task is stopped
 WATCH_EVERY = 0.2  # seconds between memory samples (pool backend)
+CGROUP_V1_MEMORY = "/sys/fs/cgroup/memory"  # the v1 memory controller, where a host has one
 POOL_WAIT = 30.0  # seconds to wait for a free pool account before failing the attempt
 MAX_REQUEST = 4 * 1024 * 1024
 SWEEP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - swept of what a task left, not used
@@ -576,6 +579,7 @@ class Helper:
         self.reason: str | None = None
         self.name = f"{request.task_id}-{request.attempt}-{secrets.token_hex(4)}"
         self.peak = 0  # bytes: the largest memory sample of the task's unit (systemd backend)
+        self.oom: OomNotifier | None = None  # the kernel's OOM events of the running unit (cgroup v1)
 
     # signals ------------------------------------------------------------------------
 
@@ -776,15 +780,21 @@ class Helper:
     def _wait_unit(self, unit: str) -> int:
         """Wait for systemd-run; once stopping, SIGKILL the unit's cgroup after the grace.
 
-        Meanwhile the unit's memory is sampled (``MemoryCurrent``): where systemd cannot tell
-        an out-of-memory kill (cgroup v1), a SIGKILL at the limit is one.
+        Meanwhile, where systemd cannot tell an out-of-memory kill (cgroup v1), the kernel's
+        OOM notification is armed on the unit's memory cgroup as soon as it exists
+        (``OomNotifier``), and the unit's memory is sampled (``MemoryCurrent``) for hosts where
+        even that cannot be had: there a SIGKILL at the limit is taken for one.
         """
         assert self.child is not None
         grace_until: float | None = None
         next_sample = 0.0
+        arm_tries = 0
         while True:
+            if self.oom is None and arm_tries < 50 and os.path.isdir(CGROUP_V1_MEMORY):
+                arm_tries += 1
+                self.oom = OomNotifier.arm(unit)
             try:
-                return self.child.wait(WATCH_EVERY)
+                return self.child.wait(0.02 if self.oom is None and arm_tries < 50 else WATCH_EVERY)
             except subprocess.TimeoutExpired:
                 pass
             if time.monotonic() >= next_sample:
@@ -840,12 +850,23 @@ class Helper:
                 except OSError as exc:
                     _say(f"cannot start systemd-run: {exc}")
                     return EXIT_UNAVAILABLE
-                rc = self._wait_unit(self.unit)
-                result, main_code = self._unit_result(self.unit)
+                try:
+                    rc = self._wait_unit(self.unit)
+                    result, main_code = self._unit_result(self.unit)
+                    oom_events = self.oom.oom_events() if self.oom is not None else None
+                finally:
+                    if self.oom is not None:
+                        self.oom.close()
+                    self.oom = None
                 self.unit = None
                 code = main_code if main_code is not None else rc
                 at_limit = self.peak >= (self.limits.memory_mb << 20) // 2  # sampled: a fast climb may be seen low
-                if result == "oom-kill" or (code == -signal.SIGKILL and at_limit and not self.stopping):
+                if oom_events is not None:  # the kernel said (cgroup v1): no guessing from samples
+                    # the OOM killer may have picked a child (`sh -c` reports 137), not the main process
+                    killed_by_oom = bool(oom_events) and code != 0
+                else:
+                    killed_by_oom = code == -signal.SIGKILL and at_limit and not self.stopping
+                if result == "oom-kill" or killed_by_oom:
                     self.reason = f"memory limit exceeded: killed at its limit of {self.limits.memory_mb} MiB"
                     _say(self.reason)
                     code = code or -signal.SIGKILL
@@ -897,9 +918,92 @@ class Helper:
         return code
 
 
+class OomNotifier:
+    """Counts the kernel's out-of-memory events of one cgroup-v1 memory cgroup (a task's unit).
+
+    On cgroup v1 systemd enforces ``MemoryMax`` (as ``memory.limit_in_bytes``) but cannot
+    tell an out-of-memory kill from any other SIGKILL: its ``Result`` is ``signal``, not
+    ``oom-kill``, and the unit's cgroup is gone before anyone could read its counters. The
+    kernel's own notification is exact: an eventfd registered on the cgroup's
+    ``memory.oom_control`` (through ``cgroup.event_control``) is signalled at every OOM in that
+    cgroup. It is signalled once more, later, when the cgroup is removed, so a thread wakes on
+    each signal at once and counts it as an OOM only while the cgroup's directory still
+    exists: an OOM happens while the task's processes live, the removal after systemd found
+    them dead and removed the directory. The lab's hosts are such hosts.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.count = 0
+        self.stopping = False
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        ofd = -1
+        try:
+            ofd = os.open(os.path.join(directory, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+            control = os.open(os.path.join(directory, "cgroup.event_control"), os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(control, f"{self.efd} {ofd}".encode())
+            finally:
+                os.close(control)
+        except OSError:
+            os.close(self.efd)
+            raise
+        finally:
+            if ofd >= 0:
+                os.close(ofd)  # the kernel holds its own reference once registered
+        self.thread = threading.Thread(target=self._watch, name="oom-notifier", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def arm(cls, unit: str) -> OomNotifier | None:
+        """A notifier on the unit's memory cgroup; None where there is no v1 memory controller."""
+        path = _unit_property(unit, "ControlGroup")
+        directory = os.path.join(CGROUP_V1_MEMORY, path.lstrip("/"))
+        if not path or not os.path.isdir(directory):
+            return None
+        try:
+            return cls(directory)
+        except OSError:
+            return None
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        poller.register(self.efd, select.POLLIN)
+        while True:
+            ready = poller.poll(100)
+            if not ready:
+                if self.stopping:
+                    return
+                continue
+            alive = os.path.isdir(self.directory)  # looked at before the read: a removal comes after rmdir
+            try:
+                signalled = os.eventfd_read(self.efd)
+            except BlockingIOError:
+                continue
+            if not alive:
+                return  # the cgroup is gone: this was (or will be) its removal
+            self.count += signalled
+
+    def oom_events(self) -> int:
+        """OOM events in the cgroup up to now: ask once the unit has ended."""
+        self.stopping = True
+        self.thread.join(1.0)
+        return self.count
+
+    def close(self) -> None:
+        self.stopping = True
+        self.thread.join(1.0)
+        if not self.thread.is_alive():
+            os.close(self.efd)
+
+
+def _unit_property(unit: str, name: str) -> str:
+    return subprocess.run(["systemctl", "show", "--value", f"--property={name}", unit],
+                          capture_output=True, text=True, check=False).stdout.strip()
+
+
 def _unit_memory(unit: str) -> int:
-    out = subprocess.run(["systemctl", "show", "--value", "--property=MemoryCurrent", unit],
-                         capture_output=True, text=True, check=False).stdout.strip()
+    out = _unit_property(unit, "MemoryCurrent")
     return int(out) if out.isdigit() else 0
 
 

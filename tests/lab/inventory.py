@@ -49,6 +49,9 @@ HOST_VARS: dict[str, dict[str, str]] = {"wk3": {"worker_region": "edge", "worker
 NODE_LEASE = 15
 TASK_LEASE = 15
 LAB_HEARTBEAT = 4
+# Images a container task may name, at the zone and on the workers: the lab's own, imported on the
+# Docker worker from this machine's busybox (test_lab_sandbox: no registry is reachable).
+CONTAINER_IMAGES = ("zonefarm-lab/*",)
 # Tasks a lab worker runs at once: the API-kill fault runs 200 tasks through two workers.
 WORKER_CONCURRENCY = 8
 
@@ -116,13 +119,17 @@ def write_inventory(lab: Lab, dest: Path = DEFAULT_DIR, without: tuple[str, ...]
     # As in inventory/example: the dispatchers run the tasks over SSH as the service account.
     _dump(group_vars / "worker.yml", {**storage, "worker_docker_enabled": False, "common_user_shell": "/bin/sh",
                                       "worker_heartbeat_interval": LAB_HEARTBEAT,
-                                      "worker_concurrency": WORKER_CONCURRENCY},
-          "Workers mount the same storage; no Docker engine inside the lab's containers.")
+                                      "worker_concurrency": WORKER_CONCURRENCY,
+                                      "worker_container_images": list(CONTAINER_IMAGES)},
+          "Workers mount the same storage. Docker stays off; test_lab_sandbox switches it on for wk2 "
+          "(lab.DOCKER_HOSTS), which runs the lab's own images.")
     _dump(group_vars / "database.yml", {"database_allowed_clients": ["127.0.0.1/32", subnet]},
           "PostgreSQL on zone1 admits the lab network.")
     _dump(group_vars / "zone.yml", {"zone_listen": f"0.0.0.0:{API_PORT}",
+                                    "zone_container_images": list(CONTAINER_IMAGES),
                                     "zone_extra_settings": {"node_lease": NODE_LEASE, "task_lease": TASK_LEASE}},
-          "The API serves HTTPS on the lab network; short leases keep the fault tests quick.")
+          "The API serves HTTPS on the lab network and admits container tasks of the lab's own images "
+          "(the zone checks first, then the worker); short leases keep the fault tests quick.")
     # The reaper runs in the dispatchers: they decide when a silent node or task is lost.
     _dump(group_vars / "cluster_manager.yml", {"cluster_manager_task_lease": TASK_LEASE,
                                                "cluster_manager_extra_settings": {"node_lease": NODE_LEASE}},

@@ -40,12 +40,18 @@ HOSTS: dict[str, tuple[str, ...]] = {
     "storage1": ("storage",),
 }
 FUSE_GROUPS = {"provider", "worker"}
+# The worker test_lab_sandbox switches Docker on for (worker_docker_enabled). dockerd inside a
+# lab host needs NET_ADMIN: without it `iptables -t nat -N DOCKER` is refused ("Permission
+# denied (you must be root)") and the daemon exits. The capability is scoped to the host's own
+# network namespace. Its storage driver falls back to vfs by itself (overlay on the host's
+# overlay root is refused), which is slow but fine for the lab's one-binary image.
+DOCKER_HOSTS = {"wk2"}
 # Where storage1 keeps the data it exports: a Docker volume, because nfs-ganesha's VFS
 # backend needs file handles (open_by_handle_at) that the overlay root filesystem refuses.
 STORAGE_EXPORT = "/srv/zonefarm"
 
 
-def _systemd_host_config(groups: tuple[str, ...]) -> dict:
+def _systemd_host_config(name: str, groups: tuple[str, ...]) -> dict:
     """Flags checked on this machine for systemd as PID 1 (`--privileged` fails here)."""
     fuse = bool(FUSE_GROUPS & set(groups))
     config: dict = {
@@ -60,6 +66,8 @@ def _systemd_host_config(groups: tuple[str, ...]) -> dict:
     }
     if fuse:
         config["devices"] = ["/dev/fuse:/dev/fuse:rwm"]
+    if name in DOCKER_HOSTS:
+        config["cap_add"].append("NET_ADMIN")
     if "storage" in groups:
         # open_by_handle_at, which the VFS backend of nfs-ganesha serves every request with.
         config["cap_add"].append("DAC_READ_SEARCH")
@@ -115,7 +123,7 @@ class Lab:
             container = self.client.containers.create(
                 self.image, name=f"{PREFIX}-{self.run_id}-{name}", hostname=name,
                 labels=labels, network=self.network_name, detach=True,
-                **_systemd_host_config(groups))
+                **_systemd_host_config(name, groups))
             # The network alias makes the short host name resolve inside the network.
             self.network.disconnect(container)
             self.network.connect(container, aliases=[name])

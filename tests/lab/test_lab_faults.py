@@ -26,6 +26,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+STOP_GRACE = 10  # seconds `docker stop` waits for a host's shutdown before it kills the host
 
 
 class Api:
@@ -128,15 +129,22 @@ def running_on(api: Api, task_id: int, timeout: float = 90) -> str:
     return task["node"]
 
 
-@pytest.mark.xfail(reason="KNOWN FAILURE, open: failed in the one lab run after the sandbox/TLS merges "
-                   "(2026-11-30, machine at load 15-20); see the closing note", strict=False)
 def test_a_dead_workers_task_is_requeued_and_succeeds_elsewhere(lab: Lab, api: Api,
                                                                  farm_restored: None) -> None:
     """`docker stop` the worker mid-task: lost, requeued, then succeeded on the other worker."""
-    task = api.submit(["sleep", "10"])
+    # The task outlives the stop's grace by far, so it cannot end on the victim by itself.
+    # OPEN PRODUCT BUG (found 2026-12-07, not fixed): the host's shutdown stops the task's
+    # systemd unit with SIGTERM, systemd counts that as a clean exit, the unit is collected, and
+    # the sandbox reports exit code 0: the task ends `succeeded` in attempt 1 within a second
+    # of `docker stop` instead of being lost and requeued. Reproduced by hand: `systemctl stop`
+    # of a running zonefarm-task-* unit makes the sandbox print {"exit_code": 0, "reason": null}.
+    task = api.submit(["sleep", str(STOP_GRACE + 20)])
     victim = running_on(api, task["id"])
-    stopped = time.monotonic()
-    lab.hosts[victim].container.stop(timeout=10)
+    asked = time.monotonic()
+    lab.hosts[victim].container.stop(timeout=STOP_GRACE)
+    stopped = time.monotonic()  # the leases count from here: the host is dead, its task still running
+    lab.hosts[victim].container.reload()
+    assert lab.hosts[victim].container.status == "exited"
 
     def requeued() -> float | None:
         states = [e["to_state"] for e in api.events(task["id"])]
@@ -145,7 +153,7 @@ def test_a_dead_workers_task_is_requeued_and_succeeds_elsewhere(lab: Lab, api: A
         return None
 
     to_requeue = wait_for("the task to be lost and requeued", requeued, NODE_LEASE + TASK_LEASE + 30)
-    print(f"\nworker {victim} stopped -> task {task['id']} requeued in {to_requeue:.1f}s "
+    print(f"\nworker {victim} stopped in {stopped - asked:.1f}s -> task {task['id']} requeued in {to_requeue:.1f}s "
           f"(node_lease={NODE_LEASE}s task_lease={TASK_LEASE}s)")
     done = wait_for("the task to end", lambda: (t := api.task(task["id"]))["state"] in TERMINAL and t, 90)
     events = api.events(task["id"])
@@ -223,8 +231,6 @@ def late_callback(api: Api, node: str, task_id: int, attempt: int) -> requests.R
                          verify=str(ca_file(api.lab)))
 
 
-@pytest.mark.xfail(reason="KNOWN FAILURE, open: failed in the one lab run after the sandbox/TLS merges "
-                   "(2026-11-30, machine at load 15-20); see the closing note", strict=False)
 def test_a_cut_off_workers_task_is_requeued_and_its_late_report_refused(lab: Lab, api: Api,
                                                                          farm_restored: None) -> None:
     """Disconnect a worker for longer than its lease: the task moves; once back, the worker's
@@ -243,7 +249,9 @@ def test_a_cut_off_workers_task_is_requeued_and_its_late_report_refused(lab: Lab
     wait_for(f"{victim} online again", lambda: api.nodes()[victim]["state"] == "online", NODE_LEASE * 4, every=1)
     # Its runner's `finished` gets through now, is refused (403: stale attempt) and the runner
     # stops without reporting: it marks its attempt directory done, with no runner.error.
-    attempt_dir = f"/srv/zonefarm/work/{victim}/tasks/{task['id']}/1"
+    # The attempt's directory under the workdir the node registered (the worker role's
+    # worker_workdir, /var/lib/zonefarm/work): not on the shared storage.
+    attempt_dir = f"{api.nodes()[victim]['workdir']}/tasks/{task['id']}/1"
     wait_for(f"{victim}'s runner of attempt 1 to stop",
              lambda: lab.exec(victim, f"test -e {attempt_dir}/done")[0] == 0, 90, every=1)
     assert lab.exec(victim, f"test -e {attempt_dir}/runner.error")[0] != 0, lab.exec(victim, f"cat {attempt_dir}/*")

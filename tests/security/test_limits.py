@@ -10,8 +10,14 @@ Here the pool-of-accounts path (setrlimit and the memory watchdog); the systemd 
 
 from __future__ import annotations
 
+import os
+import secrets
+import subprocess
+import sys
+
 import pytest
 
+from control.node.sandbox import CGROUP_V1_MEMORY, OomNotifier
 from tests.support.secfarm import SecFarm
 
 pytestmark = pytest.mark.slow
@@ -73,3 +79,35 @@ def test_limits_above_the_site_maximum_are_refused(farm: SecFarm) -> None:
     resp = farm.api.post("/tasks", token=farm.api.root,
                          json={"name": "shell", "params": {"argv": ["true"]}, "limits": {"memory_mb": 20000}})
     assert resp.status_code == 422 and "limits.memory_mb" in resp.text, resp.text
+
+
+def _memcg(tmp_name: str, limit_mb: int) -> str:
+    """A real cgroup-v1 memory cgroup on this machine (as a systemd unit's is on a lab worker)."""
+    if not os.access(CGROUP_V1_MEMORY, os.W_OK):
+        pytest.skip(f"no writable cgroup-v1 memory controller at {CGROUP_V1_MEMORY} here")
+    path = os.path.join(CGROUP_V1_MEMORY, tmp_name)
+    os.mkdir(path)
+    with open(os.path.join(path, "memory.limit_in_bytes"), "w") as fh:
+        fh.write(str(limit_mb << 20))
+    return path
+
+
+@pytest.mark.parametrize(("grow_mb", "ooms"), [(256, True), (8, False)])
+def test_the_kernels_oom_kill_in_a_v1_memory_cgroup_is_counted(grow_mb: int, ooms: bool) -> None:
+    """cgroup v1 (the lab's workers): systemd reports an OOM kill as a plain SIGKILL, so the
+    sandbox arms the kernel's own notification on the unit's memory cgroup. Here a process
+    in a 32 MiB cgroup grows to `grow_mb`; the notifier counts an OOM only when there was one,
+    also after the cgroup is removed (which signals it once more)."""
+    path = _memcg(f"zonefarm-test-{secrets.token_hex(4)}", 32)
+    notifier = OomNotifier(path)
+    try:
+        code = (f"import os\nopen({os.path.join(path, 'cgroup.procs')!r}, 'w').write(str(os.getpid()))\n"
+                f"b = bytearray({grow_mb} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived')\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        os.rmdir(path)
+        assert notifier.oom_events() == (1 if ooms else 0), (proc.returncode, proc.stderr)
+        assert (proc.returncode == -9) == ooms and ("survived" in proc.stdout) != ooms, proc
+    finally:
+        notifier.close()
+        if os.path.isdir(path):
+            os.rmdir(path)
