@@ -338,8 +338,10 @@ def test_dispatcher_holds_a_node_for_a_big_task_in_a_stream_of_small_ones(farm: 
     dispatcher (holding after 0.05 s, so the test is short) keeps the node for it."""
     farm.add_node("wk1", concurrency=8, resources={"memory": 4 * GiB})
     farm.start_dispatcher("d1", ZONEFARM_PLACEMENT_RESERVE_AFTER="0.05")
-    first = farm.submit("shell", {"argv": ["sleep", "1"]}, resources={"memory": 2 * GiB})["id"]
-    farm.wait(first, ("running", "succeeded"))
+    # long enough that the big task, submitted once this one runs, cannot simply fit when it is
+    # first looked at (with `sleep 1`, a slow submission found the node empty and no hold was made)
+    first = farm.submit("shell", {"argv": ["sleep", "4"]}, resources={"memory": 2 * GiB})["id"]
+    farm.wait(first, ("running",))
     big = farm.submit("shell", {"argv": ["true"]}, resources={"memory": 4 * GiB})["id"]
     # small tasks arrive behind it: 2 GiB is free, so without the hold they would start at once
     stream = [farm.submit("shell", {"argv": ["true"]}, resources={"memory": GiB})["id"] for _ in range(4)]

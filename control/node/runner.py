@@ -441,6 +441,8 @@ class TaskRun:
         except StaleAttempt:
             self._take_back_work()  # the sandbox stopped it; the directory is still ours to clean
             raise
+        finally:
+            self._remove_containers(out)
         result = self._event("result")
         error = self._event("error")
         code = proc.returncode
@@ -458,6 +460,20 @@ class TaskRun:
         failure = failure or trusted_failure
         self._flush_log(patience=FINISHED_PATIENCE)
         self.cb.send("finished", **self._result(code, failure))
+
+    def _remove_containers(self, out: Any) -> None:
+        """After a stopped container task, remove its container from here (the node agent's
+        account, which may use Docker). The program that ran it shares the sandbox's process
+        group, and the kill's SIGKILL after its grace could end it mid-removal; the runner is
+        outside that group and outlives it."""
+        if self.spec.get("name") != "container" or not self._killed_reason():
+            return
+        try:
+            subprocess.run([sys.executable, "-m", "control.node.tasktypes.container", "--remove",
+                            str(self.spec["id"]), str(self.spec["attempt"])], stdin=subprocess.DEVNULL,
+                           stdout=out, stderr=out, env=sandbox_env(), timeout=60, check=False)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._note(f"could not remove the task's container: {exc}")
 
     def _after(self, argv: list[str], out: Any) -> int:
         """The type's trusted follow-up (pipeline upload), in the runner's own account, with the keys."""

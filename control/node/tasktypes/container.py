@@ -170,7 +170,26 @@ def run(spec: dict[str, Any], attempt_dir: Any) -> int:
     return code
 
 
+def remove_attempt(task_id: int, attempt: int) -> int:
+    """Remove the containers of one attempt (by label): how many. The runner calls this after a
+    killed container task, from outside the sandbox's process group, because the group's SIGKILL
+    (the kill's grace) can end this program in the middle of removing its container."""
+    import docker
+
+    client = docker.from_env()
+    found = client.containers.list(all=True, filters={"label": [f"zonefarm.task={task_id}",
+                                                                 f"zonefarm.attempt={attempt}"]})
+    for container in found:
+        container.remove(force=True)
+    return len(found)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--remove"]:
+        removed = remove_attempt(int(sys.argv[2]), int(sys.argv[3]))
+        if removed:
+            say(f"removed {removed} container(s) of the stopped task")
+        return 0
     attempt_dir, spec = load_spec()
     code = run(spec, attempt_dir)
     write_outputs(attempt_dir, {"image": spec["params"].get("image"), "exit_code": code})
