@@ -128,7 +128,7 @@ def prepare(req: TaskCreate, settings: Settings, origin: Origin | None = None, *
             roomy = " big enough for its resources" if task_resources else ""
             raise invalid(f"target: no online, uncordoned node{serving}{labelled}{roomy} {where}")
         sub = dataclasses.replace(sub, count=len(nodes))
-    if reach:
+    if reach and kind not in BROADCAST_KINDS:  # a broadcast's fan-out above already found nodes that fit
         check_fits(want)  # 422 naming the resource no registered node has enough of
     return Prepared(req, kind, value, task_limits, nodes, sub, origin or Origin(), task_resources, selector)
 
