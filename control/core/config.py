@@ -180,6 +180,15 @@ class Settings:
         "known_hosts file the dispatcher checks the workers' SSH host keys against (the cluster_manager "
         "role writes it from keys read on the workers). Empty means the account's `~/.ssh/known_hosts`. "
         "Checking is always on: a node whose key does not match is cordoned and its tasks go back to the queue.")
+    storage_ssh_key: str = opt(
+        "",
+        "Private key the API reads provider storage with over SFTP, to stream a task's landed outputs "
+        "(`GET /tasks/{id}/files/{name}`); the provider's upload account must authorize it. Empty means the "
+        "API account's default keys (`~/.ssh/id_*`).")
+    storage_known_hosts: str = opt(
+        "",
+        "known_hosts file the API checks provider storage hosts' SSH keys against when it streams a file. "
+        "Empty means the account's and the system's known_hosts. An unknown host key is always refused.")
     container_images: str = opt(
         "",
         "Images a `container` task may run: exact names or globs (`*`, `?`, `[...]`), separated by commas or "

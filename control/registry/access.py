@@ -283,6 +283,12 @@ def see_owned(principal: Principal, owner_id: int | None, space_id: int | None, 
     raise forbidden(f"only the submitter, members of the {what}'s space and the administrator may see it")
 
 
+def read_task_file(principal: Principal, owner_id: int | None, space_id: int | None) -> None:
+    """A task's output is read by whoever may see the task: the data is the space's, and its
+    members already reach it by SFTP; anyone else gets the listing's 403."""
+    see_owned(principal, owner_id, space_id, "task")
+
+
 def cancel_owned(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:
     """Only the owner and the administrator stop it (space members only see it)."""
     see_owned(principal, owner_id, space_id, what)
