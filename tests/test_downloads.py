@@ -22,7 +22,7 @@ from tests.conftest import farm_test_settings
 from tests.support.farm import Farm
 from tests.support.sshd import Sshd
 from tests.test_dispatch import sftp_storage, sshd  # noqa: F401
-from tests.test_uploads import _provider, _round, _support
+from tests.test_uploads import _alices_space, _provider, _round, _support
 
 MIB = 1 << 20
 
@@ -37,10 +37,7 @@ def settings(db_url: str, tmp_path: Path, sshd: Sshd) -> Settings:
 def _landed(farm: Farm, sshd: Sshd, storage: Path) -> tuple[int, str, dict[str, bytes]]:
     """Alice's space on prov-eu; a pipeline task whose two outputs are on the provider's storage and
     reported landed by the node running it. Returns the task id, Alice's token and the files."""
-    _, alice = farm.api.user_with_token("alice")
-    space = farm.api.post("/spaces", token=alice, json={"name": "climate"})
-    assert space.status_code == 201, space.text
-    sid = int(space.json()["id"])
+    sid, alice = _alices_space(farm)
     _support(farm, alice, sid, _provider(farm, sshd, storage, "prov-eu", "eu"), 64 * MIB)
     work = farm.add_node("wk1", region="eu")
     kept, _ = _round(farm, sid, {"generate": [["true"]], "outputs": ["out/data.bin", "b.txt"]})

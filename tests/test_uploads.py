@@ -94,13 +94,18 @@ def _report(farm: Farm, reg: dict[str, Any], space_id: int, used: int) -> dict[s
     return dict(resp.json())
 
 
-def _two_providers(farm: Farm, sshd: Sshd, storage: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """Space "climate" supported by prov-eu (region eu, 2 MiB) and prov-us (region us, 8 MiB),
-    both the same sshd (remote paths are relative to its chroot)."""
+def _alices_space(farm: Farm) -> tuple[int, str]:
+    """Alice (a new user) and her space "climate": its id and her token."""
     _, token = farm.api.user_with_token("alice")
     space = farm.api.post("/spaces", token=token, json={"name": "climate"})
     assert space.status_code == 201, space.text
-    sid = int(space.json()["id"])
+    return int(space.json()["id"]), token
+
+
+def _two_providers(farm: Farm, sshd: Sshd, storage: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Space "climate" supported by prov-eu (region eu, 2 MiB) and prov-us (region us, 8 MiB),
+    both the same sshd (remote paths are relative to its chroot)."""
+    sid, token = _alices_space(farm)
     eu = _provider(farm, sshd, storage, "prov-eu", "eu")
     us = _provider(farm, sshd, storage, "prov-us", "us")
     _support(farm, token, sid, eu, 2 * MIB)

@@ -446,3 +446,48 @@ class TaskFileOut(BaseModel):
     path: str = Field(description="Where it is in the space: task-<id>/<name>")
     attempt: int
     created_at: str
+
+
+# A path in a space: relative segments, none of them "..", no NUL (no look-around: pydantic's regex has none).
+_SEGMENT = r"(?:[^/.\x00][^/\x00]*|\.|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)"
+SPACE_PATH = rf"^(?:{_SEGMENT}(?:/{_SEGMENT})*)?$"
+
+
+class TransferCreate(Input):
+    space: int = Field(ge=1, le=MAX_ID)
+    path: str = Field("", max_length=1024, pattern=SPACE_PATH,
+                      description="A file or directory in the space, relative to it; empty for the whole space")
+    source: int = Field(ge=1, le=MAX_ID, description="Provider the data is read from (and removed from: migrate, "
+                                                     "evict)")
+    target: int = Field(ge=1, le=MAX_ID, description="Provider it is copied to (evict: the one holding the replica "
+                                                     "that stays)")
+    kind: Literal["replicate", "migrate", "evict"]
+
+
+class TransferProgress(Input):
+    """Signed by the node running the transfer's task attempt."""
+
+    attempt: int = Field(ge=1, le=1000)
+    bytes_total: int = Field(ge=0, le=MAX_ID)
+    files_total: int = Field(ge=0, le=MAX_ID)
+    bytes_done: int = Field(ge=0, le=MAX_ID)
+    files_done: int = Field(ge=0, le=MAX_ID)
+
+
+class TransferOut(BaseModel):
+    id: int
+    space_id: int
+    path: str
+    kind: str
+    source_id: int
+    target_id: int
+    state: Literal["scheduled", "enqueued", "active", "completed", "failed", "cancelled"]
+    reason: str = Field(description="The task's last reason (why it failed, who cancelled it)")
+    task_id: int | None
+    runs: int
+    bytes_total: int | None = Field(description="Bytes to move, once the program has listed the source")
+    bytes_done: int
+    files_total: int | None
+    files_done: int
+    created_at: str
+    updated_at: str

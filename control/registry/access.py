@@ -289,6 +289,26 @@ def read_task_file(principal: Principal, owner_id: int | None, space_id: int | N
     see_owned(principal, owner_id, space_id, "task")
 
 
+def schedule_transfer(principal: Principal, space_id: int) -> Space:
+    """Replicating, migrating and evicting a space's data take its admin role (Onezone's
+    schedule-replication privilege): they move storage the providers granted to the space."""
+    require_user_or_root(principal)
+    if Space.get_or_none(Space.id == space_id) is None:
+        raise invalid(f"space: space {space_id} not found")
+    return space_access(principal, space_id, "admin")[0]
+
+
+def see_transfer(principal: Principal, space_id: int) -> None:
+    """A transfer is seen by the space's members (its data), its providers and the administrator."""
+    space_access(principal, space_id, READ)
+
+
+def change_transfer(principal: Principal, space_id: int) -> None:
+    """Cancelling or rerunning a transfer is scheduling one: the space's admin role."""
+    require_user_or_root(principal)
+    space_access(principal, space_id, "admin")
+
+
 def cancel_owned(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:
     """Only the owner and the administrator stop it (space members only see it)."""
     see_owned(principal, owner_id, space_id, what)

@@ -31,7 +31,7 @@ from typing import Any
 from control.core import actor as actors
 from control.core.config import Settings
 from control.core.db import connection, init_database
-from control.farm import claims, nodes, reaper, retention, schedules, states, telemetry, uploads
+from control.farm import claims, nodes, reaper, retention, schedules, states, telemetry, transfers, uploads
 from control.farm.catalogue import UnknownTaskType, playbook
 from control.farm.dispatcher import CLAIM_LIMIT
 from control.farm.dispatcher import job as jobs
@@ -105,6 +105,8 @@ class Dispatcher:
             tasks = self._known_types(tasks)
             with connection():
                 tasks, targets = uploads.plan(tasks)  # an uploader with nowhere to upload fails now
+                tasks, endpoints = transfers.plan(tasks)  # a transfer's two providers
+                targets.update(endpoints)
         if not tasks and not kills:
             return Round()
         with connection():

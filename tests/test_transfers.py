@@ -1,0 +1,185 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.test_dispatch are parameters here)
+"""Transfers between providers end to end: two real sshd providers (each chrooted to its own
+storage), a provider host registered as a node serving the ``transfer`` queue, the real
+dispatcher and ansible-runner job, the node's program copying provider to provider over SFTP.
+Rights, refusals and the resource on SQLite and PostgreSQL; the end-to-end runs on SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.node.tasktypes.pipeline import _close_quietly, _connect
+from control.node.tasktypes.transfer import listing
+from tests.support.farm import Farm
+from tests.support.sshd import Sshd
+from tests.test_dispatch import settings, sftp_storage, sshd  # noqa: F401
+from tests.test_uploads import _alices_space, _provider, _report, _support
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def second() -> Iterator[tuple[Path, Path]]:
+    """A second provider: its own storage (root-owned path, as sshd's chroot wants) and sshd, which
+    authorizes the first sshd's client key too (the node's upload key, as the roles exchange it)."""
+    base = Path(tempfile.mkdtemp(prefix="zonefarm-test-sftp2-", dir="/var/lib"))
+    base.chmod(0o755)
+    storage = base / "storage"
+    storage.mkdir(mode=0o755)
+    yield base, storage
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _two(farm: Farm, sshd: Sshd, storage: Path, second: tuple[Path, Path]) -> dict[str, Any]:
+    base, storage2 = second
+    sshd2 = Sshd(base / "sshd", chroot=storage2, authorized=[(sshd.base / "client_key.pub").read_text().strip()])
+    sid, alice = _alices_space(farm)
+    p1 = _provider(farm, sshd, storage, "prov1", "eu")
+    p2 = _provider(farm, sshd2, storage2, "prov2", "us")
+    _support(farm, alice, sid, p1, 64 * MIB)
+    _support(farm, alice, sid, p2, 64 * MIB)
+    known = farm.tmp / "known_hosts"
+    known.write_text((sshd.base / "known_hosts").read_text() + (sshd2.base / "known_hosts").read_text())
+    return {"sid": sid, "alice": alice, "p1": p1, "p2": p2, "sshd2": sshd2, "s1": storage, "s2": storage2,
+            "known": known}
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    files = {"out/a.bin": os.urandom(3 * MIB + 17), "out/sub/b.txt": b"bee\n", "out/empty": b""}
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return files
+
+
+def _post(farm: Farm, token: str, **body: Any) -> Any:
+    return farm.api.post("/transfers", token=token, json=body)
+
+
+def test_rights_and_refusals(farm: Farm, sshd: Sshd, sftp_storage: Path, second: tuple[Path, Path]) -> None:
+    env = _two(farm, sshd, sftp_storage, second)
+    try:
+        api, sid, alice = farm.api, env["sid"], env["alice"]
+        p1, p2 = env["p1"]["provider"]["id"], env["p2"]["provider"]["id"]
+        bob, bob_token = api.user_with_token("bob")
+        assert api.put(f"/spaces/{sid}/users/{bob['id']}", token=alice, json={"role": "member"}).status_code == 201
+        want = {"space": sid, "path": "out", "source": p1, "target": p2, "kind": "replicate"}
+        refused = _post(farm, bob_token, **want)
+        assert refused.status_code == 403 and "admin" in refused.text  # a member reads, an admin schedules
+        _, mallory = api.user_with_token("mallory")
+        assert _post(farm, mallory, **want).status_code == 403
+        assert _post(farm, alice, **{**want, "path": "../etc"}).status_code == 422
+        assert _post(farm, alice, **{**want, "path": "/etc"}).status_code == 422
+        assert _post(farm, alice, **{**want, "target": p1}).status_code == 422
+        assert _post(farm, alice, **{**want, "target": p2 + 100}).status_code == 422
+        _report(farm, env["p2"], sid, 64 * MIB)  # prov2 full: no replicate into it
+        full = _post(farm, alice, **want)
+        assert full.status_code == 409 and "provider prov2 has no room" in full.text
+        evict = _post(farm, alice, **{**want, "kind": "evict"})  # an evict frees room: not refused for it
+        assert evict.status_code == 201, evict.text
+        shown = evict.json()
+        assert (shown["state"], shown["kind"], shown["path"], shown["runs"]) == ("enqueued", "evict", "out", 1)
+        assert api.get(f"/transfers/{shown['id']}", token=bob_token).json()["id"] == shown["id"]
+        assert api.get(f"/transfers/{shown['id']}", token=mallory).status_code == 403
+        assert api.get("/transfers", token=mallory).json()["total"] == 0
+        assert api.get("/transfers", token=bob_token).json()["total"] == 1
+        assert api.post(f"/transfers/{shown['id']}/cancel", token=bob_token).status_code == 403
+        assert api.post(f"/transfers/{shown['id']}/rerun", token=alice).status_code == 409  # not ended
+        cancelled = api.post(f"/transfers/{shown['id']}/cancel", token=alice)
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert api.post(f"/transfers/{shown['id']}/cancel", token=alice).status_code == 409
+        rerun = api.post(f"/transfers/{shown['id']}/rerun", token=alice)
+        assert rerun.status_code == 200, rerun.text
+        again = rerun.json()
+        assert (again["runs"], again["state"], again["bytes_done"]) == (2, "enqueued", 0)
+        assert again["task_id"] != shown["task_id"]
+        changes = api.get("/changes", token=bob_token).json()["changes"]
+        assert [(c["op"], c["data"]["action"]) for c in changes if c["entity"] == "transfer"] == \
+            [("create", "create"), ("update", "cancel"), ("update", "rerun")]
+        # the task type is the zone's: not submitted by hand
+        api.grant(user=bob["id"])
+        own = api.post("/tasks", token=bob_token, json={"name": "transfer", "params": {"transfer": shown["id"]},
+                                                        "space": sid})
+        assert own.status_code == 422 and "is not submitted" in own.text
+    finally:
+        env["sshd2"].stop()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_replicate_migrate_and_an_evict_that_keeps_the_last_replica(
+        farm: Farm, sshd: Sshd, sftp_storage: Path, second: tuple[Path, Path]) -> None:
+    env = _two(farm, sshd, sftp_storage, second)
+    try:
+        api, sid, alice = farm.api, env["sid"], env["alice"]
+        p1, p2 = env["p1"]["provider"]["id"], env["p2"]["provider"]["id"]
+        s1, s2 = env["s1"] / str(sid), env["s2"] / str(sid)
+        files = _tree(s1)
+        farm.add_node("prov1-host", region="eu", queues="transfer", ssh_key=str(sshd.base / "client_key"),
+                      known_hosts=str(env["known"]))
+        farm.start_dispatcher("d1")
+
+        def run(kind: str, path: str = "out") -> dict[str, Any]:
+            made = _post(farm, alice, space=sid, path=path, source=p1, target=p2, kind=kind)
+            assert made.status_code == 201, made.text
+            task = farm.wait(made.json()["task_id"], timeout=90)
+            shown = api.get(f"/transfers/{made.json()['id']}", token=alice).json()
+            assert shown["state"] == {"succeeded": "completed"}.get(task["state"], task["state"]), farm.log(task["id"])
+            return dict(shown)
+
+        # An evict while prov2 has no replica: refused, nothing removed.
+        refused = run("evict")
+        assert refused["state"] == "failed"
+        assert "evict refused: " in refused["reason"] and "the last replica is never removed" in refused["reason"]
+        assert {n: (s1 / n).read_bytes() for n in files} == files
+
+        done = run("replicate")
+        total = sum(len(d) for d in files.values())
+        assert done["state"] == "completed"
+        assert (done["bytes_total"], done["bytes_done"], done["files_total"], done["files_done"]) == \
+            (total, total, 3, 3)
+        for name, data in files.items():
+            assert hashlib.sha256((s2 / name).read_bytes()).digest() == hashlib.sha256(data).digest()
+            assert (s1 / name).exists()
+        assert not [p for p in s2.rglob("*") if ".part" in p.name]
+
+        # Now an evict from prov1 finds every file on prov2: prov1's copy goes.
+        assert run("evict")["state"] == "completed"
+        assert not [p for p in s1.rglob("*") if p.is_file()] and (s2 / "out/a.bin").is_file()
+
+        # Migrate it back: copied to prov1... (source prov2 -> target prov1), removed from prov2.
+        back = _post(farm, alice, space=sid, path="out/sub", source=p2, target=p1, kind="migrate")
+        assert back.status_code == 201, back.text
+        assert farm.wait(back.json()["task_id"], timeout=90)["state"] == "succeeded"
+        assert (s1 / "out/sub/b.txt").read_bytes() == b"bee\n" and not (s2 / "out/sub/b.txt").exists()
+        assert (s2 / "out/a.bin").is_file() and not (s2 / "out/sub").exists()  # only the migrated path went
+        assert api.get(f"/transfers/{back.json()['id']}", token=alice).json()["state"] == "completed"
+    finally:
+        env["sshd2"].stop()
+
+
+def test_listing_skips_markers_temporaries_and_symlinks(sshd: Sshd, sftp_storage: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the program copies, listed over the real sshd: regular files only."""
+    monkeypatch.setenv("ZONEFARM_SSH_KEY", str(sshd.base / "client_key"))
+    monkeypatch.setenv("ZONEFARM_KNOWN_HOSTS", str(sshd.base / "known_hosts"))
+    (sftp_storage / "7" / "d").mkdir(parents=True)
+    (sftp_storage / "7" / "d" / "x").write_text("12")
+    (sftp_storage / "7" / ".over-quota").write_text("{}")
+    (sftp_storage / "7" / "d" / ".x.part2").write_text("partial")
+    os.symlink("/etc/passwd", sftp_storage / "7" / "d" / "link")
+    sftp = _connect({"sftp_host": "127.0.0.1", "sftp_port": sshd.port, "sftp_user": "root"})
+    try:
+        assert listing(sftp, "7") == [("7/d/x", 2)]
+        assert listing(sftp, "7/d/x") == [("7/d/x", 2)]
+        with pytest.raises(FileNotFoundError):
+            listing(sftp, "7/nothing")
+    finally:
+        _close_quietly(sftp)
