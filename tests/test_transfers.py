@@ -122,25 +122,31 @@ def test_replicate_migrate_and_an_evict_that_keeps_the_last_replica(
         p1, p2 = env["p1"]["provider"]["id"], env["p2"]["provider"]["id"]
         s1, s2 = env["s1"] / str(sid), env["s2"] / str(sid)
         files = _tree(s1)
+        (s1 / "moved" / "deep").mkdir(parents=True)
+        (s1 / "moved" / "m.txt").write_bytes(b"em\n")
+        (s1 / "moved" / "deep" / "n.bin").write_bytes(os.urandom(70_000))
+        (s1 / "kept").mkdir()
+        (s1 / "kept" / "k.txt").write_bytes(b"only here\n")
         farm.add_node("prov1-host", region="eu", queues="transfer", ssh_key=str(sshd.base / "client_key"),
                       known_hosts=str(env["known"]))
-        farm.start_dispatcher("d1")
 
-        def run(kind: str, path: str = "out") -> dict[str, Any]:
+        def ask(kind: str, path: str) -> int:
             made = _post(farm, alice, space=sid, path=path, source=p1, target=p2, kind=kind)
             assert made.status_code == 201, made.text
-            task = farm.wait(made.json()["task_id"], timeout=90)
-            shown = api.get(f"/transfers/{made.json()['id']}", token=alice).json()
+            return int(made.json()["id"])
+
+        def finished(transfer_id: int) -> dict[str, Any]:
+            task = farm.wait(api.get(f"/transfers/{transfer_id}", token=alice).json()["task_id"], timeout=120)
+            shown = dict(api.get(f"/transfers/{transfer_id}", token=alice).json())
             assert shown["state"] == {"succeeded": "completed"}.get(task["state"], task["state"]), farm.log(task["id"])
-            return dict(shown)
+            return shown
 
-        # An evict while prov2 has no replica: refused, nothing removed.
-        refused = run("evict")
-        assert refused["state"] == "failed"
-        assert "evict refused: " in refused["reason"] and "the last replica is never removed" in refused["reason"]
-        assert {n: (s1 / n).read_bytes() for n in files} == files
+        # One dispatcher round: a replicate, a migrate, and an evict of a path prov2 does not hold.
+        asked = {"replicate": ask("replicate", "out"), "migrate": ask("migrate", "moved"),
+                 "evict": ask("evict", "kept")}
+        farm.start_dispatcher("d1")
+        done, moved, refused = (finished(asked[k]) for k in ("replicate", "migrate", "evict"))
 
-        done = run("replicate")
         total = sum(len(d) for d in files.values())
         assert done["state"] == "completed"
         assert (done["bytes_total"], done["bytes_done"], done["files_total"], done["files_done"]) == \
@@ -150,17 +156,18 @@ def test_replicate_migrate_and_an_evict_that_keeps_the_last_replica(
             assert (s1 / name).exists()
         assert not [p for p in s2.rglob("*") if ".part" in p.name]
 
-        # Now an evict from prov1 finds every file on prov2: prov1's copy goes.
-        assert run("evict")["state"] == "completed"
-        assert not [p for p in s1.rglob("*") if p.is_file()] and (s2 / "out/a.bin").is_file()
+        assert moved["state"] == "completed" and moved["files_done"] == 2
+        assert (s2 / "moved" / "m.txt").read_bytes() == b"em\n" and (s2 / "moved" / "deep" / "n.bin").is_file()
+        assert not (s1 / "moved").exists()  # removed from the source, its emptied directories too
 
-        # Migrate it back: copied to prov1... (source prov2 -> target prov1), removed from prov2.
-        back = _post(farm, alice, space=sid, path="out/sub", source=p2, target=p1, kind="migrate")
-        assert back.status_code == 201, back.text
-        assert farm.wait(back.json()["task_id"], timeout=90)["state"] == "succeeded"
-        assert (s1 / "out/sub/b.txt").read_bytes() == b"bee\n" and not (s2 / "out/sub/b.txt").exists()
-        assert (s2 / "out/a.bin").is_file() and not (s2 / "out/sub").exists()  # only the migrated path went
-        assert api.get(f"/transfers/{back.json()['id']}", token=alice).json()["state"] == "completed"
+        assert refused["state"] == "failed"
+        assert "evict refused: " in refused["reason"] and "the last replica is never removed" in refused["reason"]
+        assert (s1 / "kept" / "k.txt").read_bytes() == b"only here\n"
+
+        # Now an evict of "out" from prov1 finds every file on prov2: prov1's copy goes, prov2's stays.
+        assert finished(ask("evict", "out"))["state"] == "completed"
+        assert not (s1 / "out").exists() and (s2 / "out/a.bin").is_file()
+        assert (s1 / "kept" / "k.txt").is_file()
     finally:
         env["sshd2"].stop()
 

@@ -12,7 +12,8 @@ the target support's size and use).
 2. ``replicate`` / ``migrate``: refuse before a byte is copied when the target has no room
    (its use plus these bytes past its size, or its agent's ``.over-quota`` marker). Each file
    is streamed source -> target under a temporary name while hashed, then the target's copy
-   is read back and must have the same size and SHA-256 before it is renamed to its name.
+   is read back and must have the same size and SHA-256 before it is renamed to its name;
+   ``WORKERS`` files at a time, each worker on SFTP channels of its own.
    ``migrate`` then removes the source's files, only once every file is on the target.
 3. ``evict``: every file must be on the target with the same size and SHA-256 before any is
    removed from the source; otherwise nothing is removed (the last replica is kept).
@@ -26,15 +27,24 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import stat
+import threading
 import time
 from typing import Any
 
 from control.node.tasktypes import load_spec, say, write_failure, write_outputs
-from control.node.tasktypes.pipeline import OVER_QUOTA, _close_quietly, _connect, _makedirs, part_name
+from control.node.tasktypes.pipeline import (
+    OVER_QUOTA,
+    _close_quietly,
+    _connect,
+    _drop_earlier_parts,
+    _makedirs,
+    part_name,
+)
 
 BLOCK = 1 << 20
 REPORT_EVERY = 8 << 20  # bytes between two counter reports within a file
 REPORT_SECONDS = 1.0  # at most this often for files done
+WORKERS = 4  # files copied at once
 SKIP = (OVER_QUOTA, ".revoked")
 EXIT_FAILED = 75
 
@@ -59,25 +69,31 @@ class Counters:
         self.values = {"bytes_total": 0, "files_total": 0, "bytes_done": 0, "files_done": 0}
         self.sent_at = 0
         self.sent_time = 0.0
+        self.lock = threading.RLock()  # the copying workers share the counters
 
     def report(self) -> None:
-        self.sent_at = self.values["bytes_done"]
-        self.sent_time = time.monotonic()
-        if self.client is None:
-            return
-        resp = self.client.post(self.route, {"attempt": self.attempt, **self.values})
+        with self.lock:
+            self.sent_at = self.values["bytes_done"]
+            self.sent_time = time.monotonic()
+            if self.client is None:
+                return
+            resp = self.client.post(self.route, {"attempt": self.attempt, **self.values})
         if resp.status != 200:
             raise RuntimeError(f"the zone refused the transfer's counters ({resp.status}): {resp.error_message()}")
 
     def add(self, nbytes: int) -> None:
-        self.values["bytes_done"] += nbytes
-        if self.values["bytes_done"] - self.sent_at >= REPORT_EVERY:
+        with self.lock:
+            self.values["bytes_done"] += nbytes
+            due = self.values["bytes_done"] - self.sent_at >= REPORT_EVERY
+        if due:
             self.report()
 
     def file_done(self) -> None:
         """One more file; reported at most once a second (a tree of small files is not a request each)."""
-        self.values["files_done"] += 1
-        if time.monotonic() - self.sent_time >= REPORT_SECONDS:
+        with self.lock:
+            self.values["files_done"] += 1
+            due = time.monotonic() - self.sent_time >= REPORT_SECONDS
+        if due:
             self.report()
 
 
@@ -104,13 +120,53 @@ def listing(sftp: Any, root: str) -> list[tuple[str, int]]:
     return sorted(found)
 
 
-def sha256_remote(sftp: Any, path: str, size: int) -> str:
+def sha256_remote(sftp: Any, path: str, size: int) -> tuple[int, str]:
+    """The bytes a remote file holds and their SHA-256, read back over SFTP."""
     digest = hashlib.sha256()
+    count = 0
     with sftp.open(path, "rb") as fh:
         fh.prefetch(size)
         for block in iter(lambda: fh.read(BLOCK), b""):
             digest.update(block)
-    return digest.hexdigest()
+            count += len(block)
+    return count, digest.hexdigest()
+
+
+def replicate(source: Any, target: Any, files: list[tuple[str, int]], counters: Counters) -> None:
+    """Copy the files, WORKERS at a time, each worker with SFTP channels of its own on the two
+    connections (a tree of small files is round trips, not bytes); the directories first."""
+    import paramiko
+
+    for parent in sorted({posixpath.dirname(p) for p, _ in files}):
+        _makedirs(target, parent)
+    queue = list(reversed(files))
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        src = paramiko.SFTPClient.from_transport(source.sshclient.get_transport())
+        dst = paramiko.SFTPClient.from_transport(target.sshclient.get_transport())
+        try:
+            while not failures:
+                with lock:
+                    if not queue:
+                        return
+                    path, size = queue.pop()
+                copy_one(src, dst, path, size, counters)
+                counters.file_done()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, which raises it
+            failures.append(exc)
+        finally:
+            src.close()
+            dst.close()
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(min(WORKERS, len(files)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise failures[0]
 
 
 def check_room(plan: dict[str, Any], target: Any, total: int) -> None:
@@ -128,13 +184,8 @@ def check_room(plan: dict[str, Any], target: Any, total: int) -> None:
                       f"has a size of {t['size']} bytes there and uses {t['used']}")
 
 
-def copy_one(source: Any, target: Any, path: str, size: int, counters: Counters, made: set[str]) -> str:
-    """Stream one file to the target's temporary name, check it there, rename it; its SHA-256.
-    ``made``: the target directories known to exist (one round trip less per file)."""
-    parent = posixpath.dirname(path)
-    if parent not in made:
-        _makedirs(target, parent)
-        made.add(parent)
+def copy_one(source: Any, target: Any, path: str, size: int, counters: Counters) -> str:
+    """Stream one file to the target's temporary name, check it there, rename it; its SHA-256."""
     tmp = part_name(path, counters.attempt)
     digest = hashlib.sha256()
     with source.open(path, "rb") as fin, target.open(tmp, "wb") as fout:
@@ -144,11 +195,12 @@ def copy_one(source: Any, target: Any, path: str, size: int, counters: Counters,
             digest.update(block)
             fout.write(block)
             counters.add(len(block))
-    landed = target.stat(tmp).st_size
-    if landed != size or sha256_remote(target, tmp, size) != digest.hexdigest():
+    landed, there = sha256_remote(target, tmp, size)
+    if landed != size or there != digest.hexdigest():
         target.remove(tmp)
         raise OSError(f"{path}: the copy on the target differs from the source ({landed} of {size} bytes)")
     target.posix_rename(tmp, path)
+    _drop_earlier_parts(target, path, counters.attempt)  # an earlier attempt cut mid-file
     return digest.hexdigest()
 
 
@@ -200,10 +252,7 @@ def run(plan: dict[str, Any], counters: Counters) -> dict[str, Any]:
             say(f"evicted {len(files)} files from {plan['source']['provider']}")
         else:
             check_room(plan, target, total)
-            made: set[str] = set()
-            for path, size in files:
-                copy_one(source, target, path, size, counters, made)
-                counters.file_done()
+            replicate(source, target, files, counters)
             if plan["kind"] == "migrate":
                 remove_all(source, root, files)
                 say(f"removed {len(files)} files from {plan['source']['provider']}")
