@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from control.node.tasktypes.pipeline import _close_quietly, _connect
-from control.node.tasktypes.transfer import listing
+from control.node.tasktypes.transfer import Counters, Refused, listing, run
 from tests.support.farm import Farm
 from tests.support.sshd import Sshd
 from tests.test_dispatch import settings, sftp_storage, sshd  # noqa: F401
@@ -190,3 +190,39 @@ def test_listing_skips_markers_temporaries_and_symlinks(sshd: Sshd, sftp_storage
             listing(sftp, "7/nothing")
     finally:
         _close_quietly(sftp)
+
+
+def test_the_program_refuses_a_target_without_room_before_copying(
+        sshd: Sshd, sftp_storage: Path, second: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program itself (as a transfer task runs it), between the two real sshd: the target's size
+    against the real bytes, then the target's over-quota marker; nothing is written either time."""
+    base, storage2 = second
+    sshd2 = Sshd(base / "sshd", chroot=storage2, authorized=[(sshd.base / "client_key.pub").read_text().strip()])
+    try:
+        known = base / "known_hosts"
+        known.write_text((sshd.base / "known_hosts").read_text() + (sshd2.base / "known_hosts").read_text())
+        monkeypatch.setenv("ZONEFARM_SSH_KEY", str(sshd.base / "client_key"))
+        monkeypatch.setenv("ZONEFARM_KNOWN_HOSTS", str(known))
+        monkeypatch.delenv("ZONEFARM_NODE_CONFIG", raising=False)
+        (sftp_storage / "3" / "d").mkdir(parents=True)
+        (sftp_storage / "3" / "d" / "x.bin").write_bytes(os.urandom(5000))
+        (storage2 / "3").mkdir()
+        plan = {"transfer": 9, "kind": "replicate", "space_id": 3, "path": "d", "space": "climate",
+                "source": {"provider": "prov1", "sftp_host": "127.0.0.1", "sftp_port": sshd.port, "sftp_user": "root"},
+                "target": {"provider": "prov2", "sftp_host": "127.0.0.1", "sftp_port": sshd2.port,
+                           "sftp_user": "root", "size": 8000, "used": 4000}}
+        counters = Counters({"attempt": 1}, 9)
+        with pytest.raises(Refused, match="provider prov2 has no room for these 5000 bytes: space climate has a "
+                                          "size of 8000 bytes there and uses 4000"):
+            run(plan, counters)
+        (storage2 / "3" / ".over-quota").write_text("{}")
+        with pytest.raises(Refused, match="space climate is over quota on provider prov2"):
+            run({**plan, "target": {**plan["target"], "used": 0}}, counters)
+        assert sorted(p.name for p in (storage2 / "3").iterdir()) == [".over-quota"]
+        (storage2 / "3" / ".over-quota").unlink()
+        assert run({**plan, "target": {**plan["target"], "used": 0}}, counters) == {"files": 1, "bytes": 5000}
+        assert (storage2 / "3" / "d" / "x.bin").read_bytes() == (sftp_storage / "3" / "d" / "x.bin").read_bytes()
+        with pytest.raises(Refused, match="leaves space 3"):
+            run({**plan, "path": "../4"}, counters)
+    finally:
+        sshd2.stop()
