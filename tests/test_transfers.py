@@ -104,6 +104,10 @@ def test_rights_and_refusals(farm: Farm, sshd: Sshd, sftp_storage: Path, second:
         changes = api.get("/changes", token=bob_token).json()["changes"]
         assert [(c["op"], c["data"]["action"]) for c in changes if c["entity"] == "transfer"] == \
             [("create", "create"), ("update", "cancel"), ("update", "rerun")]
+        audit = api.get("/audit", token=api.root, params={"entity": "transfer", "entity_id": shown["id"]}).json()
+        assert sorted(e["data"]["action"] for e in audit["items"]) == ["cancel", "create", "rerun"]
+        [alice_row] = api.get("/users", token=api.root, params={"name": "alice"}).json()["items"]
+        assert {e["actor"] for e in audit["items"]} == {f"user:{alice_row['id']}"}
         # the task type is the zone's: not submitted by hand
         api.grant(user=bob["id"])
         own = api.post("/tasks", token=bob_token, json={"name": "transfer", "params": {"transfer": shown["id"]},
