@@ -214,7 +214,8 @@ class Housekeeping(BaseModel):
     """Named markers of background jobs: when the pruner last ran, how far the feed is pruned.
 
     The pruner claims its turn with a guarded UPDATE of ``last_run`` (one row, both
-    databases), so two dispatchers never prune at the same time.
+    databases), so two dispatchers never prune at the same time. Dispatchers hold their
+    regions with rows ``dispatch-region/<region>/<ident>`` (``control.farm.regions``).
     """
 
     name = peewee.CharField(max_length=250, unique=True)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from control.core.schemas import MAX_ID, Input
+from control.core.schemas import MAX_ID, Input, exactly_one
 from control.farm.models import ANY, GRANT_TARGETS, TASK_STATES
 from control.registry.schemas import HOST
 
@@ -274,11 +274,7 @@ class GrantCreate(Input):
         "How far a submission may reach: single (one run, on any node of the queue or a named node), "
         "region (also a broadcast to a region), all (also a broadcast to every node)"))
 
-    @model_validator(mode="after")
-    def _one_holder(self) -> GrantCreate:
-        if (self.user is None) == (self.group is None):
-            raise ValueError('give exactly one of "user" and "group"')
-        return self
+    _one_holder = exactly_one("user", "group")
 
 
 class GrantOut(BaseModel):

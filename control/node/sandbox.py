@@ -321,6 +321,13 @@ def _say(message: str) -> None:
     os.write(1, f"zonefarm: {message}\n".encode(errors="replace"))
 
 
+def _step_failed(label: str, code: int) -> bool:
+    """Whether a step's exit code stops the steps after it; a labelled step says so in the log."""
+    if code != 0 and label:
+        _say(f"{label} failed with exit code {code}")
+    return code != 0
+
+
 def _report(**data: Any) -> None:
     """One JSON line on the control channel (stderr), read by the runner."""
     os.write(2, (json.dumps(data) + "\n").encode())
@@ -686,9 +693,7 @@ class Helper:
                 else:
                     preexec = self._drop(account.uid, account.gid, [], self.workdir(task_dir), self._rlimits())
                 code = self._spawn_and_watch(argv, env, preexec, account.uid)
-                if code != 0:
-                    if label:
-                        _say(f"{label} failed with exit code {code}")
+                if _step_failed(label, code):
                     break
             return code
         finally:
@@ -874,9 +879,7 @@ class Helper:
                     self.reason = (f"the systemd sandbox could not start the task (exit status {code}, "
                                    "systemd.exec(5)); see the worker's journal")
                     _say(self.reason)
-                if code != 0:
-                    if label:
-                        _say(f"{label} failed with exit code {code}")
+                if _step_failed(label, code):
                     break
             return code
         finally:

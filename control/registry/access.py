@@ -28,8 +28,8 @@ changes a caller may list are exactly the ones it could read one by one
 it too: a group's parents and ancestors are listed as far as the caller sees them (its
 children, like its members, to whoever reads the group), and another user's effective
 groups and spaces only where the caller is a member itself. Resources a user owns inside
-an optional space (the farm's tasks) follow ``see_owned`` / ``cancel_owned`` /
-``submit_into_space``, so the farm asks here instead of keeping its own copy.
+an optional space (the farm's tasks) follow ``see_owned`` / ``visible_owned`` /
+``cancel_owned`` / ``submit_into_space``, so the farm asks here instead of keeping its own copy.
 
 Effective roles include the roles reached through nested groups (see
 ``control.registry.membership``). ``tests/test_permissions.py`` holds the matrix.
@@ -281,6 +281,18 @@ def see_owned(principal: Principal, owner_id: int | None, space_id: int | None, 
     if may_see_owned(None if principal.is_root else principal.user.id, owner_id, space_id):
         return
     raise forbidden(f"only the submitter, members of the {what}'s space and the administrator may see it")
+
+
+def visible_owned(principal: Principal, owner: peewee.Field, space: peewee.Field) -> peewee.Expression | None:
+    """The list form of ``see_owned``: which rows of resources a user owns inside an optional
+    space (the farm's tasks; ``owner`` and ``space`` are their columns) the caller may list.
+    None means all (root). A user lists what it submitted and what lies in its spaces, exactly
+    the rows it could read one by one; the route filters with it rather than keep a copy."""
+    require_user_or_root(principal)
+    if principal.is_root:
+        return None
+    uid = principal.user.id
+    return (owner == uid) | space.in_(sorted(membership.user_spaces(uid)) or [0])
 
 
 def read_task_file(principal: Principal, owner_id: int | None, space_id: int | None) -> None:

@@ -40,6 +40,7 @@ from control.web.dashboard.session import (
     start_session,
     take_flash,
 )
+from control.web.dashboard.workload import WorkloadPages
 
 STATIC = Path(__file__).parent / "static"
 PAGE = 50
@@ -119,8 +120,9 @@ def _resource(value: Any, key: str) -> str:
     return str(value)
 
 
-class Dashboard:
-    """The Bottle application serving ``/``: pages, fragments, forms and static assets."""
+class Dashboard(WorkloadPages):
+    """The Bottle application serving ``/``: pages, fragments, forms and static assets (the
+    workload pages, templates, schedules and webhooks, in ``workload.WorkloadPages``)."""
 
     def __init__(self, api_app: WsgiApp, settings: Settings) -> None:
         self.api = InProcessApi(api_app)
@@ -178,6 +180,7 @@ class Dashboard:
         r("/registry/<tab>", "GET", self.registry_page)
         r("/changes", "GET", self.changes_page)
         r("/changes/live", "GET", self.changes_live)
+        self.install_workload()
 
     @staticmethod
     def _htmx() -> bool:
