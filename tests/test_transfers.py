@@ -192,6 +192,10 @@ def test_listing_skips_markers_temporaries_and_symlinks(sshd: Sshd, sftp_storage
         assert listing(sftp, "7/d/x") == [("7/d/x", 2)]
         with pytest.raises(FileNotFoundError):
             listing(sftp, "7/nothing")
+        os.symlink("/8", sftp_storage / "7" / "other")  # into another space's directory, inside the chroot
+        (sftp_storage / "8" / "secret").mkdir(parents=True)
+        (sftp_storage / "8" / "secret" / "s.txt").write_text("space 8's")
+        assert listing(sftp, "7/other/secret") == [] and listing(sftp, "7/other") == []
     finally:
         _close_quietly(sftp)
 

@@ -98,7 +98,13 @@ class Counters:
 
 
 def listing(sftp: Any, root: str) -> list[tuple[str, int]]:
-    """(path, size) of each regular file at or under ``root`` (a file or a directory)."""
+    """(path, size) of each regular file at or under ``root`` (a file or a directory). No symlink is
+    followed, not even one standing for a directory on the way to ``root`` (it could lead into
+    another space's directory): then there is nothing to list."""
+    parts = root.split("/")
+    for depth in range(1, len(parts)):
+        if not stat.S_ISDIR(sftp.lstat("/".join(parts[:depth])).st_mode or 0):
+            return []
     top = sftp.lstat(root)
     if stat.S_ISREG(top.st_mode or 0):
         return [(root, int(top.st_size or 0))]
