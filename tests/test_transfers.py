@@ -80,6 +80,10 @@ def test_rights_and_refusals(farm: Farm, sshd: Sshd, sftp_storage: Path, second:
         assert _post(farm, alice, **{**want, "path": "/etc"}).status_code == 422
         assert _post(farm, alice, **{**want, "target": p1}).status_code == 422
         assert _post(farm, alice, **{**want, "target": p2 + 100}).status_code == 422
+        twin = _provider(farm, sshd, sftp_storage, "prov1-twin", "eu")  # prov1's storage, registered again
+        _support(farm, alice, sid, twin, MIB)
+        same = _post(farm, alice, **{**want, "target": twin["provider"]["id"], "kind": "evict"})
+        assert same.status_code == 422 and "declare the same storage" in same.text
         _report(farm, env["p2"], sid, 64 * MIB)  # prov2 full: no replicate into it
         full = _post(farm, alice, **want)
         assert full.status_code == 409 and "provider prov2 has no room" in full.text
@@ -232,5 +236,8 @@ def test_the_program_refuses_a_target_without_room_before_copying(
         assert (storage2 / "3" / "d" / "x.bin").read_bytes() == (sftp_storage / "3" / "d" / "x.bin").read_bytes()
         with pytest.raises(Refused, match="leaves space 3"):
             run({**plan, "path": "../4"}, counters)
+        with pytest.raises(Refused, match="the same SFTP server"):
+            run({**plan, "kind": "evict", "target": {**plan["source"], "size": 1 << 20, "used": 0}}, counters)
+        assert (sftp_storage / "3" / "d" / "x.bin").is_file()
     finally:
         sshd2.stop()

@@ -70,6 +70,17 @@ def storage(space_id: int, provider_id: int, role: str) -> Support:
     return row
 
 
+def distinct(source: Support, target: Support) -> None:
+    """Two registrations of one storage would make an evict find its own file as "the other
+    replica" and remove the only one: the two must be different SFTP servers or directories."""
+    def where(s: Support) -> tuple[str, int, str]:
+        return (s.provider.sftp_host, s.provider.sftp_port or 22, s.provider.storage_path.rstrip("/"))
+
+    if where(source) == where(target):
+        raise invalid(f"target: providers {source.provider.name} and {target.provider.name} declare the same "
+                      "storage (SFTP host, port and storage path)")
+
+
 def check_room(target: Support) -> None:
     """A transfer into a provider without room is refused before anything is copied."""
     free = target.size - (target.used or 0)
@@ -90,8 +101,9 @@ def create(principal: Principal, space_id: int, path: str, kind: str, source_id:
     path = clean_path(path)
     if source_id == target_id:
         raise invalid("target: must differ from source")
-    storage(space_id, source_id, "source")
+    source = storage(space_id, source_id, "source")
     target = storage(space_id, target_id, "target")
+    distinct(source, target)
     if kind != "evict":
         check_room(target)
     owner = principal.user.id if principal.user is not None else None

@@ -231,6 +231,9 @@ def run(plan: dict[str, Any], counters: Counters) -> dict[str, Any]:
     root = posixpath.normpath(posixpath.join(space, plan.get("path") or ""))
     if root != space and not root.startswith(space + "/"):
         raise Refused(f"path {plan.get('path')!r} leaves space {space}")
+    if [plan["source"].get(k) for k in ("sftp_host", "sftp_port")] == \
+            [plan["target"].get(k) for k in ("sftp_host", "sftp_port")]:
+        raise Refused("the source and the target are the same SFTP server: its own file is no replica")
     source, target = _connect(plan["source"]), _connect(plan["target"])
     try:
         try:
