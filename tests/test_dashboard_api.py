@@ -208,6 +208,8 @@ def test_node_actions_are_the_administrators(site: str, api: Api) -> None:
 def test_submit_form_reports_field_errors(site: str, api: Api) -> None:
     alice = visitor(site, api, "alice")
     form = alice.get("/submit?type=shell").text
+    assert 'value="shell"' in form and 'value="transfer"' not in form  # the zone's own type is not offered
+    assert 'value="transfer"' not in alice.get("/submit?type=transfer").text
     for name in ("p.argv", "p.env", "p.cwd", "queue", "target_kind", "priority", "timeout", "max_attempts"):
         field_id = re.search(rf'id="([^"]+)" name="{re.escape(name)}"', form)
         assert field_id, name

@@ -551,7 +551,9 @@ class Dashboard(WorkloadPages):
     # ---- submit ------------------------------------------------------------------------
 
     def _submit_context(self, session: Session, chosen: str) -> dict[str, Any]:
-        types = self._get(session, "/task-types")
+        # types the zone makes tasks of itself (transfers) are listed by the API but refused on submission
+        types = [t for t in self._get(session, "/task-types")
+                 if not (t["params_schema"] or {}).get("x-zonefarm-internal")]
         names = [t["name"] for t in types]
         if chosen not in names:
             chosen = "shell" if "shell" in names else (names[0] if names else "")
