@@ -337,8 +337,12 @@ class InviteIssued(BaseModel):
     token: str = Field(description="The invite token; shown once, never stored in plaintext")
 
 
-class InviteRedeem(Input):
+class Redeem(Input):
+    """The body that redeems a secret shown once (an invite, a support token): the token first."""
     token: str = SECRET
+
+
+class InviteRedeem(Redeem):
     group: int | None = Field(default=None, ge=1, le=MAX_ID,
                               description="For an invite meant for a group: the group (which "
                                           "the caller administers) that joins")
@@ -378,8 +382,7 @@ class SupportTokenIssued(BaseModel):
     token: str = Field(description="The support token to hand to the provider; shown once")
 
 
-class SupportRedeem(Input):
-    token: str = SECRET
+class SupportRedeem(Redeem):
     size: int | None = Field(default=None, ge=MIN_SUPPORT, le=MAX_BYTES,
                              description="Bytes the provider grants; default: what the token asks")
 
