@@ -561,6 +561,42 @@ class PoolAccount:
         os.close(self.lock_fd)  # closing drops the lock
 
 
+# --- how a task ended -------------------------------------------------------------------
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def foreign_signal_reason(code: int) -> str:
+    """Why a task killed by a signal this helper did not send failed: it never counts as success.
+
+    systemd counts SIGTERM (and SIGHUP, SIGINT, SIGPIPE) as a clean end of a service, and a
+    host's shutdown stops a task's unit with exactly that; the pool's tasks can get one from
+    any process of root, or from a shutdown's final kill of every process.
+    """
+    return f"killed by {signal_name(-code)}, which zonefarm did not send (the node may be shutting down)"
+
+
+def node_stopping() -> bool:
+    """systemd is taking this host down: ``systemctl is-system-running`` says ``stopping``.
+
+    Asked (here as root: PID 1's private socket, no D-Bus needed) only when a task ended badly
+    and not by a limit, so a task killed by the shutdown is left to its lease, not reported
+    failed. The runner asks too (control.node.runner). Where there is no systemd the command
+    is missing or says ``offline``: not stopping.
+    """
+    try:
+        out = subprocess.run(["systemctl", "is-system-running"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=5, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out == "stopping"
+
+
 # --- running ---------------------------------------------------------------------------
 
 
@@ -577,6 +613,7 @@ class Helper:
         self.child: subprocess.Popen[bytes] | None = None
         self.unit: str | None = None
         self.reason: str | None = None
+        self.foreign = False  # the task died of a signal nobody here sent (reason says so)
         self.name = f"{request.task_id}-{request.attempt}-{secrets.token_hex(4)}"
         self.peak = 0  # bytes: the largest memory sample of the task's unit (systemd backend)
         self.oom: OomNotifier | None = None  # the kernel's OOM events of the running unit (cgroup v1)
@@ -677,7 +714,8 @@ class Helper:
             env = self.task_env(task_dir, account)
             code = 0
             for label, argv in self.req.steps:
-                if self.stopping:
+                if self.stopping:  # stopped before this step: the task did not run to its end
+                    code = code or -signal.SIGTERM
                     break
                 if label:
                     _say(f"{label}: {' '.join(argv)}")
@@ -730,7 +768,15 @@ class Helper:
                 kill_all(uid)
         if code == -signal.SIGXCPU and self.reason is None:
             self.reason = f"CPU time limit exceeded ({self.limits.cpus} CPUs for the task's timeout)"
+        self._note_foreign_signal(code)
         return code
+
+    def _note_foreign_signal(self, code: int) -> None:
+        """A task killed by a signal neither this helper nor a limit sent: say so, never a success."""
+        if code < 0 and not self.stopping and self.reason is None:
+            self.reason = foreign_signal_reason(code)
+            self.foreign = True
+            _say(self.reason)
 
     # systemd backend ------------------------------------------------------------------
 
@@ -764,12 +810,17 @@ class Helper:
             f"CPUQuota={max(1, round(lim.cpus * 100))}%",
             f"TasksMax={lim.processes}",
             "OOMPolicy=kill",
+            "TimeoutStartSec=infinity",  # a oneshot is "starting" for as long as the task runs
             "KillMode=control-group",
             f"TimeoutStopSec={int(KILL_GRACE) + 1}s",
         ]
 
     def systemd_argv(self, unit: str, state_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
-        cmd = ["systemd-run", "--quiet", "--wait", "--pipe", f"--unit={unit}", "--service-type=exec"]
+        # oneshot: the only type for which systemd does not count a main process killed by SIGTERM
+        # (SIGHUP, SIGINT, SIGPIPE) as a clean exit. A host's shutdown stops the unit with SIGTERM;
+        # as `exec` that was Result=success, the unit was collected at once and the task
+        # "succeeded". As oneshot it is Result=signal, and a failed unit stays until reset-failed.
+        cmd = ["systemd-run", "--quiet", "--wait", "--pipe", f"--unit={unit}", "--service-type=oneshot"]
         for prop in self.unit_properties(state_dir):
             cmd.append(f"--property={prop}")
         cmd.append(f"--working-directory={self.workdir('/var/lib/' + state_dir)}")
@@ -839,7 +890,8 @@ class Helper:
                 _say(note)
             env = self.task_env(task_dir, None)
             for i, (label, argv) in enumerate(self.req.steps):
-                if self.stopping:
+                if self.stopping:  # stopped before this step: the task did not run to its end
+                    code = code or -signal.SIGTERM
                     break
                 if label:
                     _say(f"{label}: {' '.join(argv)}")
@@ -852,6 +904,7 @@ class Helper:
                     return EXIT_UNAVAILABLE
                 try:
                     rc = self._wait_unit(self.unit)
+                    _await_unit_end(self.unit)
                     result, main_code = self._unit_result(self.unit)
                     oom_events = self.oom.oom_events() if self.oom is not None else None
                 finally:
@@ -874,6 +927,8 @@ class Helper:
                     self.reason = (f"the systemd sandbox could not start the task (exit status {code}, "
                                    "systemd.exec(5)); see the worker's journal")
                     _say(self.reason)
+                else:
+                    self._note_foreign_signal(code)
                 if code != 0:
                     if label:
                         _say(f"{label} failed with exit code {code}")
@@ -914,7 +969,11 @@ class Helper:
                 code = self.run_pool(root_fd)
         finally:
             os.close(root_fd)
-        _report(event="result", exit_code=code, reason=self.reason, dir=self.task_dir)
+        # A task that ended badly, not by a limit, while systemd takes the host down: the runner
+        # leaves it to its lease (the reaper requeues it) instead of reporting it failed.
+        going_down = code != 0 and (self.reason is None or self.foreign) and node_stopping()
+        _report(event="result", exit_code=code, reason=self.reason, dir=self.task_dir, stopped=self.stopping,
+                node_stopping=going_down)
         return code
 
 
@@ -1000,6 +1059,18 @@ class OomNotifier:
 def _unit_property(unit: str, name: str) -> str:
     return subprocess.run(["systemctl", "show", "--value", f"--property={name}", unit],
                           capture_output=True, text=True, check=False).stdout.strip()
+
+
+def _await_unit_end(unit: str, patience: float = 2 * KILL_GRACE + 5) -> None:
+    """Wait (bounded) until the unit has stopped: what it reports is final only then.
+
+    ``systemd-run --wait`` of a oneshot returns as soon as its start job ends, and a stop job
+    (the host's shutdown) cancels that job while the unit is still killing its processes.
+    """
+    deadline = time.monotonic() + patience
+    while _unit_property(unit, "ActiveState") in ("activating", "active", "deactivating", "reloading") \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _unit_memory(unit: str) -> int:
