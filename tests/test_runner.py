@@ -299,3 +299,21 @@ def test_a_task_killed_while_the_host_stops_is_left_to_its_lease(
     run_batch(str(node), [str(stopping)])
     assert rec.of(17, "finished") == [] and (stopping / runner.GOING_DOWN).exists()
     assert (stopping / "output.log").read_text().startswith("begun\n")
+
+
+def test_a_sandbox_stopped_by_a_signal_the_runner_did_not_send_reports_no_result(
+        recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    """A shutdown's final kill of every process reaches the sandbox and the runner together, and the
+    sandbox may answer (`stopped`) before the runner's own handler has run: a stop the runner did not
+    send means the node is going down, so nothing is reported. The same stop sent by the runner
+    (a timeout) is reported as usual: test_timeout_kills_and_reports_timed_out."""
+    rec, _ = recorder
+    tdir = spec_dir(tmp_path, 18, ["sleep", "30"], lease=30)
+    thread = threading.Thread(target=run_batch, args=(str(node), [str(tdir)]))
+    thread.start()
+    rec.wait_for(18, "started")
+    os.kill(int((tdir / "child.pid").read_text()), signal.SIGTERM)  # the sandbox (root runner: no sudo)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert [e["event"] for e in rec.of(18)] == ["started"]
+    assert (tdir / runner.GOING_DOWN).exists() and not (tdir / "runner.error").exists()

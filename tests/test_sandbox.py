@@ -288,3 +288,20 @@ def test_a_task_unit_stopped_by_the_host_is_reported_as_killed(fake_systemd: tup
         result = _events(err)[-1]
         assert result["exit_code"] == code and result["reason"] is None, result
         assert result["node_stopping"] is (code != 0)  # asked only when the task ended badly
+
+
+def test_pid_1_falling_silent_on_a_systemd_host_means_it_is_going_down(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Late in a shutdown PID 1 closes its socket: `systemctl` fails and nothing says `stopping` any
+    more. As root on a host systemd booted that silence means the end; where systemd is not PID 1,
+    or from an account that needs D-Bus, only `stopping` counts (stand-in `systemctl` here)."""
+    env = fakesystemd.install(tmp_path / "bin", tmp_path / "systemd")
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setattr(sandbox, "SYSTEMD_BOOTED", str(tmp_path))  # an existing directory: booted by systemd
+    for state, going in (("running", False), ("degraded", False), ("stopping", True), ("unreachable", True)):
+        fakesystemd.system_state(tmp_path / "systemd", state)
+        assert sandbox.node_stopping() is going, state
+    monkeypatch.setattr(sandbox, "SYSTEMD_BOOTED", str(tmp_path / "absent"))
+    assert sandbox.node_stopping() is False  # still "unreachable": no systemd here, so nothing to go by
+    fakesystemd.system_state(tmp_path / "systemd", "stopping")
+    assert sandbox.node_stopping() is True

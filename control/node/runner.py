@@ -33,11 +33,12 @@ or env.
 The runner enforces the task timeout itself as well as obeying the dispatcher's kills, so
 a task cannot outlive its timeout when the control plane is unreachable.
 
-**A node going down reports nothing.** When the runner gets SIGTERM, or a task ends badly
-(not by zonefarm's own kill) while systemd says the host is ``stopping``, the attempt gets
-no ``finished``: the host's shutdown cut it short, so its lease runs out and the reaper
-requeues it on another node. The runner stops its tasks within the kill grace and makes no
-report that could hold the shutdown up (``going-down`` in the attempt says why).
+**A node going down reports nothing.** When the runner gets SIGTERM, the sandbox is stopped
+by a signal the runner did not send, or a task ends badly (not by zonefarm's own kill) while
+systemd says the host is ``stopping``, the attempt gets no ``finished``: the host's shutdown
+cut it short, so its lease runs out and the reaper requeues it on another node. The runner
+stops its tasks within the kill grace and makes no report that could hold the shutdown up
+(``going-down`` in the attempt says why).
 """
 
 from __future__ import annotations
@@ -222,6 +223,7 @@ class TaskRun:
         self.lock = threading.Lock()
         self.control: list[dict[str, Any]] = []  # the sandbox's reports (stderr, one JSON line each)
         self.started_reported = False
+        self.signalled = False  # the runner stopped the sandbox itself (timeout, cancel, stale, going down)
         self.next_progress = 0.0
         self.next_log = 0.0
         self.next_marker = 0.0
@@ -314,6 +316,7 @@ class TaskRun:
         The sandbox stops the task and hands its directory back; a runner that is not root
         may signal only sudo in that group, so a refused signal is not an error.
         """
+        self.signalled = True
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
@@ -471,7 +474,7 @@ class TaskRun:
         elif error is not None:
             failure = f"the task sandbox refused or could not run it: {error.get('message', '')}"
         self._take_back_work()
-        if self._node_going_down(code, result):
+        if self._node_going_down(code, result, proc.returncode):
             self._leave_to_lease(out)
             return
         after = spec.get("after") or []
@@ -486,18 +489,28 @@ class TaskRun:
         self._flush_log(patience=FINISHED_PATIENCE)
         self.cb.send("finished", **self._result(code, failure))
 
-    def _node_going_down(self, code: int, result: dict[str, Any] | None) -> bool:
+    def _node_going_down(self, code: int, result: dict[str, Any] | None, sandbox_rc: int | None) -> bool:
         """Whether this attempt ended because its node is going down: then it has no result.
 
-        The runner got SIGTERM (its unit stopped, a shutdown's kill of every process), or the
-        task ended badly, not by a kill of zonefarm's, while systemd stops the host (the
-        sandbox saw it as root, or the runner sees it now). A clean exit 0 is a result even
-        then: the task did run to its end.
+        * the runner got SIGTERM (its unit stopped, a shutdown's kill of every process);
+        * the sandbox was stopped by a signal the runner did not send: it says ``stopped``, or it
+          died of one before it could say anything. A shutdown's final kill of every process
+          reaches the sandbox and the runner together, and the sandbox may answer before the
+          runner's own handler has run;
+        * the task ended badly, not by a kill of zonefarm's, while systemd stops the host (the
+          sandbox asked as root and says ``node_stopping``; the runner asks again).
+
+        A clean exit 0 is a result even then: the task did run to its end.
         """
         if self.going_down.is_set():
             return True
-        if code == 0 or self._killed_reason():
+        if code == 0 or self._killed_reason() or self.signalled:
             return False
+        if result is not None:
+            if result.get("stopped") is True:
+                return True
+        elif sandbox_rc is not None and sandbox_rc < 0:
+            return True
         # the sandbox asked as root; the runner asks again for hosts where it could not (its own
         # look needs D-Bus when the runner is not root, so it can only add a "stopping")
         return bool((result or {}).get("node_stopping")) or node_stopping()

@@ -74,6 +74,8 @@ POOL_WAIT = 30.0  # seconds to wait for a free pool account before failing the a
 MAX_REQUEST = 4 * 1024 * 1024
 SWEEP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - swept of what a task left, not used
 PR_SET_NO_NEW_PRIVS = 38
+SYSTEMD_BOOTED = "/run/systemd/system"  # sd_booted(3): systemd is PID 1
+LIVE_STATES = ("initializing", "starting", "running", "degraded", "maintenance")  # is-system-running
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: preexec only calls it
 TASK_FILE = "task.json"  # the task's own params, in its directory (tasktypes.load_spec)
 # Exit codes of the helper itself (the task's own code otherwise).
@@ -129,7 +131,7 @@ class Policy:
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
-        return "systemd" if os.path.isdir("/run/systemd/system") and shutil.which("systemd-run") else "pool"
+        return "systemd" if os.path.isdir(SYSTEMD_BOOTED) and shutil.which("systemd-run") else "pool"
 
     def effective(self, asked: dict[str, Any] | None) -> tuple[Limits, list[str]]:
         """The limits a task runs with: its own, defaults for what it left out, capped at the maxima.
@@ -582,19 +584,27 @@ def foreign_signal_reason(code: int) -> str:
 
 
 def node_stopping() -> bool:
-    """systemd is taking this host down: ``systemctl is-system-running`` says ``stopping``.
+    """systemd is taking this host down: ``systemctl is-system-running`` says ``stopping``,
+    or, asked as root on a host systemd booted, PID 1 no longer answers at all.
 
-    Asked (here as root: PID 1's private socket, no D-Bus needed) only when a task ended badly
-    and not by a limit, so a task killed by the shutdown is left to its lease, not reported
-    failed. The runner asks too (control.node.runner). Where there is no systemd the command
-    is missing or says ``offline``: not stopping.
+    Asked only when a task ended badly and not by a limit, so a task killed by the shutdown
+    is left to its lease, not reported failed. Late in a shutdown PID 1 closes its socket
+    and goes on to kill every process left: ``systemd-run`` then fails with "Connection reset
+    by peer", and nothing says "stopping" any more. Root reaches PID 1 on its private socket
+    at any other time, so silence there means the end; a caller that is not root needs D-Bus,
+    which a host may not run, so for it only ``stopping`` counts. Where there is no systemd
+    the command is missing or says ``offline``: not stopping.
     """
     try:
         out = subprocess.run(["systemctl", "is-system-running"], stdin=subprocess.DEVNULL, capture_output=True,
                              text=True, timeout=5, check=False).stdout.strip()
+    except subprocess.TimeoutExpired:
+        out = ""
     except (OSError, subprocess.SubprocessError):
         return False
-    return out == "stopping"
+    if out == "stopping":
+        return True
+    return os.geteuid() == 0 and os.path.isdir(SYSTEMD_BOOTED) and out not in LIVE_STATES
 
 
 # --- running ---------------------------------------------------------------------------

@@ -9,7 +9,8 @@ once, so ``systemctl show`` afterwards knows nothing of how it ended. ``systemd-
 exits 0 for ``success``, the main process's status for ``exit-code``, 1 otherwise.
 
 ``systemctl stop UNIT`` sends SIGTERM as a shutdown's stop job does; ``is-system-running``
-prints what ``<state dir>/system`` holds (``running`` when absent).
+prints what ``<state dir>/system`` holds (``running`` when absent; ``unreachable`` fails as
+systemctl does once PID 1 has closed its socket).
 """
 
 from __future__ import annotations
@@ -64,9 +65,12 @@ def pid():
         return 0
 if verb == "is-system-running":
     try:
-        print(open(os.path.join(state, "system")).read().strip())
+        system = open(os.path.join(state, "system")).read().strip()
     except OSError:
-        print("running")
+        system = "running"
+    if system == "unreachable":  # PID 1 has closed its socket: late in a shutdown
+        sys.exit("Failed to connect to bus: Connection refused")
+    print(system)
 elif verb in ("kill", "stop"):
     name = next((a.split("=", 1)[1] for a in args if a.startswith("--signal=")), "SIGTERM")
     if pid():
