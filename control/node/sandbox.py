@@ -1067,8 +1067,12 @@ class OomNotifier:
 
 
 def _unit_property(unit: str, name: str) -> str:
-    return subprocess.run(["systemctl", "show", "--value", f"--property={name}", unit],
-                          capture_output=True, text=True, check=False).stdout.strip()
+    """One property of the unit; empty when systemd does not answer (within 5 s: a host going down)."""
+    try:
+        return subprocess.run(["systemctl", "show", "--value", f"--property={name}", unit],
+                              capture_output=True, text=True, check=False, timeout=5).stdout.strip()
+    except subprocess.TimeoutExpired:
+        return ""
 
 
 def _await_unit_end(unit: str, patience: float = 2 * KILL_GRACE + 5) -> None:
