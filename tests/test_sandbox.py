@@ -274,7 +274,10 @@ def test_a_task_unit_stopped_by_the_host_is_reported_as_killed(fake_systemd: tup
     proc = _helper_process({"id": 930, "attempt": 1, "steps": [{"argv": ["sh", "-c", "echo started; exec sleep 30"]}]},
                            str(policy), env)
     _wait_for_line(proc.stdout, b"started\n")
-    unit = next(state.glob("zonefarm-task-930-*.pid")).name.removesuffix(".pid")
+    deadline = time.monotonic() + 10  # the stand-in records the pid once Popen has returned: after "started"
+    while not (pids := list(state.glob("zonefarm-task-930-*.pid"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    unit = pids[0].name.removesuffix(".pid")
     assert "--service-type=oneshot" in (state / f"{unit}.argv").read_text().splitlines()
     subprocess.run(["systemctl", "stop", unit], env={**os.environ, **env}, check=True)
     _out, err = proc.communicate(timeout=30)
