@@ -18,7 +18,7 @@ name the URL and the HTTP status only. Every host variable is printed marked uns
 value a node registered is ever rendered as a template. Standard library only, so any python3
 runs it.
 
-The "is the credential file private" check is the worker side's one
+The "is the credential file private" check and the INI reader are the worker side's ones
 (``control/node/secretfile.py``), loaded by its path in this checkout rather than imported
 from the ``control`` package: ansible-inventory may run this script with a python that
 does not have the package installed, and the file is standard library only.
@@ -27,7 +27,6 @@ does not have the package installed, and the file is standard library only.
 from __future__ import annotations
 
 import argparse
-import configparser
 import importlib.util
 import json
 import os
@@ -62,18 +61,8 @@ secretfile = _load_secretfile()
 
 
 def _from_ini(path: Path) -> dict[str, str]:
-    try:
-        secretfile.require_private(path, "the token")
-    except secretfile.InsecureFileError as exc:
-        raise InventoryError(str(exc)) from None
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(path)
-    except configparser.Error as exc:
-        raise InventoryError(f"{path}: not a valid INI file ({type(exc).__name__})") from None
-    if not parser.has_section("zonefarm"):
-        raise InventoryError(f"{path}: missing [zonefarm] section")
-    return {k: v.strip() for k, v in parser.items("zonefarm")}
+    section = secretfile.read_section(path, "zonefarm", InventoryError, what="the token")
+    return {k: v.strip() for k, v in section.items()}
 
 
 def settings(env: dict[str, str]) -> tuple[str, str, str]:

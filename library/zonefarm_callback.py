@@ -71,24 +71,18 @@ response:
   returned: success
 """
 
-import configparser
 import json
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 from ansible.module_utils.urls import open_url
-from ansible.module_utils.zonefarm_secretfile import require_private
+from ansible.module_utils.zonefarm_secretfile import read_section
 from ansible.module_utils.zonefarm_signing import signed_request
 
 
 def read_node_config(path):
     """Name, key, key generation and API URL; refuses a file others may read, as the runner does."""
-    require_private(path, "the node key")
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(path)
-    if not parser.has_section("node"):
-        raise ValueError(f"{path}: missing [node] section")
-    sec = parser["node"]
+    sec = read_section(path, "node", ValueError, what="the node key")
     values = {k: sec.get(k, "").strip() for k in ("name", "node_key", "api_url", "ca_file")}
     for key in ("name", "node_key"):
         if not values[key]:

@@ -306,3 +306,38 @@ def test_claim_fan_out_and_explain_share_one_rule(db: str) -> None:
     assert [b["code"] for b in why["blockers"]] == ["no_node_available"]
     assert why["why"].startswith("none of the 5 node(s) serving queue 'default' can take it: "
                                  "2 busy, 1 cordoned, 1 draining, 1 lost")
+
+
+def test_dispatcher_regions_split_the_nodes_and_lapse_with_their_lease(db: str) -> None:
+    """A dispatcher serves its regions and those nobody live holds; a region another holds is
+    left to it, until that one withdraws or its lease runs out. Kills follow the same split."""
+    from control.farm import regions
+    eu, us, ap = node("eu1", region="eu"), node("us1", region="us"), node("ap1", region="ap")
+    t = time.time()
+    with connection():
+        regions.announce("d-eu", ["eu"], t, 30)
+        regions.announce("d-us", ["us"], t - 31, 30)  # its lease ran out: us is nobody's
+        eu_scope = regions.scope("d-eu", ["eu"], t, 30)
+        assert eu_scope.others == frozenset()
+        regions.announce("d-us", ["us"], t, 30)
+        eu_scope = regions.scope("d-eu", ["eu"], t, 30)
+        free_scope = regions.scope("d-any", [], t, 30)
+    assert eu_scope.others == {"us"} and free_scope.others == {"eu", "us"}
+    ids = {n.name: task(target_kind="node", target_value=n.name) for n in (eu, us, ap)}
+    assert {c.node_name for c in claim("d-eu", 10, nodes=eu_scope.clause())} == {"eu1", "ap1"}
+    assert get(ids["us1"]).state == "queued"
+    assert claim("d-any", 10, nodes=free_scope.clause()) == []  # ap1 is full, the rest held
+    with connection():
+        us_scope = regions.scope("d-us", ["us"], t, 30)
+    assert [c.node_name for c in claim("d-us", 10, nodes=us_scope.clause())] == ["us1"]
+    with connection():
+        Task.update(cancel_requested=True).where(Task.id.in_(list(ids.values()))).execute()
+    killed = reap(Settings(task_lease=5), eu_scope.clause())
+    assert sorted(k.node.name for k in killed) == ["ap1", "eu1"]  # not us1's host: d-us kills there
+    assert [k.node.name for k in reap(Settings(task_lease=5), us_scope.clause())] == ["us1"]
+    with connection():
+        regions.withdraw("d-us", ["us"])
+        assert regions.scope("d-eu", ["eu"], t, 30).others == frozenset()
+        regions.announce("d-gone", ["eu"], t - 301, 30)  # long dead: forgotten by the next announce
+        regions.announce("d-eu", ["eu"], t, 30)
+        assert regions.held(t - 1000, 30) == {"eu": {"d-eu"}}

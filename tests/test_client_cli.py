@@ -52,7 +52,9 @@ def token_ttl() -> int:
 
 @pytest.fixture
 def settings(db_url: str, tmp_path: Path, token_ttl: int) -> Settings:
-    return farm_test_settings(db_url, tmp_path, LEASE, token_ttl=token_ttl)
+    # loopback webhook receivers, as a test site allows them (test_webhooks_from_the_cli)
+    return farm_test_settings(db_url, tmp_path, LEASE, token_ttl=token_ttl, webhook_allow="127.0.0.0/8",
+                              webhook_poll_interval=0.05)
 
 
 @dataclass
@@ -708,3 +710,69 @@ def test_templates_and_schedules(cli: Cli, alice: dict[str, Any], api: Api) -> N
     listed = cli("schedule", "ls", "--template", "nightly")
     assert listed.rc == 0 and "0 3 * * * (UTC)" in listed.out
     assert [s["id"] for s in _json(cli("schedule", "ls", "--json"))["items"]] == [sch.json()["id"]]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the client speaks HTTP: one database is enough
+def test_template_create_and_schedule_lifecycle(cli: Cli, alice: dict[str, Any], api: Api) -> None:
+    assert cli.login().rc == 0
+    made = _json(cli("template", "create", "backup", "shell", "-p", 'argv=["echo","b"]', "--priority", "4",
+                     "--cpu", "0.5", "--label", "disk=ssd", "--json"))
+    assert made["version"] == 1 and made["spec"]["priority"] == 4
+    assert made["spec"]["params"] == {"argv": ["echo", "b"]} and made["spec"]["resources"]["cpu"] == 0.5
+    assert made["spec"]["target"]["labels"] == {"disk": "ssd"}
+    assert cli("template", "create", "twice", "shell", "--node", "a", "--all").rc == 2
+    every = cli("schedule", "create", "backup", "--every", "1h")
+    assert every.rc == 0 and "next run" in every.out, every
+    sid = int(every.out.split()[1])
+    cron = _json(cli("schedule", "create", str(made["id"]), "--cron", "0 3 * * *", "--timezone", "Europe/Paris",
+                     "--paused", "--allow-overlap", "--json"))
+    assert (cron["enabled"], cron["skip_if_running"], cron["next_run"]) == (False, False, None)
+    assert cli("schedule", "create", "backup").rc == 2  # neither --cron nor --every
+    bad = cli("schedule", "create", "backup", "--cron", "not a cron")
+    assert bad.rc == 3 and "HTTP 422" in bad.err
+    paused = cli("schedule", "pause", str(sid))
+    assert paused.rc == 0 and paused.out.strip() == f"schedule {sid} paused"
+    assert api.get(f"/schedules/{sid}", token=api.login("alice", PASSWORD)).json()["enabled"] is False
+    resumed = _json(cli("schedule", "resume", str(sid), "--json"))
+    assert resumed["enabled"] is True and resumed["next_run"]
+    assert cli("schedule", "rm", str(cron["id"])).rc == 0
+    assert [s["id"] for s in _json(cli("schedule", "ls", "--json"))["items"]] == [sid]
+    assert cli("schedule", "pause", str(cron["id"])).rc == 3  # gone
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_webhooks_from_the_cli(cli: Cli, alice: dict[str, Any], api: Api, settings: Settings,
+                               tmp_path: Path) -> None:
+    """The secret is printed once, alone on stdout; the real sender delivers the test event to a real
+    receiver that checks it with that secret; another user sees and removes none of alice's."""
+    from control.farm.webhooks.delivery import Sender
+    from tests.support.receiver import receiving
+    assert cli.login().rc == 0
+    with receiving() as receiver:
+        made = cli("webhook", "create", receiver.url + "/ok", "--event", "task.failed", "--event", "task.failed",
+                   "--event", "node.lost", "--description", "ops")
+        assert made.rc == 0, made
+        secret = made.out.strip()
+        assert "\n" not in secret and len(secret) >= 32 and "shown this once" in made.err
+        hook_id = int(made.err.split()[1])
+        receiver.secrets[hook_id] = secret
+        listed = cli("webhook", "ls")
+        assert listed.rc == 0 and receiver.url + "/ok" in listed.out and "node.lost,task.failed" in listed.out
+        assert secret not in listed.out
+        assert cli("webhook", "create", receiver.url, "--event", "task.failed", "--all").rc == 3  # root's only
+        queued = cli("webhook", "test", str(hook_id))
+        assert queued.rc == 0 and "queued" in queued.out
+        sender = Sender(settings, "cli-test-sender").start()
+        try:
+            got = receiver.wait_for("/ok")
+        finally:
+            sender.stop()
+        assert got[0].verified == "ok" and got[0].json["event"] == "webhook.test"
+        log = _json(cli("webhook", "deliveries", str(hook_id), "--json"))["items"]
+        assert [(d["event"], d["status"], d["attempts"]) for d in log] == [("webhook.test", "delivered", 1)]
+        assert "delivered" in cli("webhook", "deliveries", str(hook_id), "--status", "delivered").out
+    bob = _user_cli(cli, tmp_path, "bob", api)
+    assert _json(bob("webhook", "ls", "--json"))["items"] == []
+    assert bob("webhook", "rm", str(hook_id)).rc == 3
+    assert cli("webhook", "rm", str(hook_id)).rc == 0
+    assert api.get("/webhooks", token=api.root).json()["total"] == 0

@@ -317,3 +317,52 @@ def _registry_fixture(api: Api) -> None:
     api.put(f"/spaces/{space['id']}/groups/{physics['id']}", token=alice_token, json={"role": "member"})
     prov, _ = provider(api, "lyon")
     support(api, api.root, space["id"], prov["id"], size=50 * 2**30)
+
+
+def test_workload_pages_in_a_browser(live_server: LiveServer, api: Api, browser: Any, contexts: list[Any]) -> None:
+    """Templates, schedules and webhooks as alice clicks through them (no node: the launched task waits)."""
+    base = live_server.url
+    api.grant(user=api.make_user("alice")["id"])
+    token = api.login("alice")
+    made = api.post("/templates", token=token, json={"name": "nightly", "spec": {
+        "name": "shell", "params": {"argv": ["echo", "v1"]}}}).json()
+    api.patch(f"/templates/{made['id']}", token=token, json={"spec": {"name": "shell",
+                                                                     "params": {"argv": ["echo", "v2"]}}})
+    sch = api.post("/schedules", token=token, json={"template": made["id"], "interval": 3600}).json()
+    page = new_page(browser, contexts)
+    log_in(page, base, "alice")
+
+    page.get_by_role("link", name="Templates").click()
+    page.get_by_role("link", name="nightly").click()
+    page.get_by_role("link", name="v1", exact=True).click()
+    assert '"v1"' in page.locator("#spec").inner_text()
+    page.get_by_label("Priority").fill("5")
+    page.get_by_label("Cwd").fill("/tmp")
+    shot(page, "template")
+    page.get_by_role("button", name="Launch").click()
+    page.wait_for_url(re.compile(r".*/tasks/\d+$"))
+    assert "launched from nightly v2" in page.locator(".flash").inner_text()
+    task = api.get(f"/tasks/{task_id_of(page)}", token=token).json()
+    assert (task["priority"], task["params"]) == (5, {"argv": ["echo", "v2"], "cwd": "/tmp"})
+
+    page.get_by_role("link", name="Schedules").click()
+    page.locator(f'tr[data-schedule="{sch["id"]}"]').get_by_role("button", name="Pause").click()
+    page.locator(f'tr[data-schedule="{sch["id"]}"] [data-flag="paused"]').wait_for()
+    assert api.get(f"/schedules/{sch['id']}", token=token).json()["enabled"] is False
+    shot(page, "schedules")
+    shot_phone(browser, contexts, page, "schedules-phone", "/schedules")
+
+    page.get_by_role("link", name="Webhooks").click()
+    page.get_by_label("URL").fill("https://hooks.example.org/zonefarm/nightly")
+    page.get_by_label("task.failed").check()
+    page.get_by_role("button", name="Create").click()
+    secret = page.locator("#webhook-secret").inner_text().strip()
+    assert len(secret) >= 32
+    shot(page, "webhook-created")
+    hook = api.get("/webhooks", token=token).json()["items"][0]
+    page.get_by_role("button", name="Send a test delivery").click()
+    page.wait_for_url(base + "/webhooks")
+    assert page.locator(f'[data-webhook="{hook["id"]}"] .delivery-pending').count() == 1
+    assert page.locator("#webhook-secret").count() == 0 and secret not in page.content()
+    shot(page, "webhooks")
+    shot_phone(browser, contexts, page, "webhooks-phone", "/webhooks")

@@ -46,7 +46,8 @@ def submit(api: Api, token: str, **body: object) -> dict:
 
 def test_pages_need_a_session(site: str) -> None:
     v = Visitor(site)
-    for path in ("/tasks", "/tasks/1", "/submit", "/nodes", "/queues", "/registry/users", "/changes"):
+    for path in ("/tasks", "/tasks/1", "/submit", "/nodes", "/queues", "/registry/users", "/changes", "/templates",
+                 "/schedules", "/webhooks", "/templates/1"):
         resp = v.get(path)
         assert resp.status_code == 303, path
         assert resp.headers["Location"].endswith("/login?next=" + path), resp.headers["Location"]
@@ -207,6 +208,8 @@ def test_node_actions_are_the_administrators(site: str, api: Api) -> None:
 def test_submit_form_reports_field_errors(site: str, api: Api) -> None:
     alice = visitor(site, api, "alice")
     form = alice.get("/submit?type=shell").text
+    assert 'value="shell"' in form and 'value="transfer"' not in form  # the zone's own type is not offered
+    assert 'value="transfer"' not in alice.get("/submit?type=transfer").text
     for name in ("p.argv", "p.env", "p.cwd", "queue", "target_kind", "priority", "timeout", "max_attempts"):
         field_id = re.search(rf'id="([^"]+)" name="{re.escape(name)}"', form)
         assert field_id, name
@@ -319,6 +322,7 @@ def test_every_page_renders_for_root_and_user(site: str, api: Api) -> None:
     root.login_root(ROOT_SECRET)
     for v in (alice, root):
         for path in ("/tasks", f"/tasks/{task['id']}", "/submit", "/submit?type=pipeline", "/nodes", "/queues",
+                     "/templates", "/schedules", "/webhooks",
                      "/registry/users", "/registry/groups", "/registry/spaces", "/registry/providers", "/changes"):
             resp = v.get(path)
             assert resp.status_code == 200, (path, resp.text[:500])
@@ -478,3 +482,98 @@ def test_queues_route(api: Api) -> None:
     assert queues["gpu"]["queued"] == 0 and queues["gpu"]["oldest_queued_age"] is None
     assert api.get("/queues", token=token, params={"name": "orph"}).json()["total"] == 1
     assert api.get("/queues").status_code == 401
+
+
+def test_template_pages_show_versions_and_launch_with_overrides(site: str, api: Api) -> None:
+    alice = visitor(site, api, "alice")
+    token = api.login("alice")
+    made = api.post("/templates", token=token, json={"name": "nightly", "spec": {**SHELL, "priority": 3}}).json()
+    api.patch(f"/templates/{made['id']}", token=token,
+              json={"spec": {"name": "shell", "params": {"argv": ["echo", "v2"]}, "queue": "night"}})
+    visitor(site, api, "bob")
+    bob_token = api.login("bob")
+    theirs = api.post("/templates", token=bob_token, json={"name": "bobs-own", "spec": SHELL}).json()
+
+    listing = alice.get("/templates").text
+    assert f'data-template="{made["id"]}"' in listing and "bobs-own" not in listing and "v2" in listing
+    page = alice.get(f"/templates/{made['id']}")
+    assert page.status_code == 200 and 'data-version="1"' in page.text and 'data-version="2"' in page.text
+    assert "v2" in page.text and "night" in page.text
+    old = alice.get(f"/templates/{made['id']}?version=1").text
+    assert "&#34;hi&#34;" in old and "&#34;priority&#34;: 3" in old  # the old spec, escaped JSON
+    assert alice.get(f"/templates/{theirs['id']}").status_code == 403
+    assert alice.get(f"/templates/{made['id']}?version=9").status_code == 404
+
+    # a launch: blank fields keep the template's values, filled ones override
+    resp = alice.post(f"/templates/{made['id']}/launch", {"csrf": alice.csrf(), "p.argv": "", "p.cwd": "/tmp",
+                                                          "priority": "7", "queue": ""})
+    assert resp.status_code == 303, resp.text
+    task = api.get("/tasks/" + resp.headers["Location"].rsplit("/", 1)[1], token=token).json()
+    assert (task["template"], task["template_version"], task["priority"], task["queue"]) == (made["id"], 2, 7, "night")
+    assert task["params"] == {"argv": ["echo", "v2"], "cwd": "/tmp"}
+    bad = alice.post(f"/templates/{made['id']}/launch", {"csrf": alice.csrf(), "priority": "5000"})
+    assert bad.status_code == 422 and 'id="c-priority-error"' in bad.text
+    assert alice.post(f"/templates/{theirs['id']}/launch", {"csrf": alice.csrf()}).status_code == 403
+    assert alice.post(f"/templates/{made['id']}/launch", {"csrf": "0" * 64}).status_code == 403
+    assert api.get("/tasks", token=api.root).json()["total"] == 1
+
+
+def test_schedule_page_pauses_and_resumes_only_what_the_api_allows(site: str, api: Api) -> None:
+    alice = visitor(site, api, "alice")
+    token = api.login("alice")
+    template = api.post("/templates", token=token, json={"name": "nightly", "spec": SHELL}).json()
+    sch = api.post("/schedules", token=token, json={"template": template["id"], "cron": "0 3 * * *",
+                                                    "timezone": "Europe/Paris"}).json()
+    page = alice.get("/schedules").text
+    assert f'data-schedule="{sch["id"]}"' in page and "0 3 * * *" in page and "Europe/Paris" in page
+    assert f'id="pause-{sch["id"]}"' in page and ">nightly</a>" in page
+    assert alice.post(f"/schedules/{sch['id']}/pause", {"csrf": alice.csrf()}).status_code == 303
+    assert api.get(f"/schedules/{sch['id']}", token=token).json()["enabled"] is False
+    paused = alice.get("/schedules").text
+    assert 'data-flag="paused"' in paused and f'id="resume-{sch["id"]}"' in paused
+    bob = visitor(site, api, "bob")
+    assert f'data-schedule="{sch["id"]}"' not in bob.get("/schedules").text
+    assert bob.post(f"/schedules/{sch['id']}/resume", {"csrf": bob.csrf()}).status_code == 403
+    assert api.get(f"/schedules/{sch['id']}", token=token).json()["enabled"] is False
+    assert alice.post(f"/schedules/{sch['id']}/resume", {"csrf": alice.csrf()}).status_code == 303
+    assert api.get(f"/schedules/{sch['id']}", token=token).json()["next_run"] is not None
+    assert alice.post(f"/schedules/{sch['id']}/explode", {"csrf": alice.csrf()}).status_code == 404
+
+
+def test_webhook_page_shows_the_secret_once_and_only_the_owners_webhooks(site: str, api: Api) -> None:
+    alice = visitor(site, api, "alice")
+    bob = visitor(site, api, "bob")
+    made = alice.post("/webhooks", {"csrf": alice.csrf("/webhooks"), "url": "https://hooks.example.org/zf",
+                                    "events": ["task.failed", "node.lost"], "scope": "own",
+                                    "description": "ops <b>"})
+    assert made.status_code == 201, made.text
+    secret = re.search(r'id="webhook-secret">([^<]+)</pre>', made.text).group(1)
+    hooks = api.get("/webhooks", token=api.login("alice")).json()["items"]
+    assert len(hooks) == 1 and hooks[0]["url"] == "https://hooks.example.org/zf"
+    hook_id = hooks[0]["id"]
+    assert "ops &lt;b&gt;" in made.text and "ops <b>" not in made.text
+    again = alice.get("/webhooks").text
+    assert f'data-webhook="{hook_id}"' in again and secret not in again and 'id="webhook-secret"' not in again
+    assert secret not in str(alice.http.cookies.get_dict())
+    # the API refuses an internal address: the form again, with its message, nothing made
+    internal = alice.post("/webhooks", {"csrf": alice.csrf(), "url": "http://127.0.0.1:9/x",
+                                        "events": ["task.failed"], "scope": "own"})
+    assert internal.status_code == 422 and 'id="form-error"' in internal.text
+    assert "http://127.0.0.1:9/x" in internal.text  # what was typed stays in the form
+    # a forged scope: root's only
+    assert alice.post("/webhooks", {"csrf": alice.csrf(), "url": "https://hooks.example.org/a",
+                                    "events": ["task.failed"], "scope": "all"}).status_code == 403
+    # another user: not listed, and 403 on every POST
+    assert f'data-webhook="{hook_id}"' not in bob.get("/webhooks").text
+    for action in ("test", "delete"):
+        assert bob.post(f"/webhooks/{hook_id}/{action}", {"csrf": bob.csrf()}).status_code == 403
+    assert api.get(f"/webhooks/{hook_id}/deliveries", token=api.root).json()["total"] == 0
+    # the owner's test delivery shows in the recent deliveries, pending (no sender runs here)
+    assert alice.post(f"/webhooks/{hook_id}/test", {"csrf": alice.csrf()}).status_code == 303
+    page = alice.get("/webhooks").text
+    assert "webhook.test" in page and "delivery-pending" in page
+    root = Visitor(site)
+    root.login_root(ROOT_SECRET)
+    assert f'data-webhook="{hook_id}"' in root.get("/webhooks").text  # the administrator sees all
+    assert alice.post(f"/webhooks/{hook_id}/delete", {"csrf": alice.csrf()}).status_code == 303
+    assert api.get("/webhooks", token=api.root).json()["total"] == 0

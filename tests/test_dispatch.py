@@ -137,6 +137,48 @@ def test_two_dispatchers_never_run_a_task_twice(farm: Farm) -> None:
     assert set(claims) == {"d1", "d2"}, f"claims by dispatcher: {claims}"  # both did work, not one alone
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the split itself: both databases in test_claims
+def test_one_dispatcher_per_region(farm: Farm) -> None:
+    """Two dispatchers with disjoint regions (dispatch_regions): each claims only for its region's
+    nodes, a region nobody was given (ap) is served by both, and when d-us dies (-9) its region
+    goes to d-eu once its hold lapses (dispatch_region_lease)."""
+    from control.core.db import connection
+    from control.farm import regions
+    for name, region in (("eu1", "eu"), ("us1", "us"), ("ap1", "ap")):
+        farm.add_node(name, region=region, concurrency=4)
+    lease = {"ZONEFARM_DISPATCH_REGION_LEASE": "3"}
+    farm.start_dispatcher("d-eu", ZONEFARM_DISPATCH_REGIONS="eu", **lease)
+    d_us = farm.start_dispatcher("d-us", ZONEFARM_DISPATCH_REGIONS="us", **lease)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # both have announced their regions before any task exists
+        with connection():
+            if regions.held(time.time(), 3) == {"eu": {"d-eu"}, "us": {"d-us"}}:
+                break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"regions never announced\n{farm.dispatcher_logs()[-3000:]}")
+    names = ("eu1", "us1", "ap1")
+    batch = farm.api.post("/tasks/batch", token=farm.api.root, json={"tasks": [  # one round's worth at once
+        {"name": "shell", "params": {"argv": ["true"]}, "target": {"node": name}} for name in names for _ in range(3)]})
+    assert batch.status_code == 201, batch.text
+    ids = {name: batch.json()["ids"][3 * i:3 * i + 3] for i, name in enumerate(names)}
+
+    def claimers(task_ids: list[int]) -> set[str]:
+        return {e["reason"].split()[2] for i in task_ids for e in farm.events(i) if e["to_state"] == "assigned"}
+
+    for task_id in sum(ids.values(), []):
+        assert farm.wait(task_id)["state"] == "succeeded", farm.events(task_id)
+    assert claimers(ids["eu1"]) == {"d-eu"} and claimers(ids["us1"]) == {"d-us"}
+    assert claimers(ids["ap1"]) <= {"d-eu", "d-us"}
+    d_us.kill()
+    d_us.wait(10)
+    farm.dispatchers.remove(d_us)
+    orphans = [farm.submit("shell", {"argv": ["true"]}, target={"node": "us1"})["id"] for _ in range(2)]
+    for task_id in orphans:
+        assert farm.wait(task_id)["state"] == "succeeded", farm.events(task_id)
+    assert claimers(orphans) == {"d-eu"}
+
+
 def test_nodes_secret_never_leaks(farm: Farm) -> None:
     work = farm.add_node("wk1")
     farm.start_dispatcher("d1")

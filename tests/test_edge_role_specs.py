@@ -95,6 +95,7 @@ SECRET = "s3cret-s3cret-s3cret"
     ("zone", {"zone_metrics_token": SECRET, "zone_retention_tasks_days": [30]}, ["zone_retention_tasks_days"]),
     ("cluster_manager", {"cluster_manager_retention_tokens_days": "week"}, ["cluster_manager_retention_tokens_days"]),
     ("cluster_manager", {"cluster_manager_prune_interval": "hourly"}, ["cluster_manager_prune_interval"]),
+    ("cluster_manager", {"cluster_manager_dispatch_regions": {"eu": 1}}, ["cluster_manager_dispatch_regions"]),
 ])
 def test_bad_input_fails_naming_the_variable(role: str, provided: dict[str, Any], names: list[str],
                                              tmp_path: Path) -> None:
@@ -118,27 +119,35 @@ def test_good_input_passes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:]
 
 
-def _zone_limits_play(tmp_path: Path, **limits: object) -> subprocess.CompletedProcess[str]:
-    """The zone role's limits check, then its config template rendered into tmp_path with the role's defaults."""
-    playbook = tmp_path / "zone.yml"
+def _check_and_render(tmp_path: Path, role: str, check: str, template: str, given: dict[str, object],
+                      site_vars: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """A role's check (``tasks/<check>``), then its config ``templates/<template>`` rendered into
+    tmp_path (as the template's name without .j2) with the role's defaults and ``given`` over them."""
+    base = ROOT / "roles" / role
+    playbook = tmp_path / f"{role}.yml"
     playbook.write_text(yaml.safe_dump([{
-        "name": "Zone limits", "hosts": "localhost", "gather_facts": False,
-        "vars": {"zonefarm_root_secret": SECRET, "zonefarm_nodes_secret": SECRET[::-1],
-                 "common_config_dir": str(tmp_path), "common_data_dir": str(tmp_path / "data"),
+        "name": f"{role} check and config", "hosts": "localhost", "gather_facts": False,
+        "vars": {**site_vars, "common_config_dir": str(tmp_path), "common_data_dir": str(tmp_path / "data"),
                  "common_ca_src": "", "common_ca_file": ""},
         # the role's defaults without its dependencies (role common would install things);
         # block vars stand for the operator's, above the defaults
-        "vars_files": [str(ROOT / "roles" / "zone" / "defaults" / "main.yml")],
-        "tasks": [{"name": "Zone", "vars": limits, "block": [
-            {"name": "Limits", "ansible.builtin.include_tasks": str(ROOT / "roles" / "zone" / "tasks" / "limits.yml")},
+        "vars_files": [str(base / "defaults" / "main.yml")],
+        "tasks": [{"name": role, "vars": given, "block": [
+            {"name": "Check", "ansible.builtin.include_tasks": str(base / "tasks" / check)},
             {"name": "Config", "ansible.builtin.template": {
-                "src": str(ROOT / "roles" / "zone" / "templates" / "zonefarm.ini.j2"),
-                "dest": str(tmp_path / "zonefarm.ini"), "mode": "0600"}}]}]}]))
+                "src": str(base / "templates" / template),
+                "dest": str(tmp_path / template.removesuffix(".j2")), "mode": "0600"}}]}]}]))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
            "ANSIBLE_LOCALHOST_WARNING": "false", "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false"}
     return subprocess.run([str(ROOT / ".venv/bin/ansible-playbook"), "-i", "localhost,", "-c", "local",
                            "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _zone_limits_play(tmp_path: Path, **limits: object) -> subprocess.CompletedProcess[str]:
+    """The zone role's limits check, then its zonefarm.ini rendered into tmp_path."""
+    return _check_and_render(tmp_path, "zone", "limits.yml", "zonefarm.ini.j2", limits,
+                             {"zonefarm_root_secret": SECRET, "zonefarm_nodes_secret": SECRET[::-1]})
 
 
 def test_zone_task_limits_reach_the_settings(tmp_path: Path) -> None:
@@ -175,3 +184,24 @@ def test_zone_metrics_token_and_retention_reach_the_settings(tmp_path: Path) -> 
     assert settings.metrics_token == "metrics-token-0123456789"
     assert (settings.retention_tasks_days, settings.retention_logs_days) == (14.0, 2.5)
     assert (settings.retention_feed_days, settings.retention_tokens_days) == (45.0, 7.0)
+
+
+def _dispatcher_ini_play(tmp_path: Path, **given: object) -> subprocess.CompletedProcess[str]:
+    """The cluster_manager role's region check, then its dispatcher.ini rendered into tmp_path."""
+    return _check_and_render(tmp_path, "cluster_manager", "regions.yml", "dispatcher.ini.j2", given,
+                             {"common_prefix": str(tmp_path)})
+
+
+def test_cluster_manager_regions_reach_the_dispatcher_or_fail_naming_the_variable(tmp_path: Path) -> None:
+    from control.core.config import load_settings
+
+    done = _dispatcher_ini_play(tmp_path, cluster_manager_dispatch_regions=["eu-west", "eu.north"],
+                                cluster_manager_dispatch_region_lease=12.5)
+    assert done.returncode == 0, done.stdout[-3000:]
+    settings = load_settings(tmp_path / "dispatcher.ini", env={})
+    assert settings.dispatch_region_names == ("eu-west", "eu.north") and settings.dispatch_region_lease == 12.5
+    (tmp_path / "dispatcher.ini").unlink()
+    refused = _dispatcher_ini_play(tmp_path, cluster_manager_dispatch_regions=["eu", "us east"])
+    assert refused.returncode != 0 and "cluster_manager_dispatch_regions: us east is not a region name" in \
+        " ".join(refused.stdout.split()), refused.stdout[-3000:]
+    assert not (tmp_path / "dispatcher.ini").exists()

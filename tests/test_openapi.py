@@ -23,7 +23,7 @@ import control.web.routes  # noqa: F401  (every resource module registers its ro
 from control.core.config import Settings
 from control.core.schemas import MAX_ID
 from control.web.app import build_app
-from control.web.routing import ROUTES, Query, RouteSpec
+from control.web.routing import BINARY, ROUTES, Query, RouteSpec
 from tests.support.client import Api
 
 _TYPES = {int: "integer", str: "string", float: "number", bool: "boolean"}
@@ -148,6 +148,10 @@ def contract_diff(doc: dict[str, Any], routes: list[RouteSpec]) -> list[str]:
             if model is None:
                 if content:
                     problems.append(f"{where}: {status} documents a body, route sends none")
+                continue
+            if model == BINARY:
+                if list(content or {}) != ["application/octet-stream"]:
+                    problems.append(f"{where}: {status} documents {sorted(content or {})}, route sends bytes")
                 continue
             if not content or "application/json" not in content:
                 problems.append(f"{where}: {status} documents no JSON body")

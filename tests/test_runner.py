@@ -69,6 +69,21 @@ def test_output_and_exit_codes_are_reported(recorder: tuple[Recorder, str], node
     assert (ok / "runner.pid").read_text() == str(os.getpid())
 
 
+def test_a_failed_step_is_named_and_stops_the_steps_after_it(recorder: tuple[Recorder, str], node: Path,
+                                                             tmp_path: Path) -> None:
+    rec, _ = recorder
+    steps = [{"label": "prepare", "argv": ["sh", "-c", "echo ready"]},
+             {"label": "generate", "argv": ["sh", "-c", "exit 4"]},
+             {"label": "load", "argv": ["sh", "-c", "echo never"]}]
+    task = spec_dir(tmp_path, 1, [], steps=steps)
+    assert run_batch(str(node), [str(task)]) == 0
+    assert rec.wait_for(1, "finished")["exit_code"] == 4
+    log = rec.log(1)
+    assert "prepare: sh -c echo ready" in log and "ready\n" in log
+    assert "generate failed with exit code 4" in log
+    assert "prepare failed" not in log and "load" not in log and "never" not in log
+
+
 def test_a_task_ending_within_the_start_grace_reports_only_its_end(
         recorder: tuple[Recorder, str], node: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rec, _ = recorder

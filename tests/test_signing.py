@@ -107,3 +107,37 @@ def test_one_private_file_check(tmp_path) -> None:
             require_private(f, "the key")
     with pytest.raises(FileNotFoundError):
         require_private(tmp_path / "missing", "the key")
+
+
+def test_one_ini_reader_words_every_failure_as_the_callers_error_and_never_quotes_the_file(tmp_path) -> None:
+    """node/config, provider/agent, client/credentials, library/ and the inventory script all
+    read their section through secretfile.read_section: its errors are theirs, and a line that
+    does not parse is named by number, not by its text (it may hold the secret)."""
+    from control.node.secretfile import read_section
+
+    class Mine(Exception):
+        pass
+
+    f = tmp_path / "node.ini"
+    f.write_text("node_key = s3cret-value\n[node]\nname = wk1\n")
+    f.chmod(0o600)
+    with pytest.raises(Mine, match="no section headers.*line 1") as bad:
+        read_section(f, "node", Mine, what="the node key")
+    assert "s3cret-value" not in str(bad.value)
+    f.write_text("[node]\nname = wk1\n  node_key s3cret-value\nbroken s3cret-value\n")
+    with pytest.raises(Mine, match="line 4") as bad:
+        read_section(f, "node", Mine)
+    assert "s3cret-value" not in str(bad.value)
+    f.write_text("[other]\nname = wk1\n")
+    with pytest.raises(Mine, match=r"missing \[node\] section"):
+        read_section(f, "node", Mine)
+    f.write_text("[node]\nname = wk1\nnode_key = 100%\n")
+    assert dict(read_section(f, "node", Mine, what="the node key")) == {"name": "wk1", "node_key": "100%"}
+    with f.open() as fh:
+        assert read_section(f, "node", Mine, fh=fh)["name"] == "wk1"
+    f.chmod(0o640)
+    with pytest.raises(Mine, match="lets others read the node key; chmod 600"):
+        read_section(f, "node", Mine, what="the node key")
+    assert read_section(f, "node", Mine)["name"] == "wk1"  # a file holding no credential may be readable
+    with pytest.raises(Mine, match="no such file"):
+        read_section(tmp_path / "missing.ini", "node", Mine, what="the node key")

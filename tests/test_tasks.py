@@ -12,6 +12,7 @@ from control.farm.models import Node
 from tests.conftest import NODES_SECRET
 from tests.support.client import Api
 from tests.support.nodes import SignedNode
+from tests.support.registry import join
 
 SHELL = {"name": "shell", "params": {"argv": ["echo", "hi"]}}
 
@@ -162,6 +163,27 @@ def test_users_see_their_own_and_their_spaces_tasks_and_only_owners_cancel(api: 
     assert api.post(f"/tasks/{mine['id']}/cancel", token=alice_token).json()["state"] == "cancelled"
     again = api.post(f"/tasks/{mine['id']}/cancel", token=alice_token)
     assert again.status_code == 409
+
+
+def test_a_user_lists_exactly_the_tasks_it_may_read_one_by_one(api: Api) -> None:
+    """The list rule (access.visible_owned) is the read rule (see_owned) seen from the other
+    side: own tasks and the tasks of one's spaces, whoever submitted them; no filter widens it."""
+    alice, alice_token = api.submitter("alice")
+    bob, bob_token = api.submitter("bob")
+    space_id = api.post("/spaces", token=alice_token, json={"name": "ocean"}).json()["id"]
+    join(api, alice_token, "spaces", space_id, bob["id"])
+    private = submit(api, alice_token)
+    shared = submit(api, alice_token, space=space_id)
+    own = submit(api, bob_token)
+    listed = lambda token, **p: {t["id"] for t in api.get("/tasks", token=token, params=p).json()["items"]}  # noqa: E731
+    assert listed(bob_token) == {shared["id"], own["id"]}
+    assert listed(bob_token, owner=alice["id"]) == {shared["id"]}
+    assert listed(alice_token) == {private["id"], shared["id"]}
+    assert listed(api.root) == {private["id"], shared["id"], own["id"]}
+    assert api.get("/tasks/counts", token=bob_token).json()["total"] == 2
+    for task in (private, shared, own):
+        readable = api.get(f"/tasks/{task['id']}", token=bob_token).status_code == 200
+        assert readable == (task["id"] in listed(bob_token))
 
 
 def test_cancelling_an_active_task_requests_a_kill(api: Api) -> None:

@@ -7,6 +7,13 @@ jobs, node runner and sshd; API on SQLite and PostgreSQL, the end-to-end round o
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,8 @@ from control.farm.uploads import Candidate, NoRoom, choose
 from control.node.client import node_client
 from control.node.config import load_node_config
 from control.node.tasktypes import pipeline
-from tests.support.farm import Farm
+from tests.support.apiproc import clean_env
+from tests.support.farm import ROOT, Farm
 from tests.support.sshd import Sshd
 
 # The end-to-end fixtures of tests/test_dispatch.py (a real dispatcher, nodes and sshd).
@@ -86,13 +94,18 @@ def _report(farm: Farm, reg: dict[str, Any], space_id: int, used: int) -> dict[s
     return dict(resp.json())
 
 
-def _two_providers(farm: Farm, sshd: Sshd, storage: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """Space "climate" supported by prov-eu (region eu, 2 MiB) and prov-us (region us, 8 MiB),
-    both the same sshd (remote paths are relative to its chroot)."""
+def _alices_space(farm: Farm) -> tuple[int, str]:
+    """Alice (a new user) and her space "climate": its id and her token."""
     _, token = farm.api.user_with_token("alice")
     space = farm.api.post("/spaces", token=token, json={"name": "climate"})
     assert space.status_code == 201, space.text
-    sid = int(space.json()["id"])
+    return int(space.json()["id"]), token
+
+
+def _two_providers(farm: Farm, sshd: Sshd, storage: Path) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Space "climate" supported by prov-eu (region eu, 2 MiB) and prov-us (region us, 8 MiB),
+    both the same sshd (remote paths are relative to its chroot)."""
+    sid, token = _alices_space(farm)
     eu = _provider(farm, sshd, storage, "prov-eu", "eu")
     us = _provider(farm, sshd, storage, "prov-us", "us")
     _support(farm, token, sid, eu, 2 * MIB)
@@ -231,3 +244,124 @@ def test_a_pipeline_lists_its_files_and_fails_over_quota_before_uploading(
     assert not list(sftp_storage.rglob("big.bin")) and not list(sftp_storage.rglob(".big.bin.part*"))
     assert "upload attempt" not in farm.log(big["id"])  # not retried
     assert farm.api.get(f"/tasks/{big['id']}/files", token=farm.api.root).json()["total"] == 0
+
+
+class Watcher(threading.Thread):
+    """A reader of the space: stats the final names as fast as it can and hashes each the first time
+    it appears; anything under a final name that is not the whole file is a violation."""
+
+    def __init__(self, finals: dict[Path, bytes]) -> None:
+        super().__init__(daemon=True)
+        self.finals = {p: (len(d), hashlib.sha256(d).hexdigest()) for p, d in finals.items()}
+        self.stop = threading.Event()
+        self.seen: set[Path] = set()
+        self.violations: list[str] = []
+        self.looks = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for path, (size, digest) in self.finals.items():
+                self.looks += 1
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                if st.st_size != size:
+                    self.violations.append(f"{path.name}: {st.st_size} of {size} bytes under the final name")
+                elif path not in self.seen:
+                    self.seen.add(path)
+                    if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                        self.violations.append(f"{path.name}: other bytes under the final name")
+            time.sleep(0.0005)  # a partial file under a final name would stay there for a whole upload
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (sshd's per-connection processes), from /proc."""
+    parents: dict[int, int] = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+        except (OSError, StopIteration):
+            continue
+        parents[int(status.parent.name)] = int(ppid.split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        kids = [p for p, pp in parents.items() if pp in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
+def _mid_file(landing: Path, name: str, size: int, proc: subprocess.Popen[bytes]) -> None:
+    """Wait until the upload has sent some but not all of ``name`` (``size`` bytes), under whatever name it
+    writes it."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if any(name in p.name and 0 < p.stat().st_size < size for p in landing.iterdir()):
+                return
+        except FileNotFoundError:
+            pass  # not created yet, or renamed while looked at
+        assert proc.poll() is None, "the upload ended before it could be cut mid-file"
+        time.sleep(0.001)
+    raise AssertionError("the upload never started")
+
+
+def test_an_upload_cut_mid_file_never_shows_a_partial_file_and_the_retry_lands_it(
+        sshd: Sshd, sftp_storage: Path, tmp_path: Path) -> None:
+    """The upload program itself (the runner's ``after`` step), SIGKILLed half-way through a file, then
+    run again; then its SFTP connection killed half-way (sshd's session processes), which its own retry
+    survives. A reader watching the final names all along sees nothing or the whole file, never a part."""
+    tdir, attempt_dir = tmp_path / "task", tmp_path / "attempt"
+    tdir.mkdir()
+    attempt_dir.mkdir()
+    data = {"big.bin": os.urandom(16 * MIB), "second.bin": os.urandom(16 * MIB)}
+    for name, content in data.items():
+        (tdir / name).write_bytes(content)
+    upload = {"sftp_host": "127.0.0.1", "sftp_port": sshd.port, "sftp_user": "root", "space_id": 5,
+              "space": "climate", "provider": "prov-eu", "size": 1 << 40, "used": 0}
+    (attempt_dir / "spec.json").write_text(json.dumps({"id": 77, "attempt": 1, "upload": upload,
+                                                       "params": {"outputs": list(data)}}))
+    env = {**clean_env(), "PYTHONPATH": str(ROOT), "ZONEFARM_ATTEMPT_DIR": str(attempt_dir),
+           "ZONEFARM_TASK_DIR": str(tdir), "ZONEFARM_SSH_KEY": str(sshd.base / "client_key"),
+           "ZONEFARM_KNOWN_HOSTS": str(sshd.base / "known_hosts")}
+    landing = sftp_storage / "5" / "task-77"
+    finals = {landing / name: content for name, content in data.items()}
+    watcher = Watcher(finals)
+    watcher.start()
+
+    def run() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "control.node.tasktypes.pipeline", "upload"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    try:
+        # 1. The process dies mid-file (its connection with it): nothing under the final name.
+        proc = run()
+        _mid_file(landing, "big.bin", len(data["big.bin"]), proc)
+        proc.kill()
+        proc.wait(10)
+        assert not (landing / "big.bin").exists()
+        assert 0 < (landing / ".big.bin.part1").stat().st_size < len(data["big.bin"])
+
+        # 2. The rerun (the task's next attempt) lands big.bin; cut its connection during second.bin.
+        proc = run()
+        _mid_file(landing, "second.bin", len(data["second.bin"]), proc)
+        assert (landing / "big.bin").read_bytes() == data["big.bin"]
+        sessions = _descendants(sshd.proc.pid)
+        assert sessions, "no sshd session process to cut"
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+        log = out.decode()
+        assert proc.returncode == 0, log
+        assert "upload attempt 1/3 failed" in log and "uploaded second.bin" in log
+    finally:
+        watcher.stop.set()
+        watcher.join(10)
+    assert watcher.violations == []
+    assert watcher.seen == set(finals) and watcher.looks > 100
+    for path, content in finals.items():
+        assert path.read_bytes() == content
+    assert sorted(p.name for p in landing.iterdir()) == ["big.bin", "second.bin"]  # no part left behind
+    assert json.loads((attempt_dir / "outputs.json").read_text())["uploaded"][1]["sha256"] == \
+        hashlib.sha256(data["second.bin"]).hexdigest()

@@ -175,6 +175,9 @@ class Client:
     def put(self, path: str, **kw: Any) -> Any:
         return self.request("PUT", path, **kw)
 
+    def patch(self, path: str, **kw: Any) -> Any:
+        return self.request("PATCH", path, **kw)
+
     def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
 

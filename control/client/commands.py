@@ -303,36 +303,40 @@ def _summary(t: dict[str, Any]) -> str:
     return clean(text)
 
 
-@task.command("submit")
-@click.argument("task_type", metavar="TYPE")
-@click.option("-p", "--param", "params", multiple=True, callback=parse_params, metavar="KEY=VALUE",
-              help="A parameter; VALUE is parsed as JSON when it is JSON (argv='[\"echo\",\"hi\"]', n=3, "
-                   "flag=true), else taken as a string. Repeatable.")
-@click.option("--queue", help="Queue (default: the API's, 'default').")
-@click.option("--node", help="Run on this node only.")
-@click.option("--region", help="Run on every node of this region (a broadcast).")
-@click.option("--all", "everywhere", is_flag=True, help="Run on every node (a broadcast).")
-@click.option("--label", "labels", multiple=True, callback=parse_labels, metavar="KEY=VALUE",
-              help="Only nodes carrying this label (gpu=a100); with --region or --all it narrows the "
-                   "broadcast. Repeatable.")
-@click.option("--cpu", type=click.FloatRange(0), help="Cores the task reserves on its node (0.5).")
-@click.option("--memory", callback=parse_size, help="Memory the task reserves on its node: bytes, 8GiB.")
-@click.option("--disk", callback=parse_size, help="Disk the task reserves on its node: bytes, 10GiB.")
-@click.option("--resource", "named", multiple=True, callback=parse_params, metavar="NAME=AMOUNT",
-              help="A named resource a node reports, reserved on its node (gpu=1). Repeatable.")
-@click.option("--space", help="Space (id or name) the task works for.")
-@click.option("--priority", type=click.IntRange(-1000, 1000), help="Higher runs first (default 0).")
-@click.option("--timeout", type=click.IntRange(1), help="Seconds per attempt (default 3600).")
-@click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts before giving up (default 3).")
-@click.option("--wait", is_flag=True, help="Follow the task until it ends; exit 1 if it does not succeed.")
-@json_option
-@pass_ctx
-def task_submit(obj: Ctx, task_type: str, params: dict[str, Any], queue: str | None, node: str | None,
-                region: str | None, everywhere: bool, labels: dict[str, str], cpu: float | None,
-                memory: int | None, disk: int | None, named: dict[str, Any], space: str | None,
-                priority: int | None, timeout: int | None, max_attempts: int | None, wait: bool,
-                as_json: bool) -> None:
-    """Submit a task of TYPE (`zonefarm task types` lists them)."""
+SPEC_OPTIONS = (
+    click.option("-p", "--param", "params", multiple=True, callback=parse_params, metavar="KEY=VALUE",
+                 help="A parameter; VALUE is parsed as JSON when it is JSON (argv='[\"echo\",\"hi\"]', n=3, "
+                      "flag=true), else taken as a string. Repeatable."),
+    click.option("--queue", help="Queue (default: the API's, 'default')."),
+    click.option("--node", help="Run on this node only."),
+    click.option("--region", help="Run on every node of this region (a broadcast)."),
+    click.option("--all", "everywhere", is_flag=True, help="Run on every node (a broadcast)."),
+    click.option("--label", "labels", multiple=True, callback=parse_labels, metavar="KEY=VALUE",
+                 help="Only nodes carrying this label (gpu=a100); with --region or --all it narrows the "
+                      "broadcast. Repeatable."),
+    click.option("--cpu", type=click.FloatRange(0), help="Cores the task reserves on its node (0.5)."),
+    click.option("--memory", callback=parse_size, help="Memory the task reserves on its node: bytes, 8GiB."),
+    click.option("--disk", callback=parse_size, help="Disk the task reserves on its node: bytes, 10GiB."),
+    click.option("--resource", "named", multiple=True, callback=parse_params, metavar="NAME=AMOUNT",
+                 help="A named resource a node reports, reserved on its node (gpu=1). Repeatable."),
+    click.option("--priority", type=click.IntRange(-1000, 1000), help="Higher runs first (default 0)."),
+    click.option("--timeout", type=click.IntRange(1), help="Seconds per attempt (default 3600)."),
+    click.option("--max-attempts", type=click.IntRange(1, 100), help="Attempts before giving up (default 3)."),
+)
+
+
+def spec_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a task spec, shared by `task submit` and `template create` (which saves one)."""
+    for option in reversed(SPEC_OPTIONS):
+        f = option(f)
+    return f
+
+
+def task_spec(task_type: str, params: dict[str, Any], queue: str | None, node: str | None, region: str | None,
+              everywhere: bool, labels: dict[str, str], cpu: float | None, memory: int | None, disk: int | None,
+              named: dict[str, Any], priority: int | None, timeout: int | None,
+              max_attempts: int | None) -> dict[str, Any]:
+    """The body of ``POST /tasks`` (and a template's ``spec``) the spec options describe."""
     targets = [name for name, given in (("--node", node), ("--region", region), ("--all", everywhere)) if given]
     if len(targets) > 1:
         raise click.UsageError(f"give at most one of --node, --region and --all (got {', '.join(targets)})")
@@ -352,6 +356,19 @@ def task_submit(obj: Ctx, task_type: str, params: dict[str, Any], queue: str | N
                        ("max_attempts", max_attempts)):
         if value is not None:
             body[key] = value
+    return body
+
+
+@task.command("submit")
+@click.argument("task_type", metavar="TYPE")
+@spec_options
+@click.option("--space", help="Space (id or name) the task works for.")
+@click.option("--wait", is_flag=True, help="Follow the task until it ends; exit 1 if it does not succeed.")
+@json_option
+@pass_ctx
+def task_submit(obj: Ctx, task_type: str, space: str | None, wait: bool, as_json: bool, **spec: Any) -> None:
+    """Submit a task of TYPE (`zonefarm task types` lists them)."""
+    body = task_spec(task_type, **spec)
     client = obj.client
     if space is not None:
         body["space"] = _resolve(client, "/spaces", space, "space")
@@ -366,10 +383,15 @@ def task_submit(obj: Ctx, task_type: str, params: dict[str, Any], queue: str | N
         return
     if not as_json:
         click.echo(f"task {created['id']} submitted")
+    _follow(client, created["id"], as_json)
+
+
+def _follow(client: Client, task_id: int, as_json: bool) -> None:
+    """Follow a task to its end, print how it ended and exit 0 (succeeded) or 1; Ctrl-C leaves it running."""
     try:
-        final = wait_task(client, created["id"], Progress())
+        final = wait_task(client, task_id, Progress())
     except KeyboardInterrupt:
-        note(f"\nstopped waiting; task {created['id']} goes on (zonefarm task cancel {created['id']} stops it)")
+        note(f"\nstopped waiting; task {task_id} goes on (zonefarm task cancel {task_id} stops it)")
         _exit(INTERRUPTED)
         return
     if as_json:
@@ -609,17 +631,31 @@ def template_launch(obj: Ctx, ref: str, params: dict[str, Any], queue: str | Non
             click.echo(f"task {created['id']} launched from template {created['template']} "
                        f"v{created['template_version']} ({created['state']})")
         return
-    final = wait_task(client, created["id"], Progress())
-    if as_json:
-        emit_json(final)
-    else:
-        click.echo(_summary(final))
-    _exit(0 if final["state"] == "succeeded" else 1)
+    _follow(client, created["id"], as_json)
+
+
+@template.command("create")
+@click.argument("name")
+@click.argument("task_type", metavar="TYPE")
+@spec_options
+@click.option("--space", help="Owned by this space (id or name; you must be one of its admins): its members see "
+                               "and launch it. Default: owned by you.")
+@json_option
+@pass_ctx
+def template_create(obj: Ctx, name: str, task_type: str, space: str | None, as_json: bool, **spec: Any) -> None:
+    """Save a task of TYPE as template NAME (version 1); the options are those of `task submit`."""
+    client = obj.client
+    body: dict[str, Any] = {"name": name, "spec": task_spec(task_type, **spec)}
+    if space is not None:
+        body["space"] = _resolve(client, "/spaces", space, "space")
+    made = client.post("/templates", json=body)
+    emit_json(made) if as_json else click.echo(clean(f"template {made['id']} {made['name']} v{made['version']} "
+                                                     "created"))
 
 
 @cli.group()
 def schedule() -> None:
-    """Schedules of templates: list."""
+    """Schedules of templates: list, create, pause, resume, remove."""
 
 
 @schedule.command("ls")
@@ -643,6 +679,157 @@ def schedule_ls(obj: Ctx, ref: str | None, limit: int, offset: int, as_json: boo
             " ".join(str(v) for v in (s["last_outcome"], f"task {s['last_task']}" if s["last_task"] else "",
                                       s["last_error"]) if v) or "-") for s in page["items"]])
     _more(page)
+
+
+@schedule.command("create")
+@click.argument("ref", metavar="TEMPLATE")
+@click.option("--cron", metavar="EXPR", help="A 5-field cron expression, e.g. '0 3 * * *', in --timezone.")
+@click.option("--every", callback=parse_duration, metavar="DURATION",
+              help="Or every this long: seconds, or 90m, 12h, 1d.")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA name of the cron's zone (Europe/Paris).")
+@click.option("--paused", is_flag=True, help="Create it paused (`schedule resume` starts it).")
+@click.option("--allow-overlap", is_flag=True,
+              help="Fire even while the template's last task is still queued or running (default: skip).")
+@json_option
+@pass_ctx
+def schedule_create(obj: Ctx, ref: str, cron: str | None, every: int | None, timezone: str, paused: bool,
+                    allow_overlap: bool, as_json: bool) -> None:
+    """Launch TEMPLATE (id or name) on a cron expression or an interval, as you."""
+    if (cron is None) == (every is None):
+        raise click.UsageError("give exactly one of --cron and --every")
+    client = obj.client
+    body: dict[str, Any] = {"template": _resolve(client, "/templates", ref, "template"), "timezone": timezone,
+                            "enabled": not paused, "skip_if_running": not allow_overlap}
+    body.update({"cron": cron} if cron is not None else {"interval": every})
+    made = client.post("/schedules", json=body)
+    emit_json(made) if as_json else click.echo(
+        f"schedule {made['id']} created; next run {short_time(made['next_run'])}" if made["enabled"]
+        else f"schedule {made['id']} created, paused")
+
+
+def _schedule_command(name: str, help_text: str, change: dict[str, Any] | None) -> None:
+    """``zonefarm schedule NAME ID``: PATCH ``change`` into the schedule, or delete it (``change`` None)."""
+    @schedule.command(name, help=help_text)
+    @click.argument("schedule_id", type=click.IntRange(1), metavar="ID")
+    @json_option
+    @pass_ctx
+    def command(obj: Ctx, schedule_id: int, as_json: bool) -> None:
+        if change is None:
+            obj.client.delete(f"/schedules/{schedule_id}")
+            emit_json({"id": schedule_id, "deleted": True}) if as_json else click.echo(
+                f"schedule {schedule_id} removed")
+            return
+        s = obj.client.patch(f"/schedules/{schedule_id}", json=change)
+        emit_json(s) if as_json else click.echo(
+            f"schedule {s['id']} " + (f"resumed; next run {short_time(s['next_run'])}" if s["enabled"] else "paused"))
+
+
+_schedule_command("pause", "Stop a schedule firing (its next run is dropped) until `schedule resume`.",
+                  {"enabled": False})
+_schedule_command("resume", "Let a paused schedule fire again, from its next due time.", {"enabled": True})
+_schedule_command("rm", "Delete a schedule; the tasks it made stay.", None)
+
+
+# ---------------------------------------------------------------------------- webhooks
+
+WEBHOOK_EVENTS = ("task.succeeded", "task.failed", "task.timed_out", "task.cancelled", "node.lost",
+                  "schedule.failed")
+DELIVERY_STATES = ("pending", "delivered", "failed")
+
+
+@cli.group()
+def webhook() -> None:
+    """Webhooks: events POSTed to a URL of yours, signed (docs/webhooks.md)."""
+
+
+@webhook.command("ls")
+@paging
+@json_option
+@pass_ctx
+def webhook_ls(obj: Ctx, limit: int, offset: int, as_json: bool) -> None:
+    """List your webhooks (the administrator: all of them); never their secrets."""
+    _show_page(obj.client.get("/webhooks", params={"limit": limit, "offset": offset}), as_json,
+               ("ID", "URL", "EVENTS", "SCOPE", "ENABLED", "CREATED"),
+               lambda h: (h["id"], h["url"], ",".join(h["events"]),
+                          h["scope"] + (f":{h['scope_id']}" if h["scope_id"] else ""), h["enabled"],
+                          short_time(h["created_at"])))
+
+
+@webhook.command("create")
+@click.argument("url")
+@click.option("--event", "events", multiple=True, required=True, type=click.Choice(WEBHOOK_EVENTS),
+              help="An event to deliver. Repeatable.")
+@click.option("--space", help="Only the tasks of this space (id or name; you must be a member).")
+@click.option("--template", "template_ref", metavar="TEMPLATE", help="Only tasks launched from this template.")
+@click.option("--all", "everything", is_flag=True, help="Every task (administrator only).")
+@click.option("--description", default="", help="A note for yourself.")
+@json_option
+@pass_ctx
+def webhook_create(obj: Ctx, url: str, events: tuple[str, ...], space: str | None, template_ref: str | None,
+                   everything: bool, description: str, as_json: bool) -> None:
+    """Make a webhook POSTing EVENTS to URL; print its signing secret, shown this once.
+
+    The secret alone goes to stdout (so it can be piped into a file or a vault), the
+    webhook's id to stderr. Default scope: your own tasks.
+    """
+    scopes = [name for name, given in (("--space", space), ("--template", template_ref), ("--all", everything))
+              if given]
+    if len(scopes) > 1:
+        raise click.UsageError(f"give at most one of --space, --template and --all (got {', '.join(scopes)})")
+    client = obj.client
+    body: dict[str, Any] = {"url": url, "events": list(dict.fromkeys(events)), "description": description}
+    if space is not None:
+        body.update(scope="space", scope_id=_resolve(client, "/spaces", space, "space"))
+    elif template_ref is not None:
+        body.update(scope="template", scope_id=_resolve(client, "/templates", template_ref, "template"))
+    elif everything:
+        body["scope"] = "all"
+    made = _issue_secret(client, "/webhooks", body, as_json, "secret")
+    if made is not None:
+        note(clean(f"webhook {made['id']} created for {made['url']}; the secret above is shown this once"))
+
+
+@webhook.command("rm")
+@click.argument("hook_id", type=click.IntRange(1), metavar="ID")
+@pass_ctx
+def webhook_rm(obj: Ctx, hook_id: int) -> None:
+    """Delete a webhook and its delivery log."""
+    obj.client.delete(f"/webhooks/{hook_id}")
+    click.echo(f"webhook {hook_id} removed")
+
+
+def _delivery_row(d: dict[str, Any]) -> tuple[Any, ...]:
+    return (d["id"], d["event"], d["status"], d["attempts"], d["last_status_code"], short_time(d["created_at"]),
+            short_time(d["delivered_at"] or d["last_attempt_at"]), d["last_error"] or "-")
+
+
+DELIVERY_COLUMNS = ("ID", "EVENT", "STATUS", "ATTEMPTS", "HTTP", "CREATED", "LAST TRY", "LAST ERROR")
+
+
+@webhook.command("deliveries")
+@click.argument("hook_id", type=click.IntRange(1), metavar="ID")
+@click.option("--status", type=click.Choice(DELIVERY_STATES), help="Only deliveries in this state.")
+@paging
+@json_option
+@pass_ctx
+def webhook_deliveries(obj: Ctx, hook_id: int, status: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """A webhook's delivery log, newest first: status, attempts, the receiver's last answer or error."""
+    query: dict[str, Any] = {"limit": limit, "offset": offset}
+    if status is not None:
+        query["status"] = status
+    _show_page(obj.client.get(f"/webhooks/{hook_id}/deliveries", params=query), as_json, DELIVERY_COLUMNS,
+               _delivery_row)
+
+
+@webhook.command("test")
+@click.argument("hook_id", type=click.IntRange(1), metavar="ID")
+@json_option
+@pass_ctx
+def webhook_test(obj: Ctx, hook_id: int, as_json: bool) -> None:
+    """Queue a test delivery (event webhook.test); `webhook deliveries ID` shows how it went."""
+    d = obj.client.post(f"/webhooks/{hook_id}/test")
+    emit_json(d) if as_json else click.echo(f"test delivery {d['id']} queued ({d['status']}); "
+                                            f"see zonefarm webhook deliveries {hook_id}")
 
 
 # ---------------------------------------------------------------------------- nodes
@@ -916,14 +1103,15 @@ def space_support_tokens(obj: Ctx, space_ref: str, revoke: int | None, limit: in
                                short_time(t["expires_at"]), short_time(t["created_at"])))
 
 
-def _issue_secret(client: Client, path: str, body: dict[str, Any], as_json: bool) -> dict[str, Any] | None:
-    """Issue an invite or support token: with --json all of the answer, else the token alone on
-    stdout (shown once; it can be piped) and the answer back for the note on stderr."""
+def _issue_secret(client: Client, path: str, body: dict[str, Any], as_json: bool,
+                  key: str = "token") -> dict[str, Any] | None:
+    """Issue an invite, support token or webhook: with --json all of the answer, else its secret
+    (``key``) alone on stdout (shown once; it can be piped) and the answer back for the note on stderr."""
     issued = client.post(path, json=body)
     if as_json:
         emit_json(issued)
         return None
-    click.echo(issued["token"])
+    click.echo(issued[key])
     return issued
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from control.node.secretfile import read_section
+
 SECTION = "zonefarm"
 
 
@@ -72,14 +74,7 @@ def load(env: Mapping[str, str] | None = None) -> Credentials | None:
                                    f"chmod 600 it, or log in again")
         if st.st_uid != os.getuid():
             raise CredentialsError(f"{p}: owned by uid {st.st_uid}, not by this user")
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read_file(fh)
-        except configparser.Error as exc:
-            raise CredentialsError(f"{p}: not a valid credentials file ({type(exc).__name__})") from None
-    if not parser.has_section(SECTION):
-        raise CredentialsError(f"{p}: missing the [{SECTION}] section")
-    values = dict(parser.items(SECTION))
+        values = dict(read_section(p, SECTION, CredentialsError, fh=fh))
     if not values.get("url") or not values.get("token"):
         raise CredentialsError(f"{p}: url and token are required")
     try:

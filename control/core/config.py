@@ -20,6 +20,7 @@ from control.core.egress import parse_allow
 
 MIN_SECRET_LENGTH = 16
 PLACEMENTS = ("pack", "spread")  # dispatch_placement: see control.farm.claims
+REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a node's region, as the API takes it
 
 
 class ConfigError(SystemExit):
@@ -175,11 +176,31 @@ class Settings:
         "pack",
         "Where claimed tasks go: `pack` fills a node to its concurrency before the next (fewest hosts per "
         "Ansible round), `spread` picks the node with the most free slots.")
+    dispatch_regions: str = opt(
+        "",
+        "Regions this dispatcher claims tasks for, separated by commas or spaces (`eu-west, eu-north`), so "
+        "one dispatcher per region can share a large site. Its nodes are then left to it (and to any other "
+        "dispatcher listing the same region); regions no running dispatcher lists are served by every "
+        "dispatcher. Empty: every region not assigned to another dispatcher. See docs/placement.md.")
+    dispatch_region_lease: float = opt(
+        30.0,
+        "Seconds a dispatcher's hold on its `dispatch_regions` lasts without being renewed (it renews it "
+        "every quarter of this, whatever its rounds are doing): after a dispatcher dies, its regions are "
+        "served by the others once this has passed.")
     dispatch_known_hosts: str = opt(
         "",
         "known_hosts file the dispatcher checks the workers' SSH host keys against (the cluster_manager "
         "role writes it from keys read on the workers). Empty means the account's `~/.ssh/known_hosts`. "
         "Checking is always on: a node whose key does not match is cordoned and its tasks go back to the queue.")
+    storage_ssh_key: str = opt(
+        "",
+        "Private key the API reads provider storage with over SFTP, to stream a task's landed outputs "
+        "(`GET /tasks/{id}/files/{name}`); the provider's upload account must authorize it. Empty means the "
+        "API account's default keys (`~/.ssh/id_*`).")
+    storage_known_hosts: str = opt(
+        "",
+        "known_hosts file the API checks provider storage hosts' SSH keys against when it streams a file. "
+        "Empty means the account's and the system's known_hosts. An unknown host key is always refused.")
     container_images: str = opt(
         "",
         "Images a `container` task may run: exact names or globs (`*`, `?`, `[...]`), separated by commas or "
@@ -274,6 +295,11 @@ class Settings:
     def container_image_patterns(self) -> tuple[str, ...]:
         """``container_images`` as a tuple of names and globs."""
         return tuple(p for p in self.container_images.replace(",", " ").split() if p)
+
+    @property
+    def dispatch_region_names(self) -> tuple[str, ...]:
+        """``dispatch_regions`` as a tuple of region names (checked when the settings load)."""
+        return tuple(dict.fromkeys(r for r in self.dispatch_regions.replace(",", " ").split() if r))
 
     @property
     def resources_default(self) -> dict[str, float]:
@@ -435,6 +461,12 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
         parse_resources(values.get("task_resources_default", ""))
     except ValueError as exc:
         raise ConfigError(f"task_resources_default: {exc}") from None
+    for region in values.get("dispatch_regions", "").replace(",", " ").split():
+        if not REGION.fullmatch(region):
+            raise ConfigError(f"dispatch_regions: {region!r} is not a region name (letters, digits, '.', '_' "
+                              "and '-', at most 100)")
+    if not values.get("dispatch_region_lease", 30.0) > 0:
+        raise ConfigError(f"dispatch_region_lease must be more than 0, got {values['dispatch_region_lease']}")
     if values.get("placement_reserve_after", 0) < 0:
         raise ConfigError(f"placement_reserve_after must be 0 or more, got {values['placement_reserve_after']}")
     for name in ("webhook_timeout", "webhook_backoff", "webhook_backoff_max", "webhook_poll_interval"):

@@ -45,36 +45,33 @@ def _actor(column: peewee.Field, value: str) -> peewee.Expression:
     return column.startswith(value) if value.endswith(":") else (column == value)
 
 
+def _matching(q: peewee.ModelSelect, f: AuditFilter, actor: peewee.Field, entity_id: peewee.Field,
+              ts: peewee.Field) -> peewee.ModelSelect:
+    """The filters both sources share, on each one's own columns: one rule for both."""
+    if f.actor:
+        q = q.where(_actor(actor, f.actor))
+    if f.entity_id is not None:
+        q = q.where(entity_id == f.entity_id)
+    if f.after is not None:
+        q = q.where(ts >= f.after)
+    if f.before is not None:
+        q = q.where(ts < f.before)
+    return q
+
+
 def _changes(f: AuditFilter) -> peewee.ModelSelect | None:
     if f.kind not in (None, "change") or f.entity == "task":
         return None
     q = Change.select()
-    if f.actor:
-        q = q.where(_actor(Change.actor, f.actor))
     if f.entity:
         q = q.where(Change.entity == f.entity)
-    if f.entity_id is not None:
-        q = q.where(Change.entity_id == f.entity_id)
-    if f.after is not None:
-        q = q.where(Change.ts >= f.after)
-    if f.before is not None:
-        q = q.where(Change.ts < f.before)
-    return q
+    return _matching(q, f, Change.actor, Change.entity_id, Change.ts)
 
 
 def _events(f: AuditFilter) -> peewee.ModelSelect | None:
     if f.kind not in (None, "task_event") or f.entity not in (None, "task"):
         return None
-    q = TaskEvent.select()
-    if f.actor:
-        q = q.where(_actor(TaskEvent.actor, f.actor))
-    if f.entity_id is not None:
-        q = q.where(TaskEvent.task == f.entity_id)
-    if f.after is not None:
-        q = q.where(TaskEvent.ts >= f.after)
-    if f.before is not None:
-        q = q.where(TaskEvent.ts < f.before)
-    return q
+    return _matching(TaskEvent.select(), f, TaskEvent.actor, TaskEvent.task, TaskEvent.ts)
 
 
 def _from_change(c: Change) -> AuditEntry:

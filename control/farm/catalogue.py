@@ -11,6 +11,8 @@ Beyond the schema, every type's params are held to what the worker can honour:
   can carry one; the runner would crash and the task sit ``assigned``);
 * ``"x-zonefarm-refused": {"<param>": "<why>"}`` names params that are refused outright
   with that reason (the container type's ``volumes``: host paths are never mounted);
+* ``"x-zonefarm-internal": "<why>"`` marks a type the zone makes tasks of itself (transfers);
+  submitting one is refused with that reason;
 * ``"x-zonefarm-image": "<param>"`` names the param holding a container image, which
   must match the site's ``container_images`` (``image_problem``).
 """
@@ -155,6 +157,13 @@ def image_problem(name: str, params: dict[str, Any], allowed: tuple[str, ...]) -
                 "ask the operator to list the images tasks may run")
     return (f"params.{key}: image {image!r} is not among the images this site allows "
             f"(container_images: {', '.join(allowed)})")
+
+
+def internal(name: str) -> str | None:
+    """Why users may not submit this type (``"x-zonefarm-internal": "<why>"``: the zone makes its tasks)."""
+    validator = _validator(name)
+    why = validator.schema.get("x-zonefarm-internal") if validator is not None else None
+    return str(why) if why else None
 
 
 def needs_space(name: str) -> bool:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import peewee
+
 from control.core.db import connection, is_postgres, write_transaction
 from control.core.models import now
 from control.farm import states
@@ -49,8 +51,10 @@ from control.farm.eligibility import (
 from control.farm.models import Node, Task
 
 
-def _available_nodes() -> list[Node]:
+def _available_nodes(scope: peewee.Expression | None = None) -> list[Node]:
     query = Node.select().where(available_clause()).order_by(Node.id)
+    if scope is not None:
+        query = query.where(scope)
     if is_postgres():
         query = query.for_update(skip_locked=True)
     return list(query)
@@ -113,21 +117,23 @@ def match(candidates: list[Task], pool: Pool, limit: int, placement: str = "pack
 
 
 def claim(dispatcher_id: str, limit: int, *, lease: float = 60.0, placement: str = "pack",
-          reserve_after: float = 600.0) -> list[Task]:
+          reserve_after: float = 600.0, nodes: peewee.Expression | None = None) -> list[Task]:
     """Assign up to ``limit`` queued tasks to nodes for this dispatcher and return them.
 
     Each returned task is ``assigned``, its ``attempt`` incremented, ``node`` loaded, and
     its lease set to ``lease`` seconds: a dispatcher that dies before launching lets the
     reaper requeue the task when the lease runs out. A task queued for longer than
-    ``reserve_after`` seconds (0: never) that no node has room for holds one.
+    ``reserve_after`` seconds (0: never) that no node has room for holds one. ``nodes``
+    limits the nodes claimed for (a ``Node`` condition: the dispatcher's regions,
+    ``control.farm.regions``); a task that only other nodes can take is left to their dispatcher.
     """
     if limit <= 0:
         return []
     with connection(), write_transaction():
-        nodes = _available_nodes()
-        if not nodes:
+        available = _available_nodes(nodes)
+        if not available:
             return []
-        pool = Pool(nodes, load_usage([n.id for n in nodes]))
+        pool = Pool(available, load_usage([n.id for n in available]))
         if not pool:
             return []
         candidates = _candidates(pool, limit * 3 + 64)

@@ -214,7 +214,8 @@ class Housekeeping(BaseModel):
     """Named markers of background jobs: when the pruner last ran, how far the feed is pruned.
 
     The pruner claims its turn with a guarded UPDATE of ``last_run`` (one row, both
-    databases), so two dispatchers never prune at the same time.
+    databases), so two dispatchers never prune at the same time. Dispatchers hold their
+    regions with rows ``dispatch-region/<region>/<ident>`` (``control.farm.regions``).
     """
 
     name = peewee.CharField(max_length=250, unique=True)
@@ -305,6 +306,35 @@ class TaskFile(BaseModel):
         indexes = ((("task", "name"), True),)
 
 
-# TaskUpload and TaskFile are created by migration 0033 (not 0002's list, so its tables stay as they were).
+TRANSFER_KINDS = ("replicate", "migrate", "evict")
+TRANSFER_STATES = ("scheduled", "enqueued", "active", "completed", "failed", "cancelled")
+
+
+class Transfer(BaseModel):
+    """A copy (replicate), move (migrate) or removal (evict) of a path of a space between two providers.
+
+    It runs as a farm task of type ``transfer`` (``task``; a rerun points it at a new one), and its
+    state is the task's (``control.farm.transfers.state_of``). The counters are the running
+    program's signed reports.
+    """
+
+    space_id = peewee.IntegerField(index=True)
+    path = peewee.CharField(max_length=1024)  # in the space, "" for all of it
+    kind = peewee.CharField(max_length=16)
+    source_id = peewee.IntegerField()
+    target_id = peewee.IntegerField()
+    task = peewee.ForeignKeyField(Task, null=True, on_delete="SET NULL")
+    owner = peewee.IntegerField(null=True)  # who asked (None: the administrator)
+    bytes_total = peewee.BigIntegerField(null=True)
+    bytes_done = peewee.BigIntegerField(default=0)
+    files_total = peewee.BigIntegerField(null=True)
+    files_done = peewee.BigIntegerField(default=0)
+    runs = peewee.IntegerField(default=1)
+    created_at = peewee.DoubleField(default=now)
+    updated_at = peewee.DoubleField(default=now)
+
+
+# TaskUpload and TaskFile are created by migration 0033, Transfer by 0034 (not 0002's list, so its tables
+# stay as they were).
 FARM_MODELS = [Node, Task, TaskEvent, TaskLog, Nonce, NodeJoinToken, Grant, DispatcherHealth, Housekeeping,
                Template, TemplateVersion, Schedule]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 
+import peewee
+
 from control.core.config import Settings
 from control.core.db import connection, write_transaction
 from control.core.models import now
@@ -55,14 +57,17 @@ def expired_leases(settings: Settings, t: float) -> list[int]:
     return ids
 
 
-def kill_list(settings: Settings, t: float) -> list[Task]:
-    """Active tasks to kill now, each with ``.node`` and ``.kill_reason``."""
+def kill_list(settings: Settings, t: float, scope: peewee.Expression | None = None) -> list[Task]:
+    """Active tasks to kill now, each with ``.node`` and ``.kill_reason``; only on the nodes of ``scope`` (a ``Node``
+    condition: the dispatcher's regions) when given, so a dispatcher reaches no other region's hosts."""
     resend = t - max(settings.task_lease, 5)
     overdue = Task.started_at.is_null(False) & ((Task.started_at + Task.timeout) < t)
     query = (Task.select(Task, Node).join(Node)
              .where(Task.state.in_(ACTIVE), Task.cancel_requested | overdue,
                     Task.kill_sent_at.is_null() | (Task.kill_sent_at < resend))
              .order_by(Task.id))
+    if scope is not None:
+        query = query.where(scope)
     out = []
     for task in query:
         kill_reason = "cancelled" if task.cancel_requested else "timed_out"
@@ -74,10 +79,10 @@ def kill_list(settings: Settings, t: float) -> list[Task]:
     return out
 
 
-def reap(settings: Settings) -> list[Task]:
-    """One reaper pass; returns the tasks the caller must kill on their nodes."""
+def reap(settings: Settings, scope: peewee.Expression | None = None) -> list[Task]:
+    """One reaper pass; returns the tasks the caller must kill on their nodes (those of ``scope``, if given)."""
     t = now()
     with connection():
         lost_nodes(settings, t)
         expired_leases(settings, t)
-        return kill_list(settings, t)
+        return kill_list(settings, t, scope)

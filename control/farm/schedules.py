@@ -41,7 +41,7 @@ from control.core.config import Settings
 from control.core.db import database, write_transaction
 from control.core.errors import ApiError, invalid, not_found
 from control.core.models import iso, now
-from control.core.schemas import MAX_ID, Input
+from control.core.schemas import MAX_ID, Input, exactly_one
 from control.farm import templates
 from control.farm.models import TERMINAL, Schedule, Task, Template
 from control.farm.webhooks import events as webhook_events
@@ -65,11 +65,7 @@ class ScheduleCreate(Input):
     skip_if_running: bool = Field(default=True, description=(
         "Skip a due time while a task of the template is still queued or running"))
 
-    @model_validator(mode="after")
-    def _one_timing(self) -> ScheduleCreate:
-        if (self.cron is None) == (self.interval is None):
-            raise ValueError('give exactly one of "cron" and "interval"')
-        return self
+    _one_timing = exactly_one("cron", "interval")
 
 
 class ScheduleUpdate(Input):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
-from control.core.schemas import MAX_ID, Input
+from control.core.schemas import MAX_ID, Input, exactly_one
 from control.farm.models import ANY, GRANT_TARGETS, TASK_STATES
 from control.registry.schemas import HOST
 
@@ -274,11 +274,7 @@ class GrantCreate(Input):
         "How far a submission may reach: single (one run, on any node of the queue or a named node), "
         "region (also a broadcast to a region), all (also a broadcast to every node)"))
 
-    @model_validator(mode="after")
-    def _one_holder(self) -> GrantCreate:
-        if (self.user is None) == (self.group is None):
-            raise ValueError('give exactly one of "user" and "group"')
-        return self
+    _one_holder = exactly_one("user", "group")
 
 
 class GrantOut(BaseModel):
@@ -446,3 +442,48 @@ class TaskFileOut(BaseModel):
     path: str = Field(description="Where it is in the space: task-<id>/<name>")
     attempt: int
     created_at: str
+
+
+# A path in a space: relative segments, none of them "..", no NUL (no look-around: pydantic's regex has none).
+_SEGMENT = r"(?:[^/.\x00][^/\x00]*|\.|\.[^/.\x00][^/\x00]*|\.\.[^/\x00]+)"
+SPACE_PATH = rf"^(?:{_SEGMENT}(?:/{_SEGMENT})*)?$"
+
+
+class TransferCreate(Input):
+    space: int = Field(ge=1, le=MAX_ID)
+    path: str = Field("", max_length=1024, pattern=SPACE_PATH,
+                      description="A file or directory in the space, relative to it; empty for the whole space")
+    source: int = Field(ge=1, le=MAX_ID, description="Provider the data is read from (and removed from: migrate, "
+                                                     "evict)")
+    target: int = Field(ge=1, le=MAX_ID, description="Provider it is copied to (evict: the one holding the replica "
+                                                     "that stays)")
+    kind: Literal["replicate", "migrate", "evict"]
+
+
+class TransferProgress(Input):
+    """Signed by the node running the transfer's task attempt."""
+
+    attempt: int = Field(ge=1, le=1000)
+    bytes_total: int = Field(ge=0, le=MAX_ID)
+    files_total: int = Field(ge=0, le=MAX_ID)
+    bytes_done: int = Field(ge=0, le=MAX_ID)
+    files_done: int = Field(ge=0, le=MAX_ID)
+
+
+class TransferOut(BaseModel):
+    id: int
+    space_id: int
+    path: str
+    kind: str
+    source_id: int
+    target_id: int
+    state: Literal["scheduled", "enqueued", "active", "completed", "failed", "cancelled"]
+    reason: str = Field(description="The task's last reason (why it failed, who cancelled it)")
+    task_id: int | None
+    runs: int
+    bytes_total: int | None = Field(description="Bytes to move, once the program has listed the source")
+    bytes_done: int
+    files_total: int | None
+    files_done: int
+    created_at: str
+    updated_at: str

@@ -104,6 +104,9 @@ def prepare(req: TaskCreate, settings: Settings, origin: Origin | None = None, *
         raise invalid(f"name: unknown task type {req.name!r} (known: {known})") from None
     if problems:
         raise invalid("; ".join(problems))
+    made_by_zone = catalogue.internal(req.name)
+    if made_by_zone is not None:
+        raise invalid(f"name: task type {req.name!r} is not submitted: {made_by_zone}")
     image = catalogue.image_problem(req.name, req.params, settings.container_image_patterns)
     if image is not None:
         raise invalid(image)

@@ -10,12 +10,11 @@ The nodes secret itself never belongs on a node: a file that holds it is refused
 
 from __future__ import annotations
 
-import configparser
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from control.node.secretfile import InsecureFileError, require_private
+from control.node.secretfile import read_section
 
 SECTION = "node"
 
@@ -111,20 +110,7 @@ def _generation(value: int) -> int:
 def load_node_config(path: str | os.PathLike[str], *, require_key: bool = True) -> NodeConfig:
     """Read and check a node's INI file; ``require_key=False`` only for enrolling (it has none yet)."""
     p = Path(path).resolve()
-    try:
-        require_private(p, "the node key")
-    except FileNotFoundError:
-        raise NodeConfigError(f"{p}: no such node config") from None
-    except InsecureFileError as exc:
-        raise NodeConfigError(str(exc)) from None
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read(p)
-    except configparser.Error as exc:
-        raise NodeConfigError(f"{p}: {exc}") from None
-    if not parser.has_section(SECTION):
-        raise NodeConfigError(f"{p}: missing [{SECTION}] section")
-    sec = parser[SECTION]
+    sec = read_section(p, SECTION, NodeConfigError, what="the node key")
     if "nodes_secret" in sec:
         raise NodeConfigError(f"{p}: [{SECTION}] nodes_secret does not belong on a node; write its own "
                               "node_key instead (the worker role derives it, or use zonefarm node enroll)")
@@ -190,6 +176,4 @@ def write_node_config(path: str | os.PathLike[str], **values: object) -> Path:
 
 def read_node_values(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``[node]`` section as written, for rewriting it with a key (``zonefarm node enroll``)."""
-    parser = configparser.ConfigParser(interpolation=None)
-    parser.read(path)
-    return dict(parser[SECTION]) if parser.has_section(SECTION) else {}
+    return dict(read_section(path, SECTION, NodeConfigError))

@@ -323,6 +323,13 @@ def _say(message: str) -> None:
     os.write(1, f"zonefarm: {message}\n".encode(errors="replace"))
 
 
+def _step_failed(label: str, code: int) -> bool:
+    """Whether a step's exit code stops the steps after it; a labelled step says so in the log."""
+    if code != 0 and label:
+        _say(f"{label} failed with exit code {code}")
+    return code != 0
+
+
 def _report(**data: Any) -> None:
     """One JSON line on the control channel (stderr), read by the runner."""
     os.write(2, (json.dumps(data) + "\n").encode())
@@ -734,9 +741,7 @@ class Helper:
                 else:
                     preexec = self._drop(account.uid, account.gid, [], self.workdir(task_dir), self._rlimits())
                 code = self._spawn_and_watch(argv, env, preexec, account.uid)
-                if code != 0:
-                    if label:
-                        _say(f"{label} failed with exit code {code}")
+                if _step_failed(label, code):
                     break
             return code
         finally:
@@ -939,9 +944,7 @@ class Helper:
                     _say(self.reason)
                 else:
                     self._note_foreign_signal(code)
-                if code != 0:
-                    if label:
-                        _say(f"{label} failed with exit code {code}")
+                if _step_failed(label, code):
                     break
             return code
         finally:

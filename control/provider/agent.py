@@ -29,7 +29,6 @@ with the provider's own token and the size it grants.
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from control.node.client import ApiClient, Bearer, Response, TransportError
-from control.node.secretfile import InsecureFileError, require_private
+from control.node.secretfile import private_file, read_section
 
 SECTION = "provider"
 REVOKED = ".revoked"
@@ -93,12 +92,7 @@ class ProviderConfig:
 
 
 def _read_token(path: Path) -> str:
-    try:
-        require_private(path, "the provider token")
-    except FileNotFoundError:
-        raise ProviderConfigError(f"{path}: no such token file") from None
-    except InsecureFileError as exc:
-        raise ProviderConfigError(str(exc)) from None
+    private_file(path, "the provider token", ProviderConfigError)
     token = path.read_text(encoding="utf-8").strip()
     if not token:
         raise ProviderConfigError(f"{path}: empty token file")
@@ -107,15 +101,7 @@ def _read_token(path: Path) -> str:
 
 def load_provider_config(path: str | os.PathLike[str]) -> ProviderConfig:
     p = Path(path).resolve()
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        if not parser.read(p):
-            raise ProviderConfigError(f"{p}: no such provider config")
-    except configparser.Error as exc:
-        raise ProviderConfigError(f"{p}: {exc}") from None
-    if not parser.has_section(SECTION):
-        raise ProviderConfigError(f"{p}: missing [{SECTION}] section")
-    sec = parser[SECTION]
+    sec = read_section(p, SECTION, ProviderConfigError)
     for key in ("api_url", "provider_id", "token_file", "storage_path"):
         if not sec.get(key, "").strip():
             raise ProviderConfigError(f"{p}: [{SECTION}] {key} is required")

@@ -28,8 +28,8 @@ changes a caller may list are exactly the ones it could read one by one
 it too: a group's parents and ancestors are listed as far as the caller sees them (its
 children, like its members, to whoever reads the group), and another user's effective
 groups and spaces only where the caller is a member itself. Resources a user owns inside
-an optional space (the farm's tasks) follow ``see_owned`` / ``cancel_owned`` /
-``submit_into_space``, so the farm asks here instead of keeping its own copy.
+an optional space (the farm's tasks) follow ``see_owned`` / ``visible_owned`` /
+``cancel_owned`` / ``submit_into_space``, so the farm asks here instead of keeping its own copy.
 
 Effective roles include the roles reached through nested groups (see
 ``control.registry.membership``). ``tests/test_permissions.py`` holds the matrix.
@@ -281,6 +281,44 @@ def see_owned(principal: Principal, owner_id: int | None, space_id: int | None, 
     if may_see_owned(None if principal.is_root else principal.user.id, owner_id, space_id):
         return
     raise forbidden(f"only the submitter, members of the {what}'s space and the administrator may see it")
+
+
+def visible_owned(principal: Principal, owner: peewee.Field, space: peewee.Field) -> peewee.Expression | None:
+    """The list form of ``see_owned``: which rows of resources a user owns inside an optional
+    space (the farm's tasks; ``owner`` and ``space`` are their columns) the caller may list.
+    None means all (root). A user lists what it submitted and what lies in its spaces, exactly
+    the rows it could read one by one; the route filters with it rather than keep a copy."""
+    require_user_or_root(principal)
+    if principal.is_root:
+        return None
+    uid = principal.user.id
+    return (owner == uid) | space.in_(sorted(membership.user_spaces(uid)) or [0])
+
+
+def read_task_file(principal: Principal, owner_id: int | None, space_id: int | None) -> None:
+    """A task's output is read by whoever may see the task: the data is the space's, and its
+    members already reach it by SFTP; anyone else gets the listing's 403."""
+    see_owned(principal, owner_id, space_id, "task")
+
+
+def schedule_transfer(principal: Principal, space_id: int) -> Space:
+    """Replicating, migrating and evicting a space's data take its admin role (Onezone's
+    schedule-replication privilege): they move storage the providers granted to the space."""
+    require_user_or_root(principal)
+    if Space.get_or_none(Space.id == space_id) is None:
+        raise invalid(f"space: space {space_id} not found")
+    return space_access(principal, space_id, "admin")[0]
+
+
+def see_transfer(principal: Principal, space_id: int) -> None:
+    """A transfer is seen by the space's members (its data), its providers and the administrator."""
+    space_access(principal, space_id, READ)
+
+
+def change_transfer(principal: Principal, space_id: int) -> None:
+    """Cancelling or rerunning a transfer is scheduling one: the space's admin role."""
+    require_user_or_root(principal)
+    space_access(principal, space_id, "admin")
 
 
 def cancel_owned(principal: Principal, owner_id: int | None, space_id: int | None, what: str) -> None:

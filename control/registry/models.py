@@ -39,17 +39,32 @@ class Owned(BaseModel):
     updated_at = peewee.DoubleField(default=now)
 
 
+def _role_link(name: str, owner: str, owner_model: type[Owned], member: str,
+               member_model: type[BaseModel]) -> type[BaseModel]:
+    """A membership table: ``member`` holds one ``role`` in ``owner``, once (a unique pair).
+
+    Groups and spaces take users, and spaces take groups, by the same rule, so the table is
+    declared once. The columns come in the order written here (id, owner, member, role),
+    which is the order the tables were created in: the schema does not change.
+    """
+    class Meta:
+        indexes = (((owner, member), True),)
+
+    return type(name, (BaseModel,), {
+        "__module__": __name__,
+        "__doc__": f"A {member}'s role in a {owner}.",
+        owner: peewee.ForeignKeyField(owner_model, on_delete="CASCADE"),
+        member: peewee.ForeignKeyField(member_model, on_delete="CASCADE"),
+        "role": peewee.CharField(max_length=10, default="member"),
+        "Meta": Meta,
+    })
+
+
 class Group(Owned):
     pass
 
 
-class GroupUser(BaseModel):
-    group = peewee.ForeignKeyField(Group, on_delete="CASCADE")
-    user = peewee.ForeignKeyField(User, on_delete="CASCADE")
-    role = peewee.CharField(max_length=10, default="member")
-
-    class Meta:
-        indexes = ((("group", "user"), True),)
+GroupUser = _role_link("GroupUser", "group", Group, "user", User)
 
 
 class GroupChild(BaseModel):
@@ -64,22 +79,8 @@ class Space(Owned):
     pass
 
 
-class SpaceUser(BaseModel):
-    space = peewee.ForeignKeyField(Space, on_delete="CASCADE")
-    user = peewee.ForeignKeyField(User, on_delete="CASCADE")
-    role = peewee.CharField(max_length=10, default="member")
-
-    class Meta:
-        indexes = ((("space", "user"), True),)
-
-
-class SpaceGroup(BaseModel):
-    space = peewee.ForeignKeyField(Space, on_delete="CASCADE")
-    group = peewee.ForeignKeyField(Group, on_delete="CASCADE")
-    role = peewee.CharField(max_length=10, default="member")
-
-    class Meta:
-        indexes = ((("space", "group"), True),)
+SpaceUser = _role_link("SpaceUser", "space", Space, "user", User)
+SpaceGroup = _role_link("SpaceGroup", "space", Space, "group", Group)
 
 
 class Provider(BaseModel):

@@ -9,7 +9,7 @@ import pydantic
 
 from control import __version__
 from control.core.schemas import MAX_ID
-from control.web.routing import API_PREFIX, ROUTES, Query, RouteSpec, route
+from control.web.routing import API_PREFIX, BINARY, ROUTES, Query, RouteSpec, route
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -107,6 +107,9 @@ def _operation(spec: RouteSpec, components: dict[str, Any]) -> dict[str, Any]:
     for status, model in spec.responses.items():
         if model is None:
             op["responses"][str(status)] = {"description": "No content"}
+        elif model == BINARY:
+            op["responses"][str(status)] = {"description": "The bytes", "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
         else:
             op["responses"][str(status)] = {"description": "OK", "content": {
                 "application/json": {"schema": _schema_ref(model, components)}}}

@@ -15,7 +15,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +79,7 @@ class RouteSpec:
     query: dict[str, Query] = field(default_factory=dict)
     str_params: tuple[str, ...] = ()
     read_only_ok: bool = False  # a write a read-only token may still make (revoking itself)
+    path_params: tuple[str, ...] = ()  # string params that may hold "/" (the last segment: a file's name)
 
     @property
     def full_path(self) -> str:
@@ -87,6 +88,8 @@ class RouteSpec:
     def bottle_path(self) -> str:
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
+            if name in self.path_params:
+                return f"<{name}:path>"
             return f"<{name}>" if name in self.str_params else f"<{name}:int>"
         return _PARAM.sub(repl, self.full_path)
 
@@ -96,12 +99,14 @@ class RouteSpec:
     def matches(self, path: str) -> bool:
         """Whether Bottle would route the concrete ``path`` here (whatever the method)."""
         parts = _PARAM.split(self.full_path)  # literal, name, literal, name, ..., literal
-        rx = "".join(re.escape(p) if i % 2 == 0 else ("[^/]+" if p in self.str_params else "-?[0-9]+")
+        rx = "".join(re.escape(p) if i % 2 == 0 else (".+" if p in self.path_params else "[^/]+"
+                                                      if p in self.str_params else "-?[0-9]+")
                      for i, p in enumerate(parts))
         return re.fullmatch(rx, path) is not None
 
 
 ROUTES: list[RouteSpec] = []
+BINARY = "binary"  # a ``responses`` value: raw bytes (application/octet-stream), not JSON
 
 
 def route(method: str, path: str, *, summary: str, tag: str,
@@ -110,10 +115,12 @@ def route(method: str, path: str, *, summary: str, tag: str,
           responses: dict[int, Any] | None = None, auth: str = "bearer",
           query: dict[str, Query] | None = None,
           str_params: tuple[str, ...] = (),
+          path_params: tuple[str, ...] = (),
           read_only_ok: bool = False,
           name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a route. ``responses`` maps status to a pydantic model, ``None`` (no body) or a
-    JSON-schema dict. Path parameters are integers unless named in ``str_params``.
+    JSON-schema dict. Path parameters are integers unless named in ``str_params``; those also
+    named in ``path_params`` may hold "/" (a file's name in a task's directory).
     ``read_only_ok`` lets a read-only token make this write (only revoking itself needs it).
     ``name`` is the operation id where one function, made per kind of resource (groups and
     spaces), serves several routes; by default it is the function's own name.
@@ -126,8 +133,8 @@ def route(method: str, path: str, *, summary: str, tag: str,
         if name is not None:
             fn.__name__ = fn.__qualname__ = name
         ROUTES.append(RouteSpec(method.upper(), path, fn, summary, tag, body, form,
-                                responses or {200: None}, auth, query or {}, str_params,
-                                read_only_ok))
+                                responses or {200: None}, auth, query or {}, (*str_params, *path_params),
+                                read_only_ok, path_params))
         return fn
 
     return deco
@@ -142,6 +149,18 @@ class Reply:
     status: int
     payload: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Stream:
+    """A body that is not JSON, sent as it is produced (a file streamed from a provider).
+
+    ``body`` is iterated after the request's database connection is closed: it must need
+    none. Bottle reads its first chunk before it sends the headers."""
+
+    status: int
+    headers: dict[str, str]
+    body: Iterator[bytes]
 
 
 @dataclass
@@ -343,7 +362,7 @@ def _node_call(spec: RouteSpec, settings: Settings, params: dict[str, Any], raw:
 def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
     writes = spec.method in WRITE_METHODS
 
-    def callback(**params: Any) -> str:
+    def callback(**params: Any) -> str | Iterator[bytes]:
         """Handle one request as its caller (the audit actor) and time it for ``GET /metrics``."""
         started = time.perf_counter()
         with actors.acting("anonymous"):
@@ -359,7 +378,7 @@ def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
                 metrics.observe_callback(spec.full_path, signed_at)
         return out
 
-    def handle(**params: Any) -> str:
+    def handle(**params: Any) -> str | Iterator[bytes]:
         req = bottle.request
         try:
             raw = _read_body() if (spec.body or spec.form or spec.auth == "node") else b""
@@ -391,6 +410,11 @@ def _make_callback(spec: RouteSpec, settings: Settings) -> Callable[..., str]:
                         raise result  # returned, not raised: its writes are committed
                 if isinstance(result, Reply) and callable(result.payload):
                     result = Reply(result.status, result.payload(), result.headers)
+            if isinstance(result, Stream):
+                bottle.response.status = result.status
+                for k, v in result.headers.items():
+                    bottle.response.set_header(k, v)
+                return result.body
             if isinstance(result, Reply):
                 return _respond(result.status, result.payload, result.headers)
             if result is None:

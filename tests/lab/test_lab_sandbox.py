@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from control.node.signing import derive_node_key
 from tests.lab import deploy
-from tests.lab.inventory import api_base, ca_file, lab_secrets
+from tests.lab.api import RootApi
+from tests.lab.inventory import lab_secrets
 from tests.lab.lab import DOCKER_HOSTS, Lab
 from tests.security.test_task_reads_secrets import PROBE
 from tests.security.test_template_injection import payloads
@@ -52,19 +52,8 @@ GROW = ("import time\nb = []\nfor i in range(64):\n    b.append(bytearray(8 << 2
         "print('survived', flush=True)\n")
 
 
-class Api:
-    """The zone's REST API as root (as test_lab_e2e's); every call fails the test with the error it got."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.base = api_base(lab)
-        self.session = requests.Session()
-        self.verify = str(ca_file(lab))
-        self.session.headers["Authorization"] = f"Bearer {lab_secrets(lab)['root_secret']}"
-
-    def call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201)) -> Any:
-        resp = self.session.request(method, self.base + path, json=body, timeout=15, verify=self.verify)
-        assert resp.status_code in expect, f"{method} {path} -> {resp.status_code} {resp.text}"
-        return resp.json() if resp.content else None
+class Api(RootApi):
+    """The zone's REST API as root (as test_lab_e2e's), with the task calls this module makes."""
 
     def task(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.call("POST", "/tasks", {"timeout": 120, "max_attempts": 1, **body})

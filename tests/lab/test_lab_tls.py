@@ -20,7 +20,8 @@ import pytest
 import requests
 import trustme
 
-from tests.lab.inventory import api_base, ca_file, lab_secrets
+from tests.lab.api import RootApi
+from tests.lab.inventory import ca_file
 from tests.lab.lab import Lab
 from tests.support.waiting import wait_for
 
@@ -29,20 +30,7 @@ ZONEFARM = "/opt/zonefarm/venv/bin/zonefarm"
 ETC = "/etc/zonefarm"
 
 
-class Api:
-    """The zone's API as root, checked against the lab's site CA."""
-
-    def __init__(self, lab: Lab) -> None:
-        self.base = api_base(lab)
-        self.session = requests.Session()
-        # Per request: requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify.
-        self.verify = str(ca_file(lab))
-        self.session.headers["Authorization"] = f"Bearer {lab_secrets(lab)['root_secret']}"
-
-    def call(self, method: str, path: str, body: Any = None, expect: tuple[int, ...] = (200, 201)) -> Any:
-        resp = self.session.request(method, self.base + path, json=body, timeout=15, verify=self.verify)
-        assert resp.status_code in expect, f"{method} {path} -> {resp.status_code} {resp.text}"
-        return resp.json() if resp.content else None
+Api = RootApi  # the zone's API as root, checked against the lab's site CA
 
 
 @pytest.fixture(scope="module")

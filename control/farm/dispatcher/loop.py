@@ -31,7 +31,7 @@ from typing import Any
 from control.core import actor as actors
 from control.core.config import Settings
 from control.core.db import connection, init_database
-from control.farm import claims, nodes, reaper, retention, schedules, states, telemetry, uploads
+from control.farm import claims, nodes, reaper, regions, retention, schedules, states, telemetry, transfers, uploads
 from control.farm.catalogue import UnknownTaskType, playbook
 from control.farm.dispatcher import CLAIM_LIMIT
 from control.farm.dispatcher import job as jobs
@@ -70,6 +70,7 @@ class Dispatcher:
         self.seq = 0
         self.stats = telemetry.RoundStats()
         self.flushed_at = 0.0
+        self.regions = settings.dispatch_region_names
 
     def cancelled(self) -> bool:
         """The job's cancel callback: a stopping dispatcher abandons its job.
@@ -94,17 +95,51 @@ class Dispatcher:
         with actors.acting(self.actor):
             return self._run_round()
 
+    def scope(self) -> regions.Scope:
+        """Which nodes this round serves: the dispatcher's regions and those no other live
+        dispatcher holds (``control.farm.regions``)."""
+        with connection():
+            return regions.scope(self.ident, self.regions, time.time(), self.settings.dispatch_region_lease)
+
+    def announce(self) -> None:
+        with connection():
+            regions.announce(self.ident, self.regions, time.time(), self.settings.dispatch_region_lease)
+
+    def keep_regions(self, done: threading.Event) -> None:
+        """Renew the regions every quarter of their lease from a thread of its own until ``done``:
+        a round's job can take longer than the lease, and a hold that lapsed meanwhile would let
+        the other dispatchers serve this one's region."""
+        every = self.settings.dispatch_region_lease / 4
+        while not done.wait(every) and not self.stop.is_set():
+            try:
+                self.announce()
+            except Exception:
+                log.exception("could not renew the regions; retrying")
+
+    def withdraw(self) -> None:
+        """Hand this dispatcher's regions to the others now rather than when their lease runs out."""
+        if not self.regions:
+            return
+        try:
+            with connection():
+                regions.withdraw(self.ident, self.regions)
+        except Exception:
+            log.exception("could not withdraw the regions; the others take them when the lease runs out")
+
     def _run_round(self) -> Round:
         started = time.monotonic()
-        kills = reaper.reap(self.settings)
+        serving = self.scope().clause()
+        kills = reaper.reap(self.settings, serving)
         tasks = claims.claim(self.ident, self.claim_limit, lease=self.settings.task_lease,
                              placement=self.settings.dispatch_placement,
-                             reserve_after=self.settings.placement_reserve_after)
+                             reserve_after=self.settings.placement_reserve_after, nodes=serving)
         targets: dict[int, dict[str, Any]] = {}
         if tasks:
             tasks = self._known_types(tasks)
             with connection():
                 tasks, targets = uploads.plan(tasks)  # an uploader with nowhere to upload fails now
+                tasks, endpoints = transfers.plan(tasks)  # a transfer's two providers
+                targets.update(endpoints)
         if not tasks and not kills:
             return Round()
         with connection():
@@ -227,8 +262,19 @@ class Dispatcher:
             return []
 
     def serve(self, max_rounds: int | None = None) -> None:
+        keeper, done = None, threading.Event()
+        if self.regions:
+            self.announce()  # held before the first claim
+            keeper = threading.Thread(target=self.keep_regions, args=(done,), name="regions", daemon=True)
+            keeper.start()
         with actors.acting(self.actor):
-            self._serve(max_rounds)
+            try:
+                self._serve(max_rounds)
+            finally:
+                done.set()
+                if keeper is not None:
+                    keeper.join(5)
+                self.withdraw()
 
     def _serve(self, max_rounds: int | None) -> None:
         rounds = 0
@@ -272,6 +318,7 @@ def main(settings: Settings, *, ident: str | None, claim_limit: int, rounds: int
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("dispatcher %s: jobs in %s", dispatcher.ident, dispatcher.jobs_dir)
+    log.info("dispatcher %s: jobs in %s; regions: %s", dispatcher.ident, dispatcher.jobs_dir,
+             ", ".join(dispatcher.regions) or "all not held by another dispatcher")
     dispatcher.serve(max_rounds=rounds)
     return 0

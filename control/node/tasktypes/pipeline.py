@@ -165,6 +165,22 @@ class Reporter:
             return
 
 
+def part_name(remote: str, attempt: int) -> str:
+    """Where try ``attempt`` writes ``remote`` until it is whole (hidden, next to it)."""
+    return posixpath.join(posixpath.dirname(remote), f".{posixpath.basename(remote)}.part{attempt}")
+
+
+def _drop_earlier_parts(sftp: Any, remote: str, attempt: int) -> None:
+    """The partial files of this run's earlier tries (a connection cut mid-file): the whole file is
+    in place now, so they are only bytes counted against the space. A killed run's parts are
+    overwritten by the next run's tries of the same number."""
+    for earlier in range(1, attempt):
+        try:
+            sftp.remove(part_name(remote, earlier))
+        except OSError:
+            pass  # that try had not begun this file
+
+
 def _upload_once(upload: dict[str, Any], files: list[tuple[Path, str, str]], attempt: int,
                  reporter: Reporter, root: Path) -> None:
     sftp = _connect(upload)
@@ -172,14 +188,23 @@ def _upload_once(upload: dict[str, Any], files: list[tuple[Path, str, str]], att
         check_marker(sftp, upload)
         for local, remote, digest in files:
             _makedirs(sftp, posixpath.dirname(remote))
-            tmp = posixpath.join(posixpath.dirname(remote), f".{posixpath.basename(remote)}.part{attempt}")
+            tmp = part_name(remote, attempt)
             sftp.put(str(local), tmp, confirm=True)
             sftp.posix_rename(tmp, remote)
+            _drop_earlier_parts(sftp, remote, attempt)
             say(f"uploaded {local.name} -> {upload['sftp_host']}:{remote}")
             reporter.landed(local.relative_to(root).as_posix(), local.stat().st_size, digest)
     finally:
+        _close_quietly(sftp)
+
+
+def _close_quietly(sftp: Any) -> None:
+    """Closing a session whose connection was cut raises EOFError; it is closed either way."""
+    try:
         sftp.close()
-        sftp.sshclient.close()
+    except (OSError, EOFError):
+        pass
+    sftp.sshclient.close()
 
 
 def upload_outputs(spec: dict[str, Any], tdir: Path, paths: list[Path]) -> list[dict[str, Any]]:
@@ -199,7 +224,7 @@ def upload_outputs(spec: dict[str, Any], tdir: Path, paths: list[Path]) -> list[
             _upload_once(upload, files, attempt, reporter, root)
             return [{"path": p.relative_to(root).as_posix(), "remote": r, "size": p.stat().st_size, "sha256": d}
                     for p, r, d in files]
-        except (OSError, paramiko.SSHException) as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:  # EOFError: paramiko's "connection cut"
             say(f"upload attempt {attempt}/{UPLOAD_ATTEMPTS} failed: {type(exc).__name__}: {exc}")
             if attempt == UPLOAD_ATTEMPTS:
                 raise
@@ -226,8 +251,8 @@ def upload() -> int:
         uploaded = upload_outputs(spec, tdir, outputs_in(tdir, list(spec["params"].get("outputs") or [])))
     except QuotaRefused as exc:
         return _failed(attempt_dir, f"upload refused over quota: {exc}")
-    except (OSError, ValueError, RuntimeError, paramiko.SSHException) as exc:
-        return _failed(attempt_dir, f"upload failed: {exc}")
+    except (OSError, EOFError, ValueError, RuntimeError, paramiko.SSHException) as exc:
+        return _failed(attempt_dir, f"upload failed: {str(exc) or type(exc).__name__}")
     write_outputs(attempt_dir, {"uploaded": uploaded})
     return 0
 

@@ -40,6 +40,7 @@ from control.web.dashboard.session import (
     start_session,
     take_flash,
 )
+from control.web.dashboard.workload import WorkloadPages
 
 STATIC = Path(__file__).parent / "static"
 PAGE = 50
@@ -119,8 +120,9 @@ def _resource(value: Any, key: str) -> str:
     return str(value)
 
 
-class Dashboard:
-    """The Bottle application serving ``/``: pages, fragments, forms and static assets."""
+class Dashboard(WorkloadPages):
+    """The Bottle application serving ``/``: pages, fragments, forms and static assets (the
+    workload pages, templates, schedules and webhooks, in ``workload.WorkloadPages``)."""
 
     def __init__(self, api_app: WsgiApp, settings: Settings) -> None:
         self.api = InProcessApi(api_app)
@@ -178,6 +180,7 @@ class Dashboard:
         r("/registry/<tab>", "GET", self.registry_page)
         r("/changes", "GET", self.changes_page)
         r("/changes/live", "GET", self.changes_live)
+        self.install_workload()
 
     @staticmethod
     def _htmx() -> bool:
@@ -548,7 +551,9 @@ class Dashboard:
     # ---- submit ------------------------------------------------------------------------
 
     def _submit_context(self, session: Session, chosen: str) -> dict[str, Any]:
-        types = self._get(session, "/task-types")
+        # types the zone makes tasks of itself (transfers) are listed by the API but refused on submission
+        types = [t for t in self._get(session, "/task-types")
+                 if not (t["params_schema"] or {}).get("x-zonefarm-internal")]
         names = [t["name"] for t in types]
         if chosen not in names:
             chosen = "shell" if "shell" in names else (names[0] if names else "")

@@ -7,7 +7,8 @@ from control.web.routes import health
 from control.web import openapi
 from control.web.routes import tokens, roottoken, users, groups, spaces, providers, support, invites, changes
 from control.web.routes import nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules, webhooks
-from control.web.routes import taskfiles
+from control.web.routes import taskfiles, transfers
 
 RESOURCES = (health, openapi, tokens, roottoken, users, groups, spaces, providers, support, invites, changes,
-             nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules, webhooks, taskfiles)
+             nodes, tasks, batch, grants, queues, inventory, audit, templates, schedules, webhooks, taskfiles,
+             transfers)

@@ -7,12 +7,12 @@ from typing import Any
 
 from control.core.models import iso
 from control.core.schemas import Page
-from control.farm import taskfiles
+from control.farm import downloads, taskfiles
 from control.farm.models import TaskFile
 from control.farm.schemas import FileLanded, TaskFileOut
-from control.registry.access import see_owned
+from control.registry.access import read_task_file, see_owned
 from control.web.routes.tasks import get_task
-from control.web.routing import Context, paginate, paginated_query, route
+from control.web.routing import BINARY, Context, Stream, paginate, paginated_query, route
 
 TAG = "tasks"
 
@@ -29,6 +29,18 @@ def list_task_files(ctx: Context, id: int) -> dict[str, Any]:
     task = get_task(id)
     see_owned(ctx.principal, task.owner, task.space_id, "task")
     return paginate(taskfiles.of_task(task.id), ctx, TaskFile.name, file_out)
+
+
+@route("GET", "/tasks/{id}/files/{name}",
+       summary="Download one uploaded output (streamed from its provider; one `Range: bytes=a-b`, `a-` or `-n` "
+               "gives 206 with Content-Range, 416 past the end; ETag is its SHA-256). `name` as listed, "
+               "slashes included", tag=TAG, path_params=("name",),
+       responses={200: BINARY, 206: BINARY})
+def download_task_file(ctx: Context, id: int, name: str) -> Stream:
+    task = get_task(id)
+    read_task_file(ctx.principal, task.owner, task.space_id)
+    opened = downloads.open_download(ctx.settings, downloads.landed(task.id, name), ctx.headers.get("Range"))
+    return Stream(206 if opened.span.partial else 200, opened.headers(), opened.chunks())
 
 
 @route("POST", "/tasks/{id}/files",

@@ -33,8 +33,7 @@ from control.farm.schemas import (
     TaskTypeList,
     TaskTypeOut,
 )
-from control.registry import membership
-from control.registry.access import cancel_owned, see_owned
+from control.registry.access import cancel_owned, see_owned, visible_owned
 from control.registry.identity import require_user_or_root
 from control.web.listing import query_time
 from control.web.routing import Context, Query, Reply, route
@@ -117,10 +116,9 @@ def _filtered(ctx: Context) -> peewee.ModelSelect:
     """The tasks the caller may see that match the query's filters: the list's and the counts'."""
     q = ctx.query
     query = _with_node()
-    if not ctx.principal.is_root:
-        uid = ctx.principal.user.id
-        spaces = list(membership.user_spaces(uid))
-        query = query.where((Task.owner == uid) | Task.space_id.in_(spaces or [0]))
+    seen = visible_owned(ctx.principal, Task.owner, Task.space_id)
+    if seen is not None:
+        query = query.where(seen)
     if q.get("state"):
         query = query.where(Task.state == q["state"])
     if q["node"]:
