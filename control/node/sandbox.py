@@ -26,8 +26,10 @@ limits, the task's own params) and closes it. The helper then
    the directory to the agent: entries owned by the identity are chowned to the caller,
    set-id bits cleared, nothing else touched (no symlink is followed, a hard link to a file
    the task does not own is left alone);
-5. reports on **stderr**, one JSON line: exit code, reason (``memory limit exceeded ...``) and
-   where the directory is. The task's stdout and stderr are the helper's stdout.
+5. reports on **stderr**, one JSON line: exit code, reason (``memory limit exceeded ...``,
+   ``killed by SIGTERM, which zonefarm did not send ...``), where the directory is, whether
+   this helper was told to stop (``stopped``) and whether the host is going down
+   (``node_stopping``). The task's stdout and stderr are the helper's stdout.
 
 ``mode: runner`` (container tasks) takes the identity and the directory the same way but
 runs the given trusted program as the *caller* (the agent, which may use Docker), with the
@@ -874,9 +876,8 @@ class Helper:
                     grace_until = time.monotonic() + KILL_GRACE
 
     def _unit_result(self, unit: str) -> tuple[str, int | None]:
-        show = subprocess.run(["systemctl", "show", "--property=Result,ExecMainCode,ExecMainStatus", unit],
-                              capture_output=True, text=True, check=False)
-        props = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+        show = _systemctl("show", "--property=Result,ExecMainCode,ExecMainStatus", unit)
+        props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
         code: int | None = None
         try:
             status = int(props.get("ExecMainStatus", ""))
@@ -884,8 +885,7 @@ class Helper:
             code = status if how == 1 else -status if how in (2, 3) else None  # CLD_EXITED, CLD_KILLED, CLD_DUMPED
         except ValueError:
             pass
-        subprocess.run(["systemctl", "reset-failed", unit], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _systemctl("reset-failed", unit)
         return props.get("Result", ""), code
 
     def run_systemd(self, root_fd: int) -> int:
@@ -1069,13 +1069,18 @@ class OomNotifier:
             os.close(self.efd)
 
 
-def _unit_property(unit: str, name: str) -> str:
-    """One property of the unit; empty when systemd does not answer (within 5 s: a host going down)."""
+def _systemctl(*args: str) -> str:
+    """``systemctl`` with its output; empty when systemd does not answer within 5 s (a host going
+    down), so the sandbox never holds a shutdown up waiting on it."""
     try:
-        return subprocess.run(["systemctl", "show", "--value", f"--property={name}", unit],
-                              capture_output=True, text=True, check=False, timeout=5).stdout.strip()
-    except subprocess.TimeoutExpired:
+        return subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def _unit_property(unit: str, name: str) -> str:
+    return _systemctl("show", "--value", f"--property={name}", unit).strip()
 
 
 def _await_unit_end(unit: str, patience: float = 2 * KILL_GRACE + 5) -> None:
@@ -1096,8 +1101,7 @@ def _unit_memory(unit: str) -> int:
 
 
 def _systemctl_kill(unit: str, sig: str) -> None:
-    subprocess.run(["systemctl", "kill", f"--signal={sig}", unit], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _systemctl("kill", f"--signal={sig}", unit)
 
 
 def _account_name(uid: int) -> str:
