@@ -24,6 +24,7 @@ import pytest
 from control.node import runner
 from control.node.config import write_node_config
 from control.node.runner import run_batch
+from tests.support import fakesystemd
 from tests.support.recorder import SECRET, Recorder, recording_server, spec_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,3 +271,64 @@ def test_sandbox_directories_left_behind_are_pruned(tmp_path: Path) -> None:
                                                 node_key=SECRET, sandbox_policy=str(policy)))
     assert prune_sandbox_dirs(config, keep_seconds=7 * 86400) == [str(old)]
     assert fresh.exists() and foreign.exists() and not old.exists()
+
+
+def test_a_runner_told_to_stop_stops_its_tasks_and_reports_no_result(recorder: tuple[Recorder, str], node: Path,
+                                                                      tmp_path: Path) -> None:
+    """SIGTERM to the runner (its unit stopped, a shutdown's kill of every process): the node is
+    going down. The task is stopped, nothing is reported (the lease requeues it elsewhere) and the
+    runner ends within the kill grace instead of retrying reports into a dying network."""
+    rec, _ = recorder
+    tdir = spec_dir(tmp_path, 15, ["sleep", "30"], lease=30)
+    runner_proc = subprocess.Popen([sys.executable, "-m", "control.node.runner", "run", "--node-config", str(node),
+                                    str(tdir)], start_new_session=True, cwd=ROOT)
+    rec.wait_for(15, "started")
+    asked = time.monotonic()
+    runner_proc.send_signal(signal.SIGTERM)
+    assert runner_proc.wait(30) == 0
+    assert time.monotonic() - asked < runner.KILL_GRACE + 3
+    assert [e["event"] for e in rec.of(15)] == ["started"]
+    assert (tdir / runner.GOING_DOWN).exists() and (tdir / "done").exists()
+    assert "the node is going down" in (tdir / "output.log").read_text()
+    with pytest.raises(ProcessLookupError):  # the sandbox's group, and the task in it, are gone
+        os.killpg(int((tdir / "child.pid").read_text()), 0)
+
+
+def test_a_task_killed_while_the_host_stops_is_left_to_its_lease(
+        recorder: tuple[Recorder, str], node: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task killed by a SIGTERM zonefarm did not send ends `failed` naming the signal, except while
+    systemd stops the host: then the runner reports no result at all. systemd is not PID 1 here, so a
+    stand-in `systemctl` (tests/support/fakesystemd.py) answers `is-system-running`."""
+    rec, _ = recorder
+    env = fakesystemd.install(tmp_path / "bin", tmp_path / "systemd")
+    monkeypatch.setenv("PATH", env["PATH"])  # the sandbox gets the runner's PATH
+    suicide = ["sh", "-c", "echo begun; kill -TERM $$; echo not-reached"]
+    fakesystemd.system_state(tmp_path / "systemd", "running")
+    alive = spec_dir(tmp_path, 16, suicide)
+    run_batch(str(node), [str(alive)])
+    done = rec.wait_for(16, "finished")
+    assert done["exit_code"] == -signal.SIGTERM and "reason" not in done, done
+    assert done["failure"].startswith("killed by SIGTERM, which zonefarm did not send"), done
+    fakesystemd.system_state(tmp_path / "systemd", "stopping")
+    stopping = spec_dir(tmp_path, 17, suicide)
+    run_batch(str(node), [str(stopping)])
+    assert rec.of(17, "finished") == [] and (stopping / runner.GOING_DOWN).exists()
+    assert (stopping / "output.log").read_text().startswith("begun\n")
+
+
+def test_a_sandbox_stopped_by_a_signal_the_runner_did_not_send_reports_no_result(
+        recorder: tuple[Recorder, str], node: Path, tmp_path: Path) -> None:
+    """A shutdown's final kill of every process reaches the sandbox and the runner together, and the
+    sandbox may answer (`stopped`) before the runner's own handler has run: a stop the runner did not
+    send means the node is going down, so nothing is reported. The same stop sent by the runner
+    (a timeout) is reported as usual: test_timeout_kills_and_reports_timed_out."""
+    rec, _ = recorder
+    tdir = spec_dir(tmp_path, 18, ["sleep", "30"], lease=30)
+    thread = threading.Thread(target=run_batch, args=(str(node), [str(tdir)]))
+    thread.start()
+    rec.wait_for(18, "started")
+    os.kill(int((tdir / "child.pid").read_text()), signal.SIGTERM)  # the sandbox (root runner: no sudo)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert [e["event"] for e in rec.of(18)] == ["started"]
+    assert (tdir / runner.GOING_DOWN).exists() and not (tdir / "runner.error").exists()

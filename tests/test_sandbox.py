@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2
@@ -36,6 +37,7 @@ from control.node.sandbox import (
     pids_of,
     require_root_owned,
 )
+from tests.support import fakesystemd
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox runs as root")
@@ -135,10 +137,10 @@ def test_handing_back_follows_no_link_and_clears_set_id_bits(tmp_path: Path) -> 
     assert os.stat(tree / "sub").st_mode & stat.S_IRWXU == stat.S_IRWXU  # the agent can read what it got
 
 
-def _helper_process(request_: dict, policy: str = "") -> subprocess.Popen[bytes]:
+def _helper_process(request_: dict, policy: str = "", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "control.node.sandbox", policy], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0,
-                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)})
+                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **(env or {})})
     assert proc.stdin is not None
     proc.stdin.write(json.dumps(request_).encode())
     proc.stdin.close()
@@ -199,3 +201,110 @@ def test_the_systemd_unit_carries_the_promised_properties() -> None:
 def test_run_helper_refuses_a_request_before_running_anything() -> None:
     raw = json.dumps({"id": 1, "attempt": 1, "steps": [{"argv": ["touch", "/tmp/x\x00"]}]}).encode()
     assert sandbox.run_helper("", stdin=io.BytesIO(raw)) == sandbox.EXIT_REFUSED
+
+
+def _wait_for_line(stream: object, wanted: bytes, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()  # type: ignore[attr-defined]
+        if line == wanted:
+            return
+        assert line, f"output ended before {wanted!r}"
+    raise AssertionError(f"no {wanted!r} within {timeout}s")
+
+
+@pytest.mark.parametrize("system", ["offline", "stopping"])
+def test_a_signal_zonefarm_did_not_send_is_never_a_success(tmp_path: Path, system: str) -> None:
+    """Pool backend: a task's process killed by someone else's SIGTERM (root, a shutdown's final kill)
+    ends with the signal and a reason naming it; `node_stopping` tells the runner whether systemd
+    is taking the host down (a stand-in `systemctl` says so here: systemd is not PID 1)."""
+    env = fakesystemd.install(tmp_path / "bin", tmp_path / "systemd")
+    fakesystemd.system_state(tmp_path / "systemd", system)
+    policy = tmp_path / "policy.ini"
+    policy.write_text("[sandbox]\nbackend = pool\npool_first_uid = 60160\npool_size = 1\n")
+    proc = _helper_process({"id": 920, "attempt": 1, "steps": [{"argv": [
+        "sh", "-c", "echo started; exec sleep 30"]}]}, str(policy), env)
+    _wait_for_line(proc.stdout, b"started\n")
+    for pid in pids_of(60160):
+        os.kill(pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    result = _events(err)[-1]
+    assert result["event"] == "result" and result["exit_code"] == -signal.SIGTERM, result
+    assert result["reason"] == ("killed by SIGTERM, which zonefarm did not send "
+                                "(the node may be shutting down)"), result
+    assert result["stopped"] is False and result["node_stopping"] is (system == "stopping")
+    assert b"killed by SIGTERM" in out
+
+
+def test_a_sandbox_stopped_between_two_steps_is_not_a_success(tmp_path: Path) -> None:
+    """SIGTERM to the sandbox while a step that ignores it runs: that step ends 0, the next never
+    runs, and the attempt ends with the signal, not with the last step's 0."""
+    policy = tmp_path / "policy.ini"
+    policy.write_text("[sandbox]\nbackend = pool\npool_first_uid = 60161\npool_size = 1\n")
+    proc = _helper_process({"id": 921, "attempt": 1, "steps": [
+        {"argv": ["sh", "-c", "trap '' TERM; echo first; sleep 1"]}, {"argv": ["echo", "SECOND-RAN"]}]},
+        str(policy))
+    _wait_for_line(proc.stdout, b"first\n")
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    result = _events(err)[-1]
+    assert result["exit_code"] == -signal.SIGTERM and result["stopped"] is True, result
+    assert b"SECOND-RAN" not in out
+
+
+@pytest.fixture
+def fake_systemd(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path]]:
+    """systemd-run and systemctl stand-ins (tests/support/fakesystemd.py) and a systemd-backend policy."""
+    env = fakesystemd.install(tmp_path / "bin", tmp_path / "systemd")
+    policy = tmp_path / "policy.ini"
+    policy.write_text(f"[sandbox]\nbackend = systemd\nroot = {tmp_path / 'sandbox'}\n")
+    yield env, policy
+    for left in Path("/var/lib").glob("zonefarm-task-93*"):  # the stand-in's StateDirectory links
+        left.unlink()
+
+
+def test_a_task_unit_stopped_by_the_host_is_reported_as_killed(fake_systemd: tuple[dict[str, str], Path]) -> None:
+    """systemd backend: `systemctl stop` of the task's unit (what a host's shutdown does) while the
+    task runs. The unit is a oneshot, so the SIGTERM is not systemd's clean exit: the result is the
+    signal, with a reason, and `node_stopping` once systemd says it is stopping. A task ending by
+    itself still reports its own exit code (0 and 3)."""
+    env, policy = fake_systemd
+    state = Path(env["FAKE_SYSTEMD_DIR"])
+    fakesystemd.system_state(state, "stopping")
+    proc = _helper_process({"id": 930, "attempt": 1, "steps": [{"argv": ["sh", "-c", "echo started; exec sleep 30"]}]},
+                           str(policy), env)
+    _wait_for_line(proc.stdout, b"started\n")
+    deadline = time.monotonic() + 10  # the stand-in records the pid once Popen has returned: after "started"
+    while not (pids := list(state.glob("zonefarm-task-930-*.pid"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    unit = pids[0].name.removesuffix(".pid")
+    assert "--service-type=oneshot" in (state / f"{unit}.argv").read_text().splitlines()
+    subprocess.run(["systemctl", "stop", unit], env={**os.environ, **env}, check=True)
+    _out, err = proc.communicate(timeout=30)
+    result = _events(err)[-1]
+    assert result["exit_code"] == -signal.SIGTERM and result["node_stopping"] is True, result
+    assert "killed by SIGTERM, which zonefarm did not send" in result["reason"]
+    assert not (state / f"{unit}.show").exists()  # reset-failed: no failed unit is left behind
+    for task_id, code in ((931, 0), (932, 3)):
+        _out, err = _helper_process({"id": task_id, "attempt": 1, "steps": [{"argv": ["sh", "-c", f"exit {code}"]}]},
+                                    str(policy), env).communicate(timeout=30)
+        result = _events(err)[-1]
+        assert result["exit_code"] == code and result["reason"] is None, result
+        assert result["node_stopping"] is (code != 0)  # asked only when the task ended badly
+
+
+def test_pid_1_falling_silent_on_a_systemd_host_means_it_is_going_down(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Late in a shutdown PID 1 closes its socket: `systemctl` fails and nothing says `stopping` any
+    more. As root on a host systemd booted that silence means the end; where systemd is not PID 1,
+    or from an account that needs D-Bus, only `stopping` counts (stand-in `systemctl` here)."""
+    env = fakesystemd.install(tmp_path / "bin", tmp_path / "systemd")
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setattr(sandbox, "SYSTEMD_BOOTED", str(tmp_path))  # an existing directory: booted by systemd
+    for state, going in (("running", False), ("degraded", False), ("stopping", True), ("unreachable", True)):
+        fakesystemd.system_state(tmp_path / "systemd", state)
+        assert sandbox.node_stopping() is going, state
+    monkeypatch.setattr(sandbox, "SYSTEMD_BOOTED", str(tmp_path / "absent"))
+    assert sandbox.node_stopping() is False  # still "unreachable": no systemd here, so nothing to go by
+    fakesystemd.system_state(tmp_path / "systemd", "stopping")
+    assert sandbox.node_stopping() is True

@@ -32,6 +32,13 @@ or env.
 
 The runner enforces the task timeout itself as well as obeying the dispatcher's kills, so
 a task cannot outlive its timeout when the control plane is unreachable.
+
+**A node going down reports nothing.** When the runner gets SIGTERM, the sandbox is stopped
+by a signal the runner did not send, or a task ends badly (not by zonefarm's own kill) while
+systemd says the host is ``stopping``, the attempt gets no ``finished``: the host's shutdown
+cut it short, so its lease runs out and the reaper requeues it on another node. The runner
+stops its tasks within the kill grace and makes no report that could hold the shutdown up
+(``going-down`` in the attempt says why).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from typing import Any
 
 from control.node.client import TransportError, node_client
 from control.node.config import NodeConfig, NodeConfigError, load_node_config
+from control.node.sandbox import node_stopping
 
 LOG_CHUNK = 64 * 1024  # characters per log callback
 LOG_INTERVAL = 1.0
@@ -71,13 +79,18 @@ class CallbackFailed(ConnectionError):
     """The API did not take a report within its patience (down, restarting, or refusing it)."""
 
 
+GOING_DOWN = "going-down"  # in the attempt directory: why no result was reported for it
+
+
 class Callbacks:
     """Signed callbacks for one task attempt, through the worker's API client, retried with a bound."""
 
-    def __init__(self, config: NodeConfig, task_id: int, attempt: int) -> None:
+    def __init__(self, config: NodeConfig, task_id: int, attempt: int,
+                 going_down: threading.Event | None = None) -> None:
         self.route = f"/tasks/{task_id}/callback"
         self.attempt = attempt
         self.client = node_client(config)
+        self.going_down = going_down or threading.Event()
 
     def send(self, event: str, *, patience: float | None = None, **data: Any) -> dict[str, Any]:
         """Deliver one report, retrying with backoff until it lands or its patience runs out.
@@ -114,7 +127,9 @@ class Callbacks:
             pause = min(delay, deadline - time.monotonic())
             if pause <= 0:
                 break
-            time.sleep(pause)
+            if self.going_down.wait(pause):  # the node is going down: retrying would hold up its shutdown
+                last = "the node is going down"
+                break
             delay = min(delay * 2, 5.0)
         raise CallbackFailed(f"callback {event} failed: {last}")
 
@@ -192,11 +207,13 @@ def read_task_file(directory: Path, name: str, limit: int = OUTPUTS_MAX) -> byte
 class TaskRun:
     """Runs one task attempt to its end, through the sandbox, and reports it."""
 
-    def __init__(self, config: NodeConfig, tdir: Path) -> None:
+    def __init__(self, config: NodeConfig, tdir: Path, going_down: threading.Event | None = None) -> None:
         self.config = config
         self.tdir = tdir
         self.spec: dict[str, Any] = json.loads((tdir / "spec.json").read_text())
-        self.cb = Callbacks(config, int(self.spec["id"]), int(self.spec["attempt"]))
+        # set when the runner gets SIGTERM: the node (or the runner's unit) is going down
+        self.going_down = going_down or threading.Event()
+        self.cb = Callbacks(config, int(self.spec["id"]), int(self.spec["attempt"]), self.going_down)
         lease = float(self.spec.get("lease") or 60)
         self.progress_every = max(lease / 3.0, 0.5)
         timeout = self.spec.get("timeout")
@@ -206,6 +223,7 @@ class TaskRun:
         self.lock = threading.Lock()
         self.control: list[dict[str, Any]] = []  # the sandbox's reports (stderr, one JSON line each)
         self.started_reported = False
+        self.signalled = False  # the runner stopped the sandbox itself (timeout, cancel, stale, going down)
         self.next_progress = 0.0
         self.next_log = 0.0
         self.next_marker = 0.0
@@ -298,6 +316,7 @@ class TaskRun:
         The sandbox stops the task and hands its directory back; a runner that is not root
         may signal only sudo in that group, so a refused signal is not an error.
         """
+        self.signalled = True
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
@@ -372,6 +391,9 @@ class TaskRun:
                 except subprocess.TimeoutExpired:
                     pass
                 now = time.monotonic()
+                if self.going_down.is_set() and proc.poll() is None:  # stop the task, do not hold the host up
+                    self._kill(proc)
+                    continue
                 if self.deadline is not None and now >= self.deadline and proc.poll() is None:
                     self._mark_killed("timed_out")
                     self._kill(proc)
@@ -452,14 +474,57 @@ class TaskRun:
         elif error is not None:
             failure = f"the task sandbox refused or could not run it: {error.get('message', '')}"
         self._take_back_work()
+        if self._node_going_down(code, result, proc.returncode):
+            self._leave_to_lease(out)
+            return
         after = spec.get("after") or []
         if after and code == 0 and not self._killed_reason():
             code = self._after([str(a) for a in after], out)
+            if self.going_down.is_set():  # the upload was cut short by the node going down
+                self._leave_to_lease(out)
+                return
         out.close()
         trusted_failure = self._trusted_failure()
         failure = failure or trusted_failure
         self._flush_log(patience=FINISHED_PATIENCE)
         self.cb.send("finished", **self._result(code, failure))
+
+    def _node_going_down(self, code: int, result: dict[str, Any] | None, sandbox_rc: int | None) -> bool:
+        """Whether this attempt ended because its node is going down: then it has no result.
+
+        * the runner got SIGTERM (its unit stopped, a shutdown's kill of every process);
+        * the sandbox was stopped by a signal the runner did not send: it says ``stopped``, or it
+          died of one before it could say anything. A shutdown's final kill of every process
+          reaches the sandbox and the runner together, and the sandbox may answer before the
+          runner's own handler has run;
+        * the task ended badly, not by a kill of zonefarm's, while systemd stops the host (the
+          sandbox asked as root and says ``node_stopping``; the runner asks again).
+
+        A clean exit 0 is a result even then: the task did run to its end.
+        """
+        if self.going_down.is_set():
+            return True
+        if code == 0 or self._killed_reason() or self.signalled:
+            return False
+        if result is not None:
+            if result.get("stopped") is True:
+                return True
+        elif sandbox_rc is not None and sandbox_rc < 0:
+            return True
+        # the sandbox asked as root; the runner asks again for hosts where it could not (its own
+        # look needs D-Bus when the runner is not root, so it can only add a "stopping")
+        return bool((result or {}).get("node_stopping")) or node_stopping()
+
+    def _leave_to_lease(self, out: Any) -> None:
+        """Report nothing: the attempt's lease runs out and the reaper requeues the task elsewhere.
+
+        A ``failed`` (or, as systemd saw a SIGTERM, ``succeeded``) report would end a task the
+        host's shutdown cut short. Nothing here waits on the network.
+        """
+        note = "zonefarm: the node is going down: this attempt reports no result; its lease requeues the task\n"
+        out.write(note.encode())
+        out.close()
+        (self.tdir / GOING_DOWN).write_text(f"{time.time():.3f}\n")
 
     def _remove_containers(self, out: Any) -> None:
         """After a stopped container task, remove its container from here (the node agent's
@@ -527,16 +592,16 @@ class TaskRun:
         return result
 
 
-def _supervise(config: NodeConfig, tdir: Path) -> None:
+def _supervise(config: NodeConfig, tdir: Path, going_down: threading.Event | None = None) -> None:
     run = None
     try:
-        run = TaskRun(config, tdir)
+        run = TaskRun(config, tdir, going_down)
         run.run()
     except StaleAttempt:
         pass  # another attempt owns the task now; our report would be wrong
     except Exception as exc:  # noqa: BLE001 - recorded locally; the lease requeues the task
         (tdir / "runner.error").write_text(f"{type(exc).__name__}: {exc}\n")
-        if run is not None:  # say so rather than leave the task assigned until its lease ends
+        if run is not None and not run.going_down.is_set():  # say so rather than wait for the lease
             try:
                 run.cb.send("finished", patience=REPORT_PATIENCE, exit_code=-1, outputs={},
                             failure=f"the runner failed: {type(exc).__name__}")
@@ -576,12 +641,30 @@ def run_batch(config_path: str, dirs: list[str]) -> int:
     pid = str(os.getpid())
     for d in dirs:  # the fork launcher wrote it already; under systemd-run only we know it
         (Path(d) / "runner.pid").write_text(pid)
-    threads = [threading.Thread(target=_supervise, args=(config, Path(d))) for d in dirs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    going_down = threading.Event()
+    previous = _on_sigterm(going_down)
+    try:
+        threads = [threading.Thread(target=_supervise, args=(config, Path(d), going_down)) for d in dirs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _on_sigterm(going_down: threading.Event) -> Any:
+    """SIGTERM means the node is going down (the runner's unit is stopped, or a shutdown kills
+    every process): each task is stopped and reports nothing, so its lease requeues it, and the
+    runner ends within the kill grace instead of retrying reports into a dying network.
+
+    Installed from the main thread only (Python's rule); returns the handler it replaced.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda _sig, _frame: going_down.set())
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -26,8 +26,10 @@ limits, the task's own params) and closes it. The helper then
    the directory to the agent: entries owned by the identity are chowned to the caller,
    set-id bits cleared, nothing else touched (no symlink is followed, a hard link to a file
    the task does not own is left alone);
-5. reports on **stderr**, one JSON line: exit code, reason (``memory limit exceeded ...``) and
-   where the directory is. The task's stdout and stderr are the helper's stdout.
+5. reports on **stderr**, one JSON line: exit code, reason (``memory limit exceeded ...``,
+   ``killed by SIGTERM, which zonefarm did not send ...``), where the directory is, whether
+   this helper was told to stop (``stopped``) and whether the host is going down
+   (``node_stopping``). The task's stdout and stderr are the helper's stdout.
 
 ``mode: runner`` (container tasks) takes the identity and the directory the same way but
 runs the given trusted program as the *caller* (the agent, which may use Docker), with the
@@ -74,6 +76,8 @@ POOL_WAIT = 30.0  # seconds to wait for a free pool account before failing the a
 MAX_REQUEST = 4 * 1024 * 1024
 SWEEP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # noqa: S108 - swept of what a task left, not used
 PR_SET_NO_NEW_PRIVS = 38
+SYSTEMD_BOOTED = "/run/systemd/system"  # sd_booted(3): systemd is PID 1
+LIVE_STATES = ("initializing", "starting", "running", "degraded", "maintenance")  # is-system-running
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: preexec only calls it
 TASK_FILE = "task.json"  # the task's own params, in its directory (tasktypes.load_spec)
 # Exit codes of the helper itself (the task's own code otherwise).
@@ -129,7 +133,7 @@ class Policy:
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
-        return "systemd" if os.path.isdir("/run/systemd/system") and shutil.which("systemd-run") else "pool"
+        return "systemd" if os.path.isdir(SYSTEMD_BOOTED) and shutil.which("systemd-run") else "pool"
 
     def effective(self, asked: dict[str, Any] | None) -> tuple[Limits, list[str]]:
         """The limits a task runs with: its own, defaults for what it left out, capped at the maxima.
@@ -568,6 +572,50 @@ class PoolAccount:
         os.close(self.lock_fd)  # closing drops the lock
 
 
+# --- how a task ended -------------------------------------------------------------------
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def foreign_signal_reason(code: int) -> str:
+    """Why a task killed by a signal this helper did not send failed: it never counts as success.
+
+    systemd counts SIGTERM (and SIGHUP, SIGINT, SIGPIPE) as a clean end of a service, and a
+    host's shutdown stops a task's unit with exactly that; the pool's tasks can get one from
+    any process of root, or from a shutdown's final kill of every process.
+    """
+    return f"killed by {signal_name(-code)}, which zonefarm did not send (the node may be shutting down)"
+
+
+def node_stopping() -> bool:
+    """systemd is taking this host down: ``systemctl is-system-running`` says ``stopping``,
+    or, asked as root on a host systemd booted, PID 1 no longer answers at all.
+
+    Asked only when a task ended badly and not by a limit, so a task killed by the shutdown
+    is left to its lease, not reported failed. Late in a shutdown PID 1 closes its socket
+    and goes on to kill every process left: ``systemd-run`` then fails with "Connection reset
+    by peer", and nothing says "stopping" any more. Root reaches PID 1 on its private socket
+    at any other time, so silence there means the end; a caller that is not root needs D-Bus,
+    which a host may not run, so for it only ``stopping`` counts. Where there is no systemd
+    the command is missing or says ``offline``: not stopping.
+    """
+    try:
+        out = subprocess.run(["systemctl", "is-system-running"], stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=5, check=False).stdout.strip()
+    except subprocess.TimeoutExpired:
+        out = ""
+    except (OSError, subprocess.SubprocessError):
+        return False
+    if out == "stopping":
+        return True
+    return os.geteuid() == 0 and os.path.isdir(SYSTEMD_BOOTED) and out not in LIVE_STATES
+
+
 # --- running ---------------------------------------------------------------------------
 
 
@@ -584,6 +632,7 @@ class Helper:
         self.child: subprocess.Popen[bytes] | None = None
         self.unit: str | None = None
         self.reason: str | None = None
+        self.foreign = False  # the task died of a signal nobody here sent (reason says so)
         self.name = f"{request.task_id}-{request.attempt}-{secrets.token_hex(4)}"
         self.peak = 0  # bytes: the largest memory sample of the task's unit (systemd backend)
         self.oom: OomNotifier | None = None  # the kernel's OOM events of the running unit (cgroup v1)
@@ -684,7 +733,8 @@ class Helper:
             env = self.task_env(task_dir, account)
             code = 0
             for label, argv in self.req.steps:
-                if self.stopping:
+                if self.stopping:  # stopped before this step: the task did not run to its end
+                    code = code or -signal.SIGTERM
                     break
                 if label:
                     _say(f"{label}: {' '.join(argv)}")
@@ -735,7 +785,15 @@ class Helper:
                 kill_all(uid)
         if code == -signal.SIGXCPU and self.reason is None:
             self.reason = f"CPU time limit exceeded ({self.limits.cpus} CPUs for the task's timeout)"
+        self._note_foreign_signal(code)
         return code
+
+    def _note_foreign_signal(self, code: int) -> None:
+        """A task killed by a signal neither this helper nor a limit sent: say so, never a success."""
+        if code < 0 and not self.stopping and self.reason is None:
+            self.reason = foreign_signal_reason(code)
+            self.foreign = True
+            _say(self.reason)
 
     # systemd backend ------------------------------------------------------------------
 
@@ -769,12 +827,17 @@ class Helper:
             f"CPUQuota={max(1, round(lim.cpus * 100))}%",
             f"TasksMax={lim.processes}",
             "OOMPolicy=kill",
+            "TimeoutStartSec=infinity",  # a oneshot is "starting" for as long as the task runs
             "KillMode=control-group",
             f"TimeoutStopSec={int(KILL_GRACE) + 1}s",
         ]
 
     def systemd_argv(self, unit: str, state_dir: str, argv: list[str], env: dict[str, str]) -> list[str]:
-        cmd = ["systemd-run", "--quiet", "--wait", "--pipe", f"--unit={unit}", "--service-type=exec"]
+        # oneshot: the only type for which systemd does not count a main process killed by SIGTERM
+        # (SIGHUP, SIGINT, SIGPIPE) as a clean exit. A host's shutdown stops the unit with SIGTERM;
+        # as `exec` that was Result=success, the unit was collected at once and the task
+        # "succeeded". As oneshot it is Result=signal, and a failed unit stays until reset-failed.
+        cmd = ["systemd-run", "--quiet", "--wait", "--pipe", f"--unit={unit}", "--service-type=oneshot"]
         for prop in self.unit_properties(state_dir):
             cmd.append(f"--property={prop}")
         cmd.append(f"--working-directory={self.workdir('/var/lib/' + state_dir)}")
@@ -813,9 +876,8 @@ class Helper:
                     grace_until = time.monotonic() + KILL_GRACE
 
     def _unit_result(self, unit: str) -> tuple[str, int | None]:
-        show = subprocess.run(["systemctl", "show", "--property=Result,ExecMainCode,ExecMainStatus", unit],
-                              capture_output=True, text=True, check=False)
-        props = dict(line.split("=", 1) for line in show.stdout.splitlines() if "=" in line)
+        show = _systemctl("show", "--property=Result,ExecMainCode,ExecMainStatus", unit)
+        props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
         code: int | None = None
         try:
             status = int(props.get("ExecMainStatus", ""))
@@ -823,8 +885,7 @@ class Helper:
             code = status if how == 1 else -status if how in (2, 3) else None  # CLD_EXITED, CLD_KILLED, CLD_DUMPED
         except ValueError:
             pass
-        subprocess.run(["systemctl", "reset-failed", unit], check=False,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _systemctl("reset-failed", unit)
         return props.get("Result", ""), code
 
     def run_systemd(self, root_fd: int) -> int:
@@ -844,7 +905,8 @@ class Helper:
                 _say(note)
             env = self.task_env(task_dir, None)
             for i, (label, argv) in enumerate(self.req.steps):
-                if self.stopping:
+                if self.stopping:  # stopped before this step: the task did not run to its end
+                    code = code or -signal.SIGTERM
                     break
                 if label:
                     _say(f"{label}: {' '.join(argv)}")
@@ -857,6 +919,7 @@ class Helper:
                     return EXIT_UNAVAILABLE
                 try:
                     rc = self._wait_unit(self.unit)
+                    _await_unit_end(self.unit)
                     result, main_code = self._unit_result(self.unit)
                     oom_events = self.oom.oom_events() if self.oom is not None else None
                 finally:
@@ -879,6 +942,8 @@ class Helper:
                     self.reason = (f"the systemd sandbox could not start the task (exit status {code}, "
                                    "systemd.exec(5)); see the worker's journal")
                     _say(self.reason)
+                else:
+                    self._note_foreign_signal(code)
                 if _step_failed(label, code):
                     break
             return code
@@ -917,7 +982,11 @@ class Helper:
                 code = self.run_pool(root_fd)
         finally:
             os.close(root_fd)
-        _report(event="result", exit_code=code, reason=self.reason, dir=self.task_dir)
+        # A task that ended badly, not by a limit, while systemd takes the host down: the runner
+        # leaves it to its lease (the reaper requeues it) instead of reporting it failed.
+        going_down = code != 0 and (self.reason is None or self.foreign) and node_stopping()
+        _report(event="result", exit_code=code, reason=self.reason, dir=self.task_dir, stopped=self.stopping,
+                node_stopping=going_down)
         return code
 
 
@@ -1000,9 +1069,30 @@ class OomNotifier:
             os.close(self.efd)
 
 
+def _systemctl(*args: str) -> str:
+    """``systemctl`` with its output; empty when systemd does not answer within 5 s (a host going
+    down), so the sandbox never holds a shutdown up waiting on it."""
+    try:
+        return subprocess.run(["systemctl", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def _unit_property(unit: str, name: str) -> str:
-    return subprocess.run(["systemctl", "show", "--value", f"--property={name}", unit],
-                          capture_output=True, text=True, check=False).stdout.strip()
+    return _systemctl("show", "--value", f"--property={name}", unit).strip()
+
+
+def _await_unit_end(unit: str, patience: float = 2 * KILL_GRACE + 5) -> None:
+    """Wait (bounded) until the unit has stopped: what it reports is final only then.
+
+    ``systemd-run --wait`` of a oneshot returns as soon as its start job ends, and a stop job
+    (the host's shutdown) cancels that job while the unit is still killing its processes.
+    """
+    deadline = time.monotonic() + patience
+    while _unit_property(unit, "ActiveState") in ("activating", "active", "deactivating", "reloading") \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _unit_memory(unit: str) -> int:
@@ -1011,8 +1101,7 @@ def _unit_memory(unit: str) -> int:
 
 
 def _systemctl_kill(unit: str, sig: str) -> None:
-    subprocess.run(["systemctl", "kill", f"--signal={sig}", unit], check=False,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _systemctl("kill", f"--signal={sig}", unit)
 
 
 def _account_name(uid: int) -> str:

@@ -129,19 +129,16 @@ def running_on(api: Api, task_id: int, timeout: float = 90) -> str:
     return task["node"]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "OPEN PRODUCT BUG (2026-12-07, see the comment below and the issue notes): a host shutdown stops the "
-    "task's systemd unit with SIGTERM, which systemd counts as a clean exit, so the task ends succeeded "
-    "in attempt 1 instead of lost and requeued"))
 def test_a_dead_workers_task_is_requeued_and_succeeds_elsewhere(lab: Lab, api: Api,
                                                                  farm_restored: None) -> None:
     """`docker stop` the worker mid-task: lost, requeued, then succeeded on the other worker."""
-    # The task outlives the stop's grace by far, so it cannot end on the victim by itself.
-    # OPEN PRODUCT BUG (found 2026-12-07, not fixed): the host's shutdown stops the task's
-    # systemd unit with SIGTERM, systemd counts that as a clean exit, the unit is collected, and
-    # the sandbox reports exit code 0: the task ends `succeeded` in attempt 1 within a second
-    # of `docker stop` instead of being lost and requeued. Reproduced by hand: `systemctl stop`
-    # of a running zonefarm-task-* unit makes the sandbox print {"exit_code": 0, "reason": null}.
+    # The task outlives the stop's grace by far, so it cannot end on the victim by itself. The
+    # host's shutdown stops the task's unit with SIGTERM, and later kills every process left
+    # (the runner and the sandbox among them). None of that may end the task: a SIGTERM to a
+    # oneshot unit is no clean exit, and a runner whose node is going down reports nothing
+    # (docs/farm-contract.md), so the task is lost when its lease runs out and requeued. Until
+    # 2026-12-08 the unit was Type=exec, systemd counted the SIGTERM as success, and the task
+    # ended `succeeded` in attempt 1 whenever the runner reported before the final kill.
     task = api.submit(["sleep", str(STOP_GRACE + 20)])
     victim = running_on(api, task["id"])
     asked = time.monotonic()

@@ -15,7 +15,11 @@ systemd half and the container half:
   ``failed`` saying so;
 * on a worker with Docker enabled (wk2, switched on here: the lab inventory keeps
   ``worker_docker_enabled: False``), a container task runs as a task account with only its
-  own directory mounted and no capability.
+  own directory mounted and no capability;
+* the attacks of tests/security/ that the systemd path could answer differently: templates
+  in a task's strings arrive byte for byte and run nowhere, a task reads neither the node's
+  secrets nor another task's directories, a NUL byte is a 422 (docs/security.md lists which
+  test proves which line, here and on the development machine).
 """
 
 from __future__ import annotations
@@ -30,15 +34,20 @@ from typing import Any
 
 import pytest
 
+from control.node.signing import derive_node_key
 from tests.lab import deploy
 from tests.lab.api import RootApi
+from tests.lab.inventory import lab_secrets
 from tests.lab.lab import DOCKER_HOSTS, Lab
+from tests.security.test_task_reads_secrets import PROBE
+from tests.security.test_template_injection import payloads
 
 pytestmark = [pytest.mark.lab, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1800)]
 WORKER = "wk1"
 DOCKER_WORKER = "wk2"
 IMAGE = "zonefarm-lab/busybox:1"
 DYNAMIC_UIDS = range(61184, 65520)  # systemd's DynamicUser= range
+CONFIG_DIR = "/etc/zonefarm"  # the worker role's common_config_dir: node.ini, upload_ed25519
 GROW = ("import time\nb = []\nfor i in range(64):\n    b.append(bytearray(8 << 20))\n    time.sleep(0.05)\n"
         "print('survived', flush=True)\n")
 
@@ -82,6 +91,11 @@ def api(lab: Lab) -> Api:
     pytest.skip(f"{WORKER} is not online")
 
 
+# A task's unit is a oneshot (a SIGTERM it did not expect is no clean exit, see sandbox.py): it
+# runs in its start job, so `list-units` shows it "activating start", never "active running".
+RUNNING = " activating start "
+
+
 def _units(lab: Lab, host: str, task_id: int) -> str:
     return lab.exec(host, f"systemctl list-units --all --no-legend 'zonefarm-task-{task_id}-*'")[1].strip()
 
@@ -117,9 +131,9 @@ def test_cancel_stops_the_unit(api: Api, lab: Lab) -> None:
                      "target": {"node": WORKER}, "timeout": 600})
     api.wait(task["id"], ("running",))
     deadline = time.monotonic() + 30
-    while "running" not in _units(lab, WORKER, task["id"]) and time.monotonic() < deadline:
+    while RUNNING not in _units(lab, WORKER, task["id"]) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert "running" in _units(lab, WORKER, task["id"])
+    assert RUNNING in _units(lab, WORKER, task["id"])
     api.call("POST", f"/tasks/{task['id']}/cancel")
     assert api.wait(task["id"], timeout=60)["state"] == "cancelled"
     deadline = time.monotonic() + 30
@@ -211,3 +225,63 @@ def test_a_container_task_runs_as_a_task_account_with_only_its_directory(api: Ap
                                           "params": {"image": IMAGE, "volumes": {"/": "/hostroot"}}},
                        expect=(422,))
     assert "volumes" in json.dumps(volumes)
+
+
+@pytest.fixture(scope="module")
+def attacker(api: Api, lab: Lab) -> dict[str, Any]:
+    """One attacking task on a systemd worker, next to a victim task: both submitted at once, so
+    the attacks cost one dispatch. The attacker prints back each payload of
+    tests/security/test_template_injection.py (as arguments, one in its environment), then
+    probes the node's key files and the running victim's directories (PROBE of
+    test_task_reads_secrets.py). The victim sleeps on and ends by itself."""
+    marker = Path("/tmp") / f"zf-injected-{secrets.token_hex(6)}"
+    seen = payloads(marker)
+    victim = api.task({"name": "shell", "target": {"node": WORKER}, "params": {"argv": [
+        "sh", "-c", "echo victim-secret > mine.txt; sleep 60"]}})
+    attempt = f"{api.get(f'/nodes/{WORKER}')['workdir']}/tasks/{victim['id']}/1"
+    running = f"/var/lib/zonefarm-task-{victim['id']}-1-"
+    script = (f'printf "%s\\n--\\n" "$@"; printf "%s" "$ZF_A"; echo; echo "=== probe"; '
+              f'i=0; until ls -d {running}* >/dev/null 2>&1 || [ $i -ge 60 ]; do sleep 0.5; i=$((i+1)); done; '
+              f'sleep 1; run=$(ls -d {running}* | head -1); '
+              f'set -- {CONFIG_DIR}/node.ini {CONFIG_DIR}/upload_ed25519 {attempt}/output.log {attempt}/spec.json '
+              f'{attempt} "$run/mine.txt" "$run"; ' + PROBE)
+    task = api.task({"name": "shell", "target": {"node": WORKER},
+                     "params": {"argv": ["sh", "-c", script, "attack", *seen], "env": {"ZF_A": seen[2]}}})
+    done = api.wait(task["id"])
+    code, run_dir = lab.exec(WORKER, f"ls -d {running}*")
+    assert code == 0, f"the victim's unit ended before the probe was checked: {run_dir}"
+    log = api.log(task["id"])
+    head, _, probe = log.partition("=== probe\n")
+    return {"done": done, "log": log, "head": head, "probe": probe, "seen": seen, "marker": marker,
+            "targets": [f"{CONFIG_DIR}/node.ini", f"{CONFIG_DIR}/upload_ed25519", f"{attempt}/output.log",
+                        f"{attempt}/spec.json", attempt, f"{run_dir.strip()}/mine.txt", run_dir.strip()]}
+
+
+def test_templates_in_a_tasks_strings_arrive_as_data(attacker: dict[str, Any], lab: Lab) -> None:
+    """Every payload arrives byte for byte; the lookup's marker is made neither on a dispatcher (where
+    Ansible would have rendered it), nor on the zone or the worker."""
+    assert attacker["done"]["state"] == "succeeded", attacker["log"]
+    seen = attacker["seen"]
+    assert attacker["head"] == "".join(f"{p}\n--\n" for p in seen) + seen[2] + "\n"
+    for host in ("cm1", "cm2", "zone1", WORKER):
+        assert lab.exec(host, f"test -e {attacker['marker']}")[0] != 0, f"a param ran a command on {host}"
+
+
+def test_a_task_reads_neither_the_nodes_secrets_nor_another_tasks_directories(attacker: dict[str, Any],
+                                                                            lab: Lab) -> None:
+    """The node's key files, the running victim's unit directory and its attempt's log and spec:
+    every read refused. Each is there to be read (a refusal is the sandbox's, not a missing file)."""
+    for target in attacker["targets"]:
+        assert lab.exec(WORKER, f"test -e {target}")[0] == 0, target
+        assert f"DENIED {target}" in attacker["probe"], attacker["probe"]
+    nodes_secret = lab_secrets(lab)["nodes_secret"]
+    for secret in (nodes_secret, derive_node_key(nodes_secret, WORKER), "victim-secret", "PRIVATE KEY"):
+        assert secret not in attacker["log"]
+
+
+def test_a_nul_byte_in_argv_or_env_is_422(api: Api) -> None:
+    for params, field in ((({"argv": ["echo", "a\x00b"]}), "params.argv[1]"),
+                          ({"argv": ["true"], "env": {"A": "x\x00"}}, "params.env.A")):
+        refused = api.call("POST", "/tasks", {"name": "shell", "target": {"node": WORKER}, "params": params},
+                           expect=(422,))
+        assert f"{field}: holds a NUL byte" in refused["error"]["message"], refused
