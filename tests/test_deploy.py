@@ -259,6 +259,35 @@ def test_local_deploy_runs_a_shell_task(deployed: Deployed) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_local_deploy_a_task_is_sandboxed(deployed: Deployed, tmp_path: Path) -> None:
+    """The attacks of tests/security on what `make up` deployed (the pool launcher under supervisord): the
+    task is not root (the agent and the dispatcher run as root here), reads neither node.ini nor the upload
+    key, and a template in its argv arrives as data, rendered nowhere."""
+    marker = tmp_path / "rendered"
+    template = "{{ lookup('pipe', 'touch " + str(marker) + "') }}{% raw %}"
+    private = [str(deployed.root / "etc" / name) for name in ("node.ini", "upload_ed25519", "zonefarm.ini")]
+    script = ('echo "uid=$(id -u) groups=$(id -G)"; for f in "$1" "$2" "$3"; do '
+              'if cat "$f" >/dev/null 2>&1; then echo "READ $f"; else echo "DENIED $f"; fi; done; '
+              'printf "arg=%s\\n" "$4"')
+    task = deployed.submit(["sh", "-c", script, "sh", *private, template])
+    done = deployed.wait_task(task["id"], ("succeeded", "failed", "cancelled", "timed_out", "lost"))
+    text = deployed.call("GET", f"/tasks/{task['id']}/log").json()["text"]
+    assert done["state"] == "succeeded", (done, text)
+    uid = int(re.search(r"uid=(\d+)", text).group(1))  # type: ignore[union-attr]
+    assert uid != 0, text
+    assert all(f"DENIED {path}" in text for path in private) and "READ " not in text, text
+    assert f"arg={template}" in text, text
+    assert not marker.exists()
+    # and the submissions the API refuses before anything runs
+    for params in ({"argv": ["echo", "a\x00b"]}, {"argv": ["true"], "env": {"X": "a\x00b"}}):
+        refused = deployed.call("POST", "/tasks", json={"name": "shell", "params": params})
+        assert refused.status_code == 422 and "NUL" in refused.text, refused.text
+    volume = deployed.call("POST", "/tasks", json={"name": "container", "params": {
+        "image": "debian:12", "argv": ["true"], "volumes": {"/": "/hostroot"}}})
+    assert volume.status_code == 422 and "params.volumes" in volume.text, volume.text
+
+
+@pytest.mark.timeout(300)
 def test_local_deploy_supported_space_gets_a_directory(deployed: Deployed) -> None:
     providers = deployed.call("GET", "/providers", params={"name": "localhost"}).json()["items"]
     assert [p["name"] for p in providers] == ["localhost"], providers  # registered once
