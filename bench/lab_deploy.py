@@ -4,7 +4,8 @@ Each run starts a lab of its own (tests/lab: nine systemd containers, SSH with c
 keys, the inventory an operator would keep, wk3 left out of it) and times, in order:
 
 * fresh:    ``site.yml`` on the eight bare hosts (the base image already built);
-* re-run:   ``site.yml`` again, which must report changed=0 on every host;
+* re-run:   ``site.yml`` again, which must report changed=0 on every host and restart no service
+  (the start time of every zonefarm and PostgreSQL unit, read before and after, is the same);
 * limit:    wk3 added to the inventory, ``site.yml --limit wk3``;
 * baseline: one trivial task (``command: /bin/true``) over the same nine hosts, facts cached:
   Ansible's own floor on this machine (fork, SSH, module transfer), so the ratios compare
@@ -60,6 +61,21 @@ def _checked(step: str, run: Run, out: Path) -> float:
     return run.seconds
 
 
+_STARTS = ("for u in $(systemctl list-units --type=service --no-legend --plain 'zonefarm-*' 'postgresql*' "
+           "| awk '{print $1}'); do echo \"$u $(systemctl show -p ExecMainStartTimestampMonotonic --value $u)\"; done")
+
+
+def service_starts(lab: Lab) -> dict[str, str]:
+    """host:unit -> when its main process started: a re-run that restarts nothing leaves all equal."""
+    starts: dict[str, str] = {}
+    for name in lab.hosts:
+        code, out = lab.exec(name, _STARTS)
+        for line in out.splitlines() if code == 0 else []:
+            unit, _, started = line.partition(" ")
+            starts[f"{name}:{unit}"] = started
+    return starts
+
+
 def one_run(image: str, index: int, out: Path) -> dict[str, float]:
     """Start a lab, time the four steps on it, remove it."""
     workdir = Path(tempfile.mkdtemp(prefix="zonefarm-lab-bench-"))
@@ -69,7 +85,12 @@ def one_run(image: str, index: int, out: Path) -> dict[str, float]:
         lab.start(HOSTS)
         inventory = write_inventory(lab, workdir / "inventory")
         figures["fresh"] = _checked("fresh", run_playbook(inventory, lab), out / f"run{index}-fresh.log")
+        before = service_starts(lab)
         figures["rerun"] = _checked("rerun", run_playbook(inventory, lab), out / f"run{index}-rerun.log")
+        restarted = sorted(unit for unit, started in service_starts(lab).items() if before.get(unit) != started)
+        if restarted or not before:
+            sys.exit(f"the re-run restarted {restarted}" if restarted else "no service start times read")
+        print(f"run {index + 1}: re-run restarted none of {len(before)} services", flush=True)
         write_inventory(lab, inventory, without=())
         figures["limit"] = _checked("limit", run_playbook(inventory, lab, "--limit", "wk3"),
                                     out / f"run{index}-limit.log")
