@@ -76,13 +76,26 @@ def service_starts(lab: Lab) -> dict[str, str]:
     return starts
 
 
+def start_lab(image: str, workdir: Path, attempts: int = 3) -> Lab:
+    """A lab up and answering SSH. On this shared machine a host's sshd sometimes misses the lab's
+    120 s (load 10, three labs up); that lab is removed by start() and a new one tried."""
+    for attempt in range(1, attempts + 1):
+        lab = Lab(image, workdir)
+        try:
+            return lab.start(HOSTS)
+        except TimeoutError as exc:
+            print(f"lab start {attempt}/{attempts}: {exc}", flush=True)
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 def one_run(image: str, index: int, out: Path) -> dict[str, float]:
     """Start a lab, time the four steps on it, remove it."""
     workdir = Path(tempfile.mkdtemp(prefix="zonefarm-lab-bench-"))
-    lab = Lab(image, workdir)
+    lab = start_lab(image, workdir)
     figures: dict[str, float] = {}
     try:
-        lab.start(HOSTS)
         inventory = write_inventory(lab, workdir / "inventory")
         figures["fresh"] = _checked("fresh", run_playbook(inventory, lab), out / f"run{index}-fresh.log")
         before = service_starts(lab)
