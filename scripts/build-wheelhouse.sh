@@ -15,6 +15,27 @@ VAR=${VAR:-$PWD/var}
 WHEELHOUSE=${WHEELHOUSE:-$VAR/wheelhouse}
 mkdir -p "$WHEELHOUSE"
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
+DIST=${DIST:-$VAR/dist}
+mkdir -p "$DIST"
+
+# Fast path (a re-run of `make up`): when nothing the two archives are made of changed since the
+# last build (the files the wheel and the share are built from, this script among them, and the
+# dependency wheels), they are left as they are; pip's resolve and the wheel build took ~10 s.
+inputs_hash() {
+  {
+    echo "$SOURCE_DATE_EPOCH $("$VENV/bin/python" -V 2>&1)"
+    git ls-files -co --exclude-standard -z | grep -zv '^tests/\|^bench/' | sort -z \
+      | { xargs -0 sha256sum -- 2>/dev/null || true; }
+    ls -l --time-style=+%s "$WHEELHOUSE" | grep -v '^total\| zonefarm-[^ ]*\.whl$' || true
+  } | sha256sum | cut -d' ' -f1
+}
+STAMP="$DIST/.inputs.sha256"
+INPUTS=$(inputs_hash)
+if [ -f "$DIST/zonefarm-wheelhouse.tar" ] && [ -f "$DIST/zonefarm-share.tar" ] && [ -f "$STAMP" ] \
+   && [ "$(cat "$STAMP")" = "$INPUTS" ]; then
+  echo "wheelhouse: inputs unchanged since the last build; $DIST kept"
+  exit 0
+fi
 BUILD=$(mktemp -d)
 trap 'rm -rf "$BUILD"' EXIT
 # Dependencies: reuse what is already in the wheelhouse, fetch only what is missing.
@@ -40,8 +61,6 @@ else
 fi
 
 # Pack both deterministically: same inputs, same bytes, so the copy reports no change.
-DIST=${DIST:-$VAR/dist}
-mkdir -p "$DIST"
 pack() {  # pack OUT DIR [NAMES...]: a reproducible tar of NAMES under DIR (modes do not depend on the umask)
   local out=$1 dir=$2; shift 2
   tar --sort=name --mtime=@"$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner \
@@ -54,4 +73,6 @@ for d in playbooks/tasks playbooks/farm; do [ -d "$d" ] && cp -rL "$d" "$BUILD/s
 cp -rL library module_utils "$BUILD/share/"
 find "$BUILD/share" -name __pycache__ -prune -exec rm -rf {} +
 pack "$DIST/zonefarm-share.tar" "$BUILD/share" playbooks library module_utils
+# Hashed again: the dependency step above may have added wheels.
+inputs_hash > "$STAMP"
 echo "dist: $DIST/zonefarm-wheelhouse.tar $DIST/zonefarm-share.tar"

@@ -324,6 +324,19 @@ def test_local_deploy_second_run_changes_nothing(deployed: Deployed) -> None:
     assert _recap(out)["changed"] == 0, "changed on the second run: " + "; ".join(_changed_tasks(out))
 
 
+def test_wheelhouse_rebuild_skipped_when_nothing_changed(deployed: Deployed) -> None:
+    """A second build from the same tree leaves both archives as they are, without running pip (a
+    re-run of `make up` spent 11-15 s there)."""
+    base = deployed.root.parent
+    tars = [base / "dist" / name for name in ("zonefarm-wheelhouse.tar", "zonefarm-share.tar")]
+    before = [tar.stat().st_mtime_ns for tar in tars]
+    again = _run(["scripts/build-wheelhouse.sh"],
+                 {**deployed.env, "WHEELHOUSE": str(base / "wheelhouse"), "DIST": str(base / "dist")}, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "inputs unchanged since the last build" in again.stdout, again.stdout
+    assert [tar.stat().st_mtime_ns for tar in tars] == before
+
+
 def test_local_deploy_logs_hold_no_secret(deployed: Deployed) -> None:
     """After a deploy, a re-run, a task and a provider's support: the services' logs, the
     dispatcher's job directories and the worker's task tree hold none of the credentials the
