@@ -337,6 +337,40 @@ def test_wheelhouse_rebuild_skipped_when_nothing_changed(deployed: Deployed) -> 
     assert [tar.stat().st_mtime_ns for tar in tars] == before
 
 
+@pytest.mark.timeout(600)
+def test_make_up_rerun_skips_the_playbook_only_while_nothing_changed(deployed: Deployed, tmp_path: Path) -> None:
+    """scripts/up.sh's skip: it plays when it has no record of a deploy, skips when the inputs match that
+    record and every service runs, and plays again once a service is down. The playbook here is a one-task
+    stand-in (ZONEFARM_PLAYBOOK, an input of the record) so the test times up.sh's decision, not a deploy;
+    the smoke task each run submits goes through the deployed farm for real."""
+    playbook = tmp_path / "stand-in.yml"
+    playbook.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n"
+                        "    - name: Stand in for site.yml\n      ansible.builtin.ping:\n")
+    base = deployed.root.parent
+    env = {**deployed.env, "VAR": str(base), "VENV": str(VENV_BIN.parent),
+           "ZONEFARM_SECRETS": str(deployed.secrets_file),
+           "ZONEFARM_PLAYBOOK": str(playbook), "ZONEFARM_SMOKE_TIMEOUT": "120"}
+    skipped = "playbook skipped"
+    conf = str(deployed.root / "supervisor" / "supervisord.conf")
+
+    def up() -> str:
+        run = _run(["scripts/up.sh"], env, timeout=300)
+        out = run.stdout + run.stderr
+        assert run.returncode == 0 and "zonefarm is up." in out, out[-4000:]
+        return out
+
+    assert skipped not in (first := up()) and "PLAY RECAP" in first, first[-3000:]
+    assert skipped in (second := up()) and "PLAY RECAP" not in second, second[-3000:]
+    stop = subprocess.run(["supervisorctl", "-c", conf, "stop", "zonefarm-provider"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    try:
+        assert skipped not in (third := up()) and "PLAY RECAP" in third, third[-3000:]
+    finally:
+        subprocess.run(["supervisorctl", "-c", conf, "start", "zonefarm-provider"], capture_output=True,
+                       timeout=60, check=False)
+
+
 def test_local_deploy_logs_hold_no_secret(deployed: Deployed) -> None:
     """After a deploy, a re-run, a task and a provider's support: the services' logs, the
     dispatcher's job directories and the worker's task tree hold none of the credentials the
